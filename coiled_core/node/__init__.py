@@ -1,0 +1,1 @@
+"""The node agent; see :mod:`coiled_core.node.agent`."""

@@ -1,0 +1,5 @@
+import sys
+
+from coiled_core.node.agent import main
+
+sys.exit(main())

@@ -1,0 +1,249 @@
+"""The node agent: the one process per node that runs a cluster's scheduler and workers.
+
+``python -m coiled_core.node CONFIG.json`` imports distributed once and then runs, in this
+process, the configured scheduler class and worker classes. Nannies fork their worker processes
+from it (multiprocessing method ``fork``), so a node pays for one interpreter start and one
+``import distributed``, not one per worker. The agent owns the life of its node:
+
+- the scheduler's idle timeout ends the cluster, and when the scheduler ends the workers end;
+- worker-only nodes start at the same time as the scheduler and retry until it answers;
+- on SIGTERM or SIGINT everything closes gracefully and the agent exits;
+- if the agent dies, nanny-run workers exit with it (distributed watches the parent process).
+
+The agent reports what it runs in ``agent.json`` in its state directory (written atomically), which
+the local backend reads together with the process table to describe a cluster.
+
+This module avoids importing the rest of coiled_core (pydantic, pluggy): its start-up time is on
+the critical path of every cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+logger = logging.getLogger("coiled_core.node")
+
+#: Name of the state file the agent writes in its state directory.
+STATE_FILE = "agent.json"
+#: Scheduler RPC handlers the agent registers when it runs the scheduler and workers together.
+START_WORKERS_HANDLER = "coiled_start_workers"
+STOP_WORKERS_HANDLER = "coiled_stop_workers"
+
+
+class NodeAgent:
+    """Runs what one node's config asks for. See :mod:`coiled_core.node.config` for the keys."""
+
+    def __init__(self, config: dict[str, Any]):
+        self.config = config
+        self.host: str = config.get("host") or "127.0.0.1"
+        self.state_dir: str | None = config.get("state_dir")
+        self.scheduler = None
+        self.scheduler_address: str | None = config.get("scheduler_address")
+        self.dashboard_url: str | None = None
+        self.workers: dict[str, Any] = {}
+        self.next_worker_index: int = 0
+        self.state = "starting"
+        self.stopping = asyncio.Event()
+        self.started_at = time.time()
+
+    # -- reporting -------------------------------------------------------------------------
+    def write_state(self) -> None:
+        if not self.state_dir:
+            return
+        data = {
+            "pid": os.getpid(),
+            "cluster_name": self.config.get("cluster_name"),
+            "state": self.state,
+            "scheduler_address": self.scheduler_address,
+            "dashboard_url": self.dashboard_url,
+            "workers": [{"name": name, "pid": _worker_pid(w)} for name, w in self.workers.items()],
+            "next_worker_index": self.next_worker_index,
+            "started_at": self.started_at,
+            "updated_at": time.time(),
+        }
+        path = os.path.join(self.state_dir, STATE_FILE)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(data, f)
+        os.replace(tmp, path)
+
+    # -- scheduler -------------------------------------------------------------------------
+    async def start_scheduler(self) -> None:
+        from distributed.utils import import_term
+
+        spec = self.config["scheduler"]
+        cls = import_term(spec["class"])
+        options = dict(spec.get("options") or {})
+        options.setdefault("host", self.host)
+        options.setdefault("port", spec.get("port", 0))
+        options.setdefault("dashboard_address", spec.get("dashboard_address") or f"{self.host}:0")
+        self.scheduler = await cls(**options)
+        self.scheduler_address = self.scheduler.address
+        dashboard = getattr(self.scheduler, "services", {}).get("dashboard")
+        port = getattr(dashboard, "port", None) or getattr(getattr(self.scheduler, "http_server", None), "port", None)
+        if port:
+            self.dashboard_url = f"http://{self.host}:{port}/status"
+        handlers = getattr(self.scheduler, "handlers", None)
+        if handlers is not None and self.config.get("workers"):
+            # Same-node scaling: the client's backend asks the scheduler, which runs here.
+            handlers[START_WORKERS_HANDLER] = self.handle_start_workers
+            handlers[STOP_WORKERS_HANDLER] = self.handle_stop_workers
+        logger.info("scheduler %s at %s, dashboard %s", spec["class"], self.scheduler_address, self.dashboard_url)
+
+    # -- workers ---------------------------------------------------------------------------
+    def _next_names(self, count: int) -> list[str]:
+        prefix = self.config["workers"].get("name_prefix") or f"{self.config.get('cluster_name', 'node')}-worker-"
+        names = [f"{prefix}{self.next_worker_index + i}" for i in range(count)]
+        self.next_worker_index += count
+        return names
+
+    def _worker_kwargs(self, name: str, index: int) -> dict[str, Any]:
+        spec = self.config["workers"]
+        kwargs: dict[str, Any] = {
+            "name": name,
+            "host": self.host,
+            "nthreads": spec.get("nthreads", 1),
+            "memory_limit": spec.get("memory_limit", "auto"),
+        }
+        resources = dict(spec.get("resources") or {})
+        env = dict(self.config.get("environ") or {})
+        gpus = spec.get("gpus_per_worker") or 0
+        if gpus:
+            # Each worker gets its own slice of the node's devices, wrapping if there are fewer.
+            devices = spec.get("gpu_devices") or list(range(gpus))
+            start = (index * gpus) % len(devices)
+            chosen = [str(devices[(start + k) % len(devices)]) for k in range(gpus)]
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(chosen)
+            resources["GPU"] = gpus
+        if resources:
+            kwargs["resources"] = resources
+        if spec.get("is_nanny", True):
+            kwargs["env"] = env
+        kwargs.update(spec.get("options") or {})
+        return kwargs
+
+    async def start_workers(self, count: int, names: list[str] | None = None) -> list[str]:
+        """Start ``count`` workers of the configured class (named ``names`` if given), together."""
+        from distributed.utils import import_term
+
+        cls = import_term(self.config["workers"]["class"])
+        names = names or self._next_names(count)
+        started = {}
+        for name in names:
+            index = len(self.workers) + len(started)
+            started[name] = cls(self.scheduler_address, **self._worker_kwargs(name, index))
+        self.workers.update(started)
+
+        async def start(worker):
+            await worker
+
+        # Nannies fork their processes concurrently; workers retry until the scheduler answers.
+        results = await asyncio.gather(*(start(w) for w in started.values()), return_exceptions=True)
+        failures = [(n, r) for n, r in zip(started, results) if isinstance(r, BaseException)]
+        if failures:
+            await self.stop_workers(list(started))
+            name, error = failures[0]
+            raise RuntimeError(f"worker {name} failed to start: {type(error).__name__}: {error}") from error
+        self.write_state()
+        return names
+
+    async def stop_workers(self, names: list[str]) -> list[str]:
+        stopped = []
+        for name in names:
+            worker = self.workers.pop(name, None)
+            if worker is not None:
+                stopped.append(worker)
+        await asyncio.gather(*(w.close() for w in stopped), return_exceptions=True)
+        self.write_state()
+        return names
+
+    async def handle_start_workers(self, count: int) -> list[str]:
+        return await self.start_workers(count)
+
+    async def handle_stop_workers(self, names: list[str]) -> list[str]:
+        return await self.stop_workers(names)
+
+    # -- life ------------------------------------------------------------------------------
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+        try:
+            self.write_state()
+            if self.config.get("scheduler"):
+                await self.start_scheduler()
+                self.write_state()
+            workers = self.config.get("workers")
+            if workers and (workers.get("count") or workers.get("names")):
+                names = workers.get("names")
+                await self.start_workers(len(names) if names else workers["count"], names)
+            self.state = "running"
+            self.write_state()
+            await self.wait_until_done()
+            return 0
+        except Exception:
+            logger.exception("node agent failed")
+            self.state = "error"
+            return 1
+        finally:
+            if self.state != "error":
+                self.state = "stopping"
+            self.write_state()
+            await self.shutdown()
+            if self.state != "error":
+                self.state = "stopped"
+            self.write_state()
+
+    async def wait_until_done(self) -> None:
+        """Return when the node should end: a signal, the scheduler closing, or all workers gone."""
+        waits = [asyncio.ensure_future(self.stopping.wait())]
+        if self.scheduler is not None:
+            waits.append(asyncio.ensure_future(self.scheduler.finished()))
+        elif self.workers:
+            waits.append(asyncio.ensure_future(asyncio.gather(*(w.finished() for w in self.workers.values()))))
+        _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+
+    async def shutdown(self) -> None:
+        workers = list(self.workers.values())
+        self.workers.clear()
+        if workers:
+            await asyncio.wait_for(asyncio.gather(*(w.close() for w in workers), return_exceptions=True), 30)
+        if self.scheduler is not None:
+            await asyncio.wait_for(self.scheduler.close(), 30)
+
+
+def _worker_pid(worker: Any) -> int | None:
+    process = getattr(worker, "process", None)  # a Nanny's WorkerProcess
+    if process is not None:
+        return getattr(getattr(process, "process", None), "pid", None)
+    return os.getpid()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m coiled_core.node CONFIG.json", file=sys.stderr)
+        return 2
+    with open(argv[0]) as f:
+        config = json.load(f)
+    # Environment first, so that DASK_* variables in `environ` reach dask's config.
+    os.environ.update(config.get("environ") or {})
+
+    import dask.config
+
+    # Forking the preloaded agent is what makes a node start fast (see DESIGN.md).
+    dask.config.set({"distributed.worker.multiprocessing-method": config.get("multiprocessing_method", "fork")})
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s - %(name)s - %(levelname)s - %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    return asyncio.run(NodeAgent(config).run())

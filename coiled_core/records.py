@@ -1,0 +1,63 @@
+"""``ClusterRecord``: what exists, as a backend sees it.
+
+A record is everything a hook needs to act on a cluster. ``provision`` returns one and
+``describe`` rebuilds one from the backend's own world (process table, cloud tags, Kubernetes
+labels), so any process that knows a cluster's name can find it again; nothing depends on a local
+file surviving.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime, timezone
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ClusterState(str, enum.Enum):
+    """Lifecycle state of a cluster (``cluster.state``; ``cluster.status`` is distributed's)."""
+
+    pending = "pending"
+    starting = "starting"
+    running = "running"
+    stopping = "stopping"
+    stopped = "stopped"
+    error = "error"
+
+    @property
+    def is_live(self) -> bool:
+        """Whether the cluster may still have processes or machines."""
+        return self in (ClusterState.pending, ClusterState.starting, ClusterState.running)
+
+
+class WorkerRecord(BaseModel):
+    """One worker a backend started. ``name`` is the worker's name as the scheduler sees it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    #: Backend-specific identifiers (a pid, an instance id, a pod name).
+    backend_ids: dict[str, Any] = Field(default_factory=dict)
+
+
+class ClusterRecord(BaseModel):
+    """A cluster that exists (or existed) on a backend."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    backend: str
+    state: ClusterState = ClusterState.pending
+    scheduler_address: str | None = None
+    dashboard_url: str | None = None
+    workers: list[WorkerRecord] = Field(default_factory=list)
+    created_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+    #: The validated ``ClusterSpec`` the cluster was made from, as plain data.
+    spec: dict[str, Any] = Field(default_factory=dict)
+    #: Backend-specific identifiers of the cluster as a whole (a pid, a security group id).
+    backend_ids: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def worker_names(self) -> list[str]:
+        return [w.name for w in self.workers]

@@ -1,0 +1,399 @@
+"""``ClusterSpec``: the validated, normalised request behind every ``coiled.Cluster``.
+
+Every keyword of ``coiled.Cluster`` defaults to ``None`` ("not given") and is resolved here with
+the precedence explicit keyword > named configuration > dask config (``coiled.*``) > built-in
+defaults (``coiled.yaml``). Validation happens once, before any resource exists, and every
+failure is a :class:`~coiled_core.errors.ClusterSpecError` naming the parameter and what would
+be valid.
+"""
+
+from __future__ import annotations
+
+import difflib
+import getpass
+import inspect
+import re
+import secrets
+from typing import Any, Mapping
+
+import importlib
+
+from dask.utils import parse_bytes, parse_timedelta
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from coiled_core import config
+from coiled_core.errors import ClusterSpecError
+
+#: Cluster names must be DNS labels so that every backend (cloud tags, Kubernetes labels,
+#: Compute Engine names) can carry them unchanged.
+NAME_PATTERN = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+#: ``account/name`` or a bare ``name`` (software environments, cluster configurations).
+ACCOUNT_NAME_PATTERN = re.compile(r"^([a-z0-9][a-z0-9_-]*/)?[a-z0-9][a-z0-9._-]*$", re.IGNORECASE)
+DOTTED_NAME_PATTERN = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$")
+ENV_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+#: The keywords of ``coiled.Cluster`` that make up a spec, in the reference's order.
+SPEC_KEYWORDS = (
+    "name",
+    "n_workers",
+    "worker_cpu",
+    "worker_gpu",
+    "worker_memory",
+    "scheduler_cpu",
+    "scheduler_memory",
+    "software",
+    "worker_class",
+    "worker_options",
+    "scheduler_class",
+    "scheduler_options",
+    "idle_timeout",
+    "environ",
+    "shutdown_on_close",
+    "backend",
+    "backend_options",
+    "configuration",
+    "timeout",
+)
+
+
+def _size(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"must be a size such as '16 GiB' or a number of bytes, not {value!r}")
+    try:
+        n = parse_bytes(value) if isinstance(value, str) else int(value)
+    except (ValueError, TypeError):
+        raise ValueError(f"{value!r} is not a size; give a string such as '16 GiB' or a number of bytes") from None
+    if n <= 0:
+        raise ValueError(f"must be a positive size such as '{what}', not {value!r}")
+    return n
+
+
+def _duration(value: Any, example: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"must be a duration such as '{example}' or a number of seconds, not {value!r}")
+    try:
+        seconds = parse_timedelta(value, default="seconds")
+    except (ValueError, TypeError, KeyError):
+        raise ValueError(f"{value!r} is not a duration; give a string such as '{example}' or a number of seconds") from None
+    if seconds <= 0:
+        raise ValueError(f"must be a positive duration such as '{example}', not {value!r}")
+    return float(seconds)
+
+
+def import_term(name: str) -> Any:
+    """Import ``package.module.Name`` and return ``Name``."""
+    module_name, _, attribute = name.rpartition(".")
+    return getattr(importlib.import_module(module_name), attribute)
+
+
+def _accepted_keywords(cls: type) -> set[str] | None:
+    """Keyword names ``cls(...)`` accepts, following ``**kwargs`` up the MRO; None if unbounded."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        try:
+            params = inspect.signature(init).parameters.values()
+        except (TypeError, ValueError):
+            return None
+        names.update(p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            return names - {"self"}
+    return None
+
+
+def check_options_against_class(class_name: str, options: Mapping[str, Any], parameter: str) -> None:
+    """Import ``class_name`` and check that it accepts every key of ``options``.
+
+    Used when the cluster runs in the client's own software environment, where the import is
+    meaningful. Raises ``ValueError`` naming ``parameter``.
+    """
+    try:
+        cls = import_term(class_name)
+    except Exception as e:  # an ImportError, or any error the module raises on import
+        raise ValueError(f"{parameter.replace('_options', '_class')}={class_name!r} cannot be imported: {e}") from None
+    if not callable(cls):
+        raise ValueError(f"{parameter.replace('_options', '_class')}={class_name!r} is not a class")
+    accepted = _accepted_keywords(cls) if inspect.isclass(cls) else None
+    if accepted is None:
+        return
+    for key in options:
+        if key not in accepted:
+            close = difflib.get_close_matches(key, sorted(accepted), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"{parameter} has {key!r}, which {class_name} does not accept{hint}")
+
+
+def generate_cluster_name() -> str:
+    """A unique, readable default name: the user's name plus random hex, as a DNS label."""
+    try:
+        user = getpass.getuser()
+    except Exception:
+        user = "user"
+    user = re.sub(r"[^a-z0-9-]", "-", user.lower()).strip("-")[:40] or "user"
+    return f"{user}-{secrets.token_hex(4)}"
+
+
+class AdaptiveRange(BaseModel):
+    """``n_workers=[minimum, maximum]``: the client scales adaptively between the two."""
+
+    model_config = ConfigDict(frozen=True)
+    minimum: int
+    maximum: int
+
+
+class ClusterSpec(BaseModel):
+    """A complete, valid cluster request. Build it with :func:`resolve_cluster_spec`."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+    name: str
+    #: Workers to start with (the minimum when adaptive).
+    n_workers: int
+    adaptive: AdaptiveRange | None = None
+    worker_cpu: int
+    worker_gpu: int
+    worker_memory: int = Field(description="bytes")
+    scheduler_cpu: int
+    scheduler_memory: int = Field(description="bytes")
+    software: str | None = None
+    worker_class: str
+    worker_options: dict[str, Any] = Field(default_factory=dict)
+    scheduler_class: str
+    #: Always holds ``idle_timeout`` in seconds (``None`` disables it).
+    scheduler_options: dict[str, Any] = Field(default_factory=dict)
+    environ: dict[str, str] = Field(default_factory=dict)
+    shutdown_on_close: bool | None = None
+    backend: str
+    backend_options: dict[str, Any] = Field(default_factory=dict)
+    configuration: str | None = None
+    #: Seconds allowed for the whole start.
+    timeout: float
+
+    @property
+    def idle_timeout(self) -> float | None:
+        return self.scheduler_options.get("idle_timeout")
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _name(cls, v: Any) -> str:
+        if not isinstance(v, str) or not NAME_PATTERN.match(v):
+            raise ValueError(
+                f"{v!r} is not a valid cluster name; use 1 to 63 lowercase letters, digits and "
+                "hyphens, starting and ending with a letter or digit (e.g. 'production')"
+            )
+        return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _n_workers(cls, data: Any) -> Any:
+        v = data.get("n_workers")
+        if isinstance(v, (list, tuple)):
+            if len(v) != 2 or not all(isinstance(x, int) and not isinstance(x, bool) for x in v):
+                raise ClusterSpecError(
+                    f"n_workers: {v!r} is not valid; give a number of workers (e.g. 5) or "
+                    "[minimum, maximum] for adaptive scaling (e.g. [2, 10])"
+                )
+            low, high = v
+            if low < 0 or high < low or high == 0:
+                raise ClusterSpecError(
+                    f"n_workers: [{low}, {high}] is not a valid range; need 0 <= minimum <= maximum "
+                    "and maximum >= 1"
+                )
+            data = {**data, "n_workers": low, "adaptive": {"minimum": low, "maximum": high}}
+        elif isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ClusterSpecError(
+                f"n_workers: {v!r} is not valid; give a number of workers >= 0 (e.g. 5) or "
+                "[minimum, maximum] for adaptive scaling (e.g. [2, 10])"
+            )
+        return data
+
+    @field_validator("worker_cpu", "scheduler_cpu", mode="before")
+    @classmethod
+    def _cpu(cls, v: Any) -> int:
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"must be a whole number of CPUs >= 1 (e.g. 4), not {v!r}")
+        return v
+
+    @field_validator("worker_gpu", mode="before")
+    @classmethod
+    def _gpu(cls, v: Any) -> int:
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ValueError(f"must be a whole number of GPUs >= 0 (e.g. 1), not {v!r}")
+        return v
+
+    @field_validator("worker_memory", "scheduler_memory", mode="before")
+    @classmethod
+    def _memory(cls, v: Any) -> int:
+        return _size(v, "16 GiB")
+
+    @field_validator("timeout", mode="before")
+    @classmethod
+    def _timeout(cls, v: Any) -> float:
+        return _duration(v, "20 minutes")
+
+    @field_validator("software", "configuration", mode="before")
+    @classmethod
+    def _account_name(cls, v: Any) -> str | None:
+        if v is None:
+            return None
+        if not isinstance(v, str) or not ACCOUNT_NAME_PATTERN.match(v):
+            raise ValueError(f"{v!r} is not a valid name; use 'account/name' or 'name' (e.g. 'examples/scaling-xgboost')")
+        return v
+
+    @field_validator("worker_class", "scheduler_class", mode="before")
+    @classmethod
+    def _class_name(cls, v: Any) -> str:
+        if not isinstance(v, str) or not DOTTED_NAME_PATTERN.match(v):
+            raise ValueError(f"{v!r} is not an importable class path; use 'module.Class' (e.g. 'distributed.Nanny')")
+        return v
+
+    @field_validator("worker_options", "scheduler_options", "backend_options", mode="before")
+    @classmethod
+    def _options(cls, v: Any) -> dict[str, Any]:
+        if not isinstance(v, Mapping) or not all(isinstance(k, str) for k in v):
+            raise ValueError(f"must be a mapping of keyword names to values, not {v!r}")
+        return dict(v)
+
+    @field_validator("scheduler_options")
+    @classmethod
+    def _scheduler_options(cls, v: dict[str, Any]) -> dict[str, Any]:
+        if v.get("idle_timeout") is not None:
+            try:
+                v["idle_timeout"] = _duration(v["idle_timeout"], "2 hours")
+            except ValueError as e:
+                raise ValueError(f"['idle_timeout'] {e}") from None
+        return v
+
+    @field_validator("environ", mode="before")
+    @classmethod
+    def _environ(cls, v: Any) -> dict[str, str]:
+        if not isinstance(v, Mapping):
+            raise ValueError(f"must be a mapping of variable names to strings, not {v!r}")
+        for key, value in v.items():
+            if not isinstance(key, str) or not ENV_NAME_PATTERN.match(key):
+                raise ValueError(f"{key!r} is not a valid environment variable name")
+            if not isinstance(value, str):
+                raise ValueError(f"value of {key!r} must be a string, not {value!r}")
+        return dict(v)
+
+    @field_validator("shutdown_on_close", mode="before")
+    @classmethod
+    def _bool_or_none(cls, v: Any) -> bool | None:
+        if v is not None and not isinstance(v, bool):
+            raise ValueError(f"must be True, False or None, not {v!r}")
+        return v
+
+    @field_validator("backend", mode="before")
+    @classmethod
+    def _backend(cls, v: Any) -> str:
+        if not isinstance(v, str) or not v:
+            raise ValueError(f"must be the name of an installed backend (e.g. 'local'), not {v!r}")
+        return v
+
+
+def _format_validation_error(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        where = ".".join(str(part) for part in item["loc"]) or "parameters"
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "is not a coiled.Cluster parameter"
+        lines.append(f"{where}: {message}")
+    return "Invalid cluster parameters:\n  " + "\n  ".join(lines) if len(lines) > 1 else lines[0]
+
+
+def resolve_cluster_spec(
+    keywords: Mapping[str, Any],
+    configuration_values: Mapping[str, Any] | None = None,
+) -> ClusterSpec:
+    """Resolve ``coiled.Cluster`` keywords into a validated :class:`ClusterSpec`.
+
+    ``keywords`` maps keyword names to what the caller passed (``None`` = not given);
+    ``configuration_values`` holds a named configuration's values, which sit between the
+    keywords and dask config. Raises :class:`ClusterSpecError` naming the bad parameter.
+    """
+    unknown = set(keywords) - set(SPEC_KEYWORDS)
+    if unknown:
+        key = sorted(unknown)[0]
+        close = difflib.get_close_matches(key, SPEC_KEYWORDS, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ClusterSpecError(f"{key!r} is not a coiled.Cluster parameter{hint}")
+    configuration_values = configuration_values or {}
+
+    def pick(key: str) -> Any:
+        if keywords.get(key) is not None:
+            return keywords[key]
+        if configuration_values.get(key) is not None:
+            return configuration_values[key]
+        return config.get(key.replace("_", "-"))
+
+    values: dict[str, Any] = {key: pick(key) for key in SPEC_KEYWORDS if key not in ("idle_timeout", "name")}
+    values["name"] = keywords.get("name") or generate_cluster_name()
+
+    backend = values["backend"]
+    if keywords.get("backend_options") is None and configuration_values.get("backend_options") is None:
+        per_backend = config.get("backend-options") or {}
+        values["backend_options"] = per_backend.get(backend, {}) if isinstance(per_backend, Mapping) else per_backend
+
+    # idle_timeout= is Coiled's shortcut for scheduler_options={"idle_timeout": ...}.
+    scheduler_options = values["scheduler_options"]
+    if not isinstance(scheduler_options, Mapping):
+        raise ClusterSpecError(f"scheduler_options: must be a mapping of keyword names to values, not {scheduler_options!r}")
+    scheduler_options = dict(scheduler_options)
+    shortcut = keywords.get("idle_timeout")
+    if shortcut is not None and scheduler_options.get("idle_timeout") is not None:
+        try:
+            same = _duration(shortcut, "2 hours") == _duration(scheduler_options["idle_timeout"], "2 hours")
+        except ValueError:
+            same = False
+        if not same:
+            raise ClusterSpecError(
+                f"idle_timeout={shortcut!r} and scheduler_options={{'idle_timeout': "
+                f"{scheduler_options['idle_timeout']!r}}} disagree; give only one of them"
+            )
+    if shortcut is not None:
+        try:
+            scheduler_options["idle_timeout"] = _duration(shortcut, "2 hours")
+        except ValueError as e:
+            raise ClusterSpecError(f"idle_timeout: {e}") from None
+    if "idle_timeout" not in scheduler_options:
+        scheduler_options["idle_timeout"] = configuration_values.get("idle_timeout") or config.get("idle-timeout")
+    values["scheduler_options"] = scheduler_options
+
+    try:
+        spec = ClusterSpec(**values)
+    except ClusterSpecError:
+        raise
+    except ValidationError as e:
+        raise ClusterSpecError(_format_validation_error(e)) from None
+
+    # Class names are importable only where the cluster uses the client's own environment.
+    if spec.software is None:
+        for kind in ("scheduler", "worker"):
+            try:
+                check_options_against_class(getattr(spec, f"{kind}_class"), getattr(spec, f"{kind}_options"), f"{kind}_options")
+            except ValueError as e:
+                raise ClusterSpecError(str(e)) from None
+    return spec
+
+
+def validate_backend_options(model: type[BaseModel], options: Mapping[str, Any], backend: str) -> BaseModel:
+    """Validate ``backend_options`` against a backend's model, suggesting close matches for typos."""
+    fields = set(model.model_fields)
+    fields.update(f.alias for f in model.model_fields.values() if f.alias)
+    for key in options:
+        if key not in fields:
+            close = difflib.get_close_matches(key, sorted(fields), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            valid = ", ".join(sorted(fields)) or "none"
+            raise ClusterSpecError(
+                f"backend_options: {key!r} is not an option of the {backend!r} backend{hint} (valid: {valid})"
+            )
+    try:
+        return model.model_validate(dict(options))
+    except ValidationError as e:
+        raise ClusterSpecError(
+            "backend_options." + _format_validation_error(e).replace("\n  ", "\n  backend_options.")
+        ) from None
