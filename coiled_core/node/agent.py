@@ -64,6 +64,8 @@ class NodeAgent:
             "scheduler_address": self.scheduler_address,
             "dashboard_url": self.dashboard_url,
             "workers": [{"name": name, "pid": _worker_pid(w)} for name, w in self.workers.items()],
+            # Whatever the launcher asked to be reported back (the local backend: the cluster spec).
+            "report": self.config.get("report") or {},
             "next_worker_index": self.next_worker_index,
             "started_at": self.started_at,
             "updated_at": time.time(),
@@ -104,7 +106,7 @@ class NodeAgent:
         self.next_worker_index += count
         return names
 
-    def _worker_kwargs(self, name: str, index: int) -> dict[str, Any]:
+    def _worker_kwargs(self, cls: type, name: str, index: int) -> dict[str, Any]:
         spec = self.config["workers"]
         kwargs: dict[str, Any] = {
             "name": name,
@@ -124,7 +126,10 @@ class NodeAgent:
             resources["GPU"] = gpus
         if resources:
             kwargs["resources"] = resources
-        if spec.get("is_nanny", True):
+        from distributed import Nanny
+
+        if isinstance(cls, type) and issubclass(cls, Nanny):
+            # Only a nanny's worker runs in a process of its own, where per-worker variables apply.
             kwargs["env"] = env
         kwargs.update(spec.get("options") or {})
         return kwargs
@@ -134,11 +139,14 @@ class NodeAgent:
         from distributed.utils import import_term
 
         cls = import_term(self.config["workers"]["class"])
-        names = names or self._next_names(count)
+        if names:
+            self.next_worker_index = max(self.next_worker_index, len(self.workers) + len(names))
+        else:
+            names = self._next_names(count)
         started = {}
         for name in names:
             index = len(self.workers) + len(started)
-            started[name] = cls(self.scheduler_address, **self._worker_kwargs(name, index))
+            started[name] = cls(self.scheduler_address, **self._worker_kwargs(cls, name, index))
         self.workers.update(started)
 
         async def start(worker):

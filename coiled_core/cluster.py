@@ -1,0 +1,386 @@
+"""``coiled.Cluster``: a Dask cluster on any installed backend, with distributed's Cluster API."""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import html
+import logging
+import math
+import time
+import weakref
+from typing import Any
+
+from distributed.core import Status, rpc
+from distributed.deploy.cluster import Cluster as DistributedCluster
+from distributed.utils import Log
+from tornado.ioloop import IOLoop
+
+from coiled_core import config
+from coiled_core.errors import ClusterSpecError, CoiledError, ProvisionError
+from coiled_core.plugins import Backend, load_backend
+from coiled_core.records import ClusterRecord, ClusterState
+from coiled_core.spec import ClusterSpec, resolve_cluster_spec
+
+logger = logging.getLogger("coiled")
+
+#: Clusters this process created and must not leave running when it exits normally.
+_live_clusters: weakref.WeakSet[Cluster] = weakref.WeakSet()
+
+
+def _resolve_wait_for_workers(value: Any, n_workers: int) -> int:
+    """Coiled's ``wait_for_workers``: True (all), False (none), a count, or a fraction."""
+    if value is None:
+        value = config.get("wait-for-workers", 0.3)
+    if isinstance(value, bool):
+        return n_workers if value else 0
+    if isinstance(value, int) and value >= 0:
+        return min(value, n_workers)
+    if isinstance(value, float) and 0.0 <= value <= 1.0:
+        return math.ceil(value * n_workers)
+    raise ClusterSpecError(
+        f"wait_for_workers: {value!r} is not valid; give True, False, a number of workers or a "
+        "fraction between 0 and 1 (e.g. 0.3)"
+    )
+
+
+class Cluster(DistributedCluster):
+    """A Dask cluster on a backend chosen with ``backend=`` (the local machine by default).
+
+    Every keyword defaults to ``None``, meaning "not given": it is resolved through the named
+    ``configuration``, then dask config (``coiled.*`` keys), then the built-in defaults. Input is
+    validated before anything starts.
+
+    Parameters
+    ----------
+    name:
+        Cluster name; a unique one is generated if not given.
+    n_workers:
+        Number of workers (default 4), or ``[minimum, maximum]`` for adaptive scaling.
+    worker_cpu, worker_gpu, worker_memory:
+        Resources of each worker (defaults 4, 0, ``"16 GiB"``).
+    scheduler_cpu, scheduler_memory:
+        Resources of the scheduler (defaults 1, ``"8 GiB"``).
+    software:
+        Software environment name (``account/name``); default the client's own environment.
+    worker_class, worker_options, scheduler_class, scheduler_options:
+        Classes that run the workers and scheduler, and keyword arguments for them.
+    idle_timeout:
+        Shortcut for ``scheduler_options={"idle_timeout": ...}`` (default 20 minutes).
+    environ:
+        Environment variables set on the scheduler and every worker.
+    shutdown_on_close:
+        Whether ``close()`` shuts the cluster down; default True when this call created it.
+    backend, backend_options:
+        The backend plugin (default ``"local"``) and its options.
+    configuration:
+        A named cluster configuration to take unspecified parameters from.
+    asynchronous:
+        Set True when used with ``await`` / ``async with``.
+    timeout:
+        Upper bound on starting the cluster (default 20 minutes).
+    wait_for_workers:
+        Return once this many workers joined: True, False, a count or a fraction of
+        ``n_workers`` (default 0.3).
+    """
+
+    def __init__(
+        self,
+        name: str | None = None,
+        *,
+        n_workers: int | list[int] | tuple[int, int] | None = None,
+        worker_cpu: int | None = None,
+        worker_gpu: int | None = None,
+        worker_memory: str | int | None = None,
+        scheduler_cpu: int | None = None,
+        scheduler_memory: str | int | None = None,
+        software: str | None = None,
+        worker_class: str | None = None,
+        worker_options: dict[str, Any] | None = None,
+        scheduler_class: str | None = None,
+        scheduler_options: dict[str, Any] | None = None,
+        idle_timeout: str | float | None = None,
+        environ: dict[str, str] | None = None,
+        shutdown_on_close: bool | None = None,
+        backend: str | None = None,
+        backend_options: dict[str, Any] | None = None,
+        configuration: str | None = None,
+        asynchronous: bool = False,
+        timeout: str | float | None = None,
+        wait_for_workers: bool | int | float | None = None,
+        loop: IOLoop | None = None,
+    ):
+        keywords = {
+            "name": name,
+            "n_workers": n_workers,
+            "worker_cpu": worker_cpu,
+            "worker_gpu": worker_gpu,
+            "worker_memory": worker_memory,
+            "scheduler_cpu": scheduler_cpu,
+            "scheduler_memory": scheduler_memory,
+            "software": software,
+            "worker_class": worker_class,
+            "worker_options": worker_options,
+            "scheduler_class": scheduler_class,
+            "scheduler_options": scheduler_options,
+            "idle_timeout": idle_timeout,
+            "environ": environ,
+            "shutdown_on_close": shutdown_on_close,
+            "backend": backend,
+            "backend_options": backend_options,
+            "configuration": configuration,
+            "timeout": timeout,
+        }
+        # Everything is validated before any resource exists.
+        spec = resolve_cluster_spec(keywords)
+        self.backend: Backend = load_backend(spec.backend)
+        self.backend_options = self.backend.validate_options(spec.backend_options)
+        self.spec: ClusterSpec = spec.model_copy(update={"backend_options": self.backend_options.model_dump(mode="json")})
+        self._wait_for_workers_count = _resolve_wait_for_workers(wait_for_workers, spec.n_workers)
+
+        self.record: ClusterRecord | None = None
+        #: Whether this object created the cluster (False: it attached to an existing one).
+        self.created: bool = False
+        self.workers: dict[str, Any] = {}
+
+        if loop is None and asynchronous:
+            loop = IOLoop.current()
+        super().__init__(asynchronous=asynchronous, loop=loop, name=spec.name)
+
+        if not self.called_from_running_loop:
+            self._loop_runner.start()
+            try:
+                self.sync(self._start)
+            except BaseException:
+                self._loop_runner.stop()
+                raise
+
+    # -- starting --------------------------------------------------------------------------
+    def __await__(self):
+        async def _():
+            if self.status == Status.created:
+                await self._start()
+            return self
+
+        return _().__await__()
+
+    async def _start(self) -> None:
+        if self.status != Status.created:
+            return
+        self.status = Status.starting
+        try:
+            await asyncio.wait_for(self._start_and_wait(), self.spec.timeout)
+        except BaseException as error:
+            await self._clean_up_failed_start()
+            self.status = Status.failed
+            if isinstance(error, asyncio.TimeoutError):
+                raise ProvisionError(
+                    f"cluster {self.name!r} did not start within timeout={self.spec.timeout:g}s; "
+                    "everything it created was shut down"
+                ) from None
+            raise
+        if self.created:
+            _live_clusters.add(self)
+
+    async def _start_and_wait(self) -> None:
+        existing = await asyncio.to_thread(self.backend.describe, self.spec.name, self.backend_options)
+        if existing is not None and existing.state.is_live:
+            self._log(f"Attaching to existing cluster {self.name!r} ({existing.backend})")
+            self.record = existing
+            if self.spec.shutdown_on_close is None:
+                self.spec = self.spec.model_copy(update={"shutdown_on_close": False})
+        else:
+            self._log(f"Creating cluster {self.name!r} on backend {self.spec.backend!r}")
+            self.created = True
+            self.record = await asyncio.to_thread(self.backend.provision, self.spec, self.backend_options)
+            if self.spec.shutdown_on_close is None:
+                self.spec = self.spec.model_copy(update={"shutdown_on_close": True})
+        self._update_workers()
+        self.scheduler_comm = rpc(self.record.scheduler_address)
+        await super()._start()
+        if self.spec.adaptive is not None and self.created:
+            self.adapt(minimum=self.spec.adaptive.minimum, maximum=self.spec.adaptive.maximum)
+        if self.created:
+            await self._wait_for_joined_workers(self._wait_for_workers_count)
+            fresh = await asyncio.to_thread(self.backend.describe, self.name, self.backend_options)
+            if fresh is not None:
+                self.record = fresh
+                self._update_workers()
+        self._log(f"Cluster {self.name!r} is running; dashboard: {self.dashboard_link}")
+
+    async def _wait_for_joined_workers(self, n: int) -> None:
+        """Wait for ``n`` workers, checking the backend so that a failed start is seen quickly."""
+        next_check = time.monotonic() + 1.0
+        while len(self.scheduler_info["workers"]) < n:
+            if time.monotonic() > next_check:
+                record = await asyncio.to_thread(self.backend.describe, self.name, self.backend_options)
+                if record is None or not record.state.is_live:
+                    logs = await asyncio.to_thread(self.backend.logs, self.record, 30)
+                    tail = "\n".join(logs.values())
+                    raise ProvisionError(f"cluster {self.name!r} stopped while its workers were starting:\n{tail}")
+                next_check = time.monotonic() + 1.0
+            await asyncio.sleep(0.05)
+
+    async def _clean_up_failed_start(self) -> None:
+        if self._adaptive is not None:
+            self._adaptive.stop()
+        if self.created and self.record is not None:
+            try:
+                await asyncio.to_thread(self.backend.teardown, self.record)
+            except Exception:
+                logger.exception("tearing down %r after a failed start also failed", self.name)
+        if self.scheduler_comm is not None:
+            await self.scheduler_comm.close_rpc()
+
+    def _update_workers(self) -> None:
+        assert self.record is not None
+        self.workers = {w.name: w for w in self.record.workers}
+
+    # -- scaling ---------------------------------------------------------------------------
+    def scale(self, n: int) -> Any:
+        """Scale the cluster to ``n`` workers (stops adaptive scaling started by ``n_workers=[..]``)."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ClusterSpecError(f"scale: n must be a number of workers >= 0, not {n!r}")
+        return self.sync(self._scale, n)
+
+    async def _scale(self, n: int) -> None:
+        current = list(self.workers)
+        if n == len(current):
+            return
+        retired: list[str] = []
+        if n < len(current):
+            surplus = len(current) - n
+            # Workers that have not joined yet hold no data: drop those first.
+            joined = {info.get("name") for info in self.scheduler_info["workers"].values()}
+            retired = [name for name in current if name not in joined][:surplus]
+            if len(retired) < surplus:
+                chosen = await self.scheduler_comm.workers_to_close(n=surplus - len(retired), attribute="name")
+                retired += [name for name in chosen if name in self.workers]
+            await self._retire(retired)
+        await self._backend_scale(n, retired)
+
+    def scale_down(self, workers: list[str]) -> Any:
+        """Stop the named workers (used by adaptive scaling, which retires them first)."""
+        return self.sync(self._scale_down, list(workers))
+
+    async def _scale_down(self, workers: list[str]) -> None:
+        names = [w for w in workers if w in self.workers]
+        if names:
+            await self._backend_scale(len(self.workers) - len(names), names)
+
+    async def _retire(self, names: list[str]) -> None:
+        if names:
+            await self.scheduler_comm.retire_workers(names=names, remove=True, close_workers=True)
+
+    async def _backend_scale(self, n: int, retired: list[str]) -> None:
+        assert self.record is not None
+        self.record = await asyncio.to_thread(self.backend.scale, self.record, n, retired)
+        self._update_workers()
+
+    # -- closing ---------------------------------------------------------------------------
+    async def _close(self, shutdown: bool | None = None) -> None:
+        if self.status == Status.closed:
+            return
+        if shutdown is None:
+            shutdown = bool(self.spec.shutdown_on_close)
+        if self._adaptive is not None:
+            self._adaptive.stop()
+        if shutdown and self.record is not None:
+            self.record = await asyncio.to_thread(self.backend.teardown, self.record)
+        _live_clusters.discard(self)
+        await super()._close()
+
+    def close(self, timeout: float | None = None) -> Any:
+        """Disconnect; also shut the cluster down if ``shutdown_on_close`` (see the class docs)."""
+        result = super().close(timeout)
+        if not self.asynchronous:
+            self._loop_runner.stop()
+        return result
+
+    def shutdown(self) -> Any:
+        """Shut the cluster down and disconnect, whatever ``shutdown_on_close`` says."""
+        if self.status == Status.closed:
+            return None
+        result = self.sync(self._close, shutdown=True)
+        if not self.asynchronous:
+            self._loop_runner.stop()
+        return result
+
+    async def __aexit__(self, exc_type, exc_value, traceback):
+        await self._close()
+
+    # -- information -----------------------------------------------------------------------
+    @property
+    def state(self) -> ClusterState:
+        """Lifecycle state as the backend sees it now (``status`` stays distributed's own)."""
+        if self.record is None:
+            return ClusterState.pending
+        if self.status == Status.closed and self.spec.shutdown_on_close:
+            return ClusterState.stopped
+        try:
+            fresh = self.backend.describe(self.name, self.backend_options)
+        except CoiledError:
+            return self.record.state
+        return fresh.state if fresh is not None else ClusterState.stopped
+
+    @property
+    def dashboard_link(self) -> str:
+        if self.record is None:
+            return ""
+        return self.backend.dashboard_url(self.record) or ""
+
+    async def _get_logs(self, cluster=True, scheduler=True, workers=True):
+        logs = await super()._get_logs(cluster=cluster, scheduler=scheduler, workers=workers)
+        if self.record is not None:
+            # The backend's log files also cover processes that have already ended.
+            for key, text in (await asyncio.to_thread(self.backend.logs, self.record, None)).items():
+                logs[f"{self.spec.backend}:{key}"] = Log(text)
+        return logs
+
+    def _summary(self) -> dict[str, Any]:
+        record_state = self.record.state.value if self.record is not None else ClusterState.pending.value
+        if self.status == Status.closed:
+            record_state = ClusterState.stopped.value if self.spec.shutdown_on_close else "detached"
+        return {
+            "name": self.name,
+            "backend": self.spec.backend,
+            "state": record_state,
+            "workers": len(self.scheduler_info["workers"]),
+            "requested": len(self.workers),
+            "dashboard": self.dashboard_link,
+        }
+
+    def __repr__(self) -> str:
+        s = self._summary()
+        return (
+            f"<coiled.Cluster {s['name']!r} backend={s['backend']!r} state={s['state']!r} "
+            f"workers={s['workers']}/{s['requested']} dashboard={s['dashboard'] or None!r}>"
+        )
+
+    def _repr_html_(self, cluster_status=None) -> str:
+        s = self._summary()
+        link = (
+            f'<a href="{html.escape(s["dashboard"])}" target="_blank">{html.escape(s["dashboard"])}</a>'
+            if s["dashboard"]
+            else "not available"
+        )
+        rows = [
+            ("Name", html.escape(s["name"])),
+            ("Backend", html.escape(s["backend"])),
+            ("State", html.escape(s["state"])),
+            ("Workers", f"{s['workers']} connected of {s['requested']} requested"),
+            ("Dashboard", link),
+        ]
+        body = "".join(f"<tr><th style='text-align:left'>{k}</th><td style='text-align:left'>{v}</td></tr>" for k, v in rows)
+        return f"<div><strong>coiled.Cluster</strong><table>{body}</table></div>"
+
+
+@atexit.register
+def _close_clusters_at_exit() -> None:
+    """A normal interpreter exit shuts down the clusters it created, as distributed's do."""
+    for cluster in list(_live_clusters):
+        if cluster.spec.shutdown_on_close and cluster.record is not None:
+            try:
+                cluster.backend.teardown(cluster.record)
+            except Exception:
+                pass

@@ -1,0 +1,169 @@
+"""Hook implementations of the ``local`` backend.
+
+One node agent per cluster runs the scheduler and forks every worker (this machine is the one
+node). The agent is detached from the creating process, so the cluster survives it and can be
+found again by name; the agent's idle timeout, not the client, ends it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import warnings
+from datetime import datetime, timezone
+
+import psutil
+from dask.utils import format_bytes
+
+from coiled_core import hookimpl
+from coiled_core.errors import ClusterSpecError, ProvisionError
+from coiled_core.node.agent import START_WORKERS_HANDLER, STOP_WORKERS_HANDLER
+from coiled_core.records import ClusterRecord, ClusterState, WorkerRecord
+from coiled_core.spec import ClusterSpec
+
+from coiled_local import processes
+from coiled_local.options import LocalOptions
+
+
+@hookimpl
+def backend_options_model() -> type[LocalOptions]:
+    return LocalOptions
+
+
+def _warn_if_oversubscribed(spec: ClusterSpec) -> None:
+    cpus = spec.n_workers * spec.worker_cpu
+    memory = spec.n_workers * spec.worker_memory
+    available_cpus = os.cpu_count() or 1
+    available_memory = psutil.virtual_memory().total
+    over = []
+    if cpus > available_cpus:
+        over.append(f"{cpus} CPUs ({available_cpus} here)")
+    if memory > available_memory:
+        over.append(f"{format_bytes(memory)} of memory ({format_bytes(available_memory)} here)")
+    if over:
+        warnings.warn(
+            f"cluster {spec.name!r} asks for {' and '.join(over)}; the local backend runs it anyway, "
+            "sharing this machine (lower worker_cpu / worker_memory to silence this)",
+            UserWarning,
+            stacklevel=2,
+        )
+
+
+def _node_config(spec: ClusterSpec, options: LocalOptions, directory, gpus: list[str]) -> dict:
+    scheduler_options = dict(spec.scheduler_options)
+    return {
+        "cluster_name": spec.name,
+        "state_dir": str(directory),
+        "host": options.host,
+        "environ": spec.environ,
+        "scheduler": {"class": spec.scheduler_class, "options": scheduler_options},
+        "workers": {
+            "class": spec.worker_class,
+            "names": [f"{spec.name}-worker-{i}" for i in range(spec.n_workers)],
+            "name_prefix": f"{spec.name}-worker-",
+            "nthreads": spec.worker_cpu,
+            "memory_limit": spec.worker_memory,
+            "gpus_per_worker": spec.worker_gpu,
+            "gpu_devices": gpus,
+            "options": spec.worker_options,
+        },
+        "report": {"spec": spec.model_dump(mode="json"), "created_at": datetime.now(timezone.utc).isoformat()},
+    }
+
+
+@hookimpl
+def provision(spec: ClusterSpec, options: LocalOptions) -> ClusterRecord:
+    if spec.software is not None:
+        raise ClusterSpecError(
+            f"software={spec.software!r}: the local backend runs clusters in this Python environment "
+            "and cannot build software environments yet; leave software unset"
+        )
+    _warn_if_oversubscribed(spec)
+    gpus = processes.detect_gpus() if spec.worker_gpu else []
+    if spec.worker_gpu and not gpus:
+        warnings.warn(
+            f"worker_gpu={spec.worker_gpu} but this machine shows no GPU; workers get the GPU "
+            "resource and CUDA_VISIBLE_DEVICES anyway",
+            UserWarning,
+            stacklevel=2,
+        )
+    directory = processes.cluster_dir(options, spec.name)
+    node_config = _node_config(spec, options, directory, gpus)
+    process = processes.launch_agent(directory, node_config, spec.environ)
+    try:
+        processes.wait_for_scheduler(directory, process, time.monotonic() + spec.timeout)
+    except BaseException:
+        processes.stop_agent(directory, process.pid, grace=5)
+        raise
+    record = processes.record_from_directory(spec.name, directory)
+    assert record is not None
+    # Until the agent has started them, report the workers it was asked for.
+    if not record.workers:
+        record.workers = [WorkerRecord(name=n) for n in node_config["workers"]["names"]]
+    return record
+
+
+async def _call_agent(address: str, handler: str, **kwargs):
+    from distributed.core import rpc
+
+    async with rpc(address, timeout=30) as scheduler:
+        return await getattr(scheduler, handler)(**kwargs)
+
+
+@hookimpl
+def scale(record: ClusterRecord, n_workers: int, retired: list[str]) -> ClusterRecord:
+    directory = processes.cluster_dir(_options(record), record.name)
+    if retired:
+        asyncio.run(_call_agent(record.scheduler_address, STOP_WORKERS_HANDLER, names=retired))
+    current = [n for n in record.worker_names if n not in set(retired)]
+    missing = n_workers - len(current)
+    if missing > 0:
+        try:
+            asyncio.run(_call_agent(record.scheduler_address, START_WORKERS_HANDLER, count=missing))
+        except Exception as e:
+            raise ProvisionError(f"starting {missing} more workers failed: {e}\n{processes.log_tail(directory)}") from e
+    updated = processes.record_from_directory(record.name, directory)
+    if updated is None:
+        raise ProvisionError(f"cluster {record.name!r} disappeared while scaling")
+    return updated
+
+
+def _options(record: ClusterRecord) -> LocalOptions:
+    return LocalOptions.model_validate(record.spec.get("backend_options") or {})
+
+
+@hookimpl
+def describe(name: str, options: LocalOptions) -> ClusterRecord | None:
+    return processes.record_from_directory(name, processes.cluster_dir(options, name))
+
+
+@hookimpl
+def teardown(record: ClusterRecord) -> ClusterRecord:
+    directory = processes.cluster_dir(_options(record), record.name)
+    current = processes.record_from_directory(record.name, directory) or record
+    processes.stop_agent(directory, current.backend_ids.get("pid"))
+    final = processes.record_from_directory(record.name, directory) or current
+    return final.model_copy(update={"state": ClusterState.stopped})
+
+
+@hookimpl
+def dashboard_url(record: ClusterRecord) -> str | None:
+    return record.dashboard_url
+
+
+@hookimpl
+def list_clusters(options: LocalOptions) -> list[ClusterRecord]:
+    root = processes.state_root(options)
+    if not root.is_dir():
+        return []
+    records = (processes.record_from_directory(d.name, d) for d in sorted(root.iterdir()) if d.is_dir())
+    return [r for r in records if r is not None]
+
+
+@hookimpl
+def logs(record: ClusterRecord, tail: int | None) -> dict[str, str]:
+    directory = processes.cluster_dir(_options(record), record.name)
+    # One node: the scheduler and every worker write to the agent's log.
+    return {"node": processes.log_tail(directory, tail or 0)}
+

@@ -1,0 +1,182 @@
+"""Process helpers of the local backend: state directories, launching and stopping node agents.
+
+Each cluster has a directory ``<root>/<name>/`` holding ``node.json`` (the node agent's config),
+``agent.json`` (what the agent reports) and ``agent.log`` (everything its processes print). The
+process table is the source of truth for liveness: a cluster is live only while its agent process
+exists and is the agent of that directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from coiled_core import config
+from coiled_core.errors import ProvisionError
+from coiled_core.node.agent import STATE_FILE
+from coiled_core.records import ClusterRecord, ClusterState, WorkerRecord
+
+from coiled_local.options import LocalOptions
+
+CONFIG_FILE = "node.json"
+LOG_FILE = "agent.log"
+
+
+def state_root(options: LocalOptions) -> Path:
+    """Directory holding one sub-directory per cluster."""
+    configured = options.directory or config.get("local.directory")
+    if configured:
+        return Path(configured).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(cache) / "coiled" / "local"
+
+
+def cluster_dir(options: LocalOptions, name: str) -> Path:
+    return state_root(options) / name
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def agent_process(directory: Path, pid: int | None) -> psutil.Process | None:
+    """The live agent process of ``directory``, or None (also guards against a reused pid)."""
+    if not pid:
+        return None
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+        if str(directory / CONFIG_FILE) in proc.cmdline():
+            return proc
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        pass
+    return None
+
+
+def log_tail(directory: Path, lines: int = 20) -> str:
+    try:
+        with open(directory / LOG_FILE, errors="replace") as f:
+            return "".join(f.readlines()[-lines:]) if lines else f.read()
+    except OSError:
+        return ""
+
+
+def detect_gpus() -> list[str]:
+    """GPU device ids this machine exposes: CUDA_VISIBLE_DEVICES if set, else nvidia-smi's list."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [d for d in visible.split(",") if d.strip()]
+    if shutil.which("nvidia-smi") is None:
+        return []
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [str(i) for i, line in enumerate(out.splitlines()) if line.startswith("GPU ")]
+
+
+def launch_agent(directory: Path, node_config: dict[str, Any], environ: dict[str, str]) -> subprocess.Popen:
+    """Start a detached node agent: its own session, so it outlives the creating process."""
+    if directory.exists():
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True)
+    config_path = directory / CONFIG_FILE
+    config_path.write_text(json.dumps(node_config, indent=1))
+    with open(directory / LOG_FILE, "ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "coiled_core.node", str(config_path)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **environ},
+            cwd=directory,
+            start_new_session=True,
+            close_fds=True,
+        )
+
+
+def wait_for_scheduler(directory: Path, process: subprocess.Popen, deadline: float) -> dict[str, Any]:
+    """Wait until the agent reports its scheduler address; raise with the log tail if it dies."""
+    while True:
+        state = read_json(directory / STATE_FILE)
+        if state and state.get("state") == "error":
+            raise ProvisionError(f"the scheduler failed to start:\n{log_tail(directory)}")
+        if state and state.get("scheduler_address"):
+            return state
+        if process.poll() is not None:
+            raise ProvisionError(
+                f"the node agent exited with code {process.returncode} before its scheduler started:\n"
+                f"{log_tail(directory)}"
+            )
+        if time.monotonic() > deadline:
+            raise ProvisionError(f"the scheduler did not start in time:\n{log_tail(directory)}")
+        time.sleep(0.02)
+
+
+def stop_agent(directory: Path, pid: int | None, grace: float = 20.0) -> None:
+    """Stop an agent gracefully (SIGTERM), then kill its whole session if it lingers."""
+    proc = agent_process(directory, pid)
+    if proc is None:
+        return
+    try:
+        children = proc.children(recursive=True)
+        proc.send_signal(signal.SIGTERM)
+    except psutil.NoSuchProcess:
+        return
+    _, alive = psutil.wait_procs([proc], timeout=grace)
+    # The agent's session holds every process it forked; none may outlive it.
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    for p in [*alive, *children]:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs([proc, *children], timeout=5)
+    try:
+        os.waitpid(pid, os.WNOHANG)  # reap it if this process started it
+    except ChildProcessError:
+        pass
+
+
+def record_from_directory(name: str, directory: Path) -> ClusterRecord | None:
+    """Rebuild a cluster's record from the process table and what its agent wrote."""
+    state = read_json(directory / STATE_FILE)
+    if state is None:
+        return None
+    alive = agent_process(directory, state.get("pid")) is not None
+    reported = state.get("state") or "starting"
+    if alive:
+        cluster_state = ClusterState(reported) if reported in ClusterState.__members__ else ClusterState.starting
+        if cluster_state is ClusterState.stopped:
+            cluster_state = ClusterState.stopping
+    else:
+        cluster_state = ClusterState.error if reported == "error" else ClusterState.stopped
+    report = state.get("report") or {}
+    return ClusterRecord(
+        name=name,
+        backend="local",
+        state=cluster_state,
+        scheduler_address=state.get("scheduler_address"),
+        dashboard_url=state.get("dashboard_url"),
+        workers=[WorkerRecord(name=w["name"], backend_ids={"pid": w.get("pid")}) for w in state.get("workers", [])],
+        created_at=report.get("created_at") or state.get("started_at"),
+        spec=report.get("spec") or {},
+        backend_ids={"pid": state.get("pid"), "directory": str(directory)},
+    )
