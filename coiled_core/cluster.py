@@ -339,13 +339,16 @@ class Cluster(DistributedCluster):
 
     def _summary(self) -> dict[str, Any]:
         record_state = self.record.state.value if self.record is not None else ClusterState.pending.value
+        connected = len(self.scheduler_info["workers"])
+        if record_state == ClusterState.starting.value and self.status == Status.running and connected >= len(self.workers):
+            record_state = ClusterState.running.value
         if self.status == Status.closed:
             record_state = ClusterState.stopped.value if self.spec.shutdown_on_close else "detached"
         return {
             "name": self.name,
             "backend": self.spec.backend,
             "state": record_state,
-            "workers": len(self.scheduler_info["workers"]),
+            "workers": connected,
             "requested": len(self.workers),
             "dashboard": self.dashboard_link,
         }

@@ -148,6 +148,7 @@ class NodeAgent:
             index = len(self.workers) + len(started)
             started[name] = cls(self.scheduler_address, **self._worker_kwargs(cls, name, index))
         self.workers.update(started)
+        self.write_state()
 
         async def start(worker):
             await worker

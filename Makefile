@@ -1,0 +1,28 @@
+# Quick start: `make demo` then `make test`. Both create .venv and install the core and every
+# plugin under plugins/ in editable mode first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PLUGINS := $(sort $(wildcard plugins/*/pyproject.toml))
+
+.PHONY: install demo test bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml $(PLUGINS)
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[test]" $(foreach p,$(PLUGINS),-e $(dir $(p)))
+	touch $@
+
+demo: install
+	$(PY) examples/quickstart.py
+
+test: install
+	$(PY) -m pytest
+
+bench: install
+	$(PY) bench/startup.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info plugins/*/*.egg-info
