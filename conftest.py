@@ -3,12 +3,14 @@
 import os
 import tempfile
 
+import dask.config
 import psutil
 import pytest
 
 # Set before anything imports dask.config, so every process the tests start inherits it.
 _STATE_ROOT = tempfile.mkdtemp(prefix="coiled-test-clusters-")
 os.environ["DASK_COILED__LOCAL__DIRECTORY"] = _STATE_ROOT
+dask.config.set({"coiled.local.directory": _STATE_ROOT})
 
 
 def agent_processes() -> list[psutil.Process]:
