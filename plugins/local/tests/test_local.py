@@ -1,0 +1,199 @@
+"""The local backend through the public API: the reference's examples and distributed's Cluster API."""
+
+import asyncio
+import os
+import time
+
+import psutil
+import pytest
+from distributed import Client
+
+import coiled
+from coiled_core.records import ClusterState
+from coiled_core.testing import wait_until
+
+SMALL = {"worker_cpu": 1, "worker_memory": "1 GiB"}
+
+
+def agent_pid(cluster) -> int:
+    return cluster.record.backend_ids["pid"]
+
+
+def test_reference_simple_example_shape():
+    """coiled.Cluster(n_workers=5), Client(cluster), dashboard_link, close: nothing left."""
+    cluster = coiled.Cluster(n_workers=5, **SMALL)
+    pid = agent_pid(cluster)
+    try:
+        client = Client(cluster)
+        client.wait_for_workers(5, timeout=60)
+        assert cluster.dashboard_link.startswith("http://127.0.0.1:")
+        assert cluster.dashboard_link.endswith("/status")
+        assert client.submit(lambda: 1 + 1).result() == 2
+        assert cluster.get_client() is client
+        client.close()
+    finally:
+        cluster.close()
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert cluster.state is ClusterState.stopped
+
+
+def test_context_manager_and_resources():
+    with coiled.Cluster(n_workers=2, worker_cpu=2, worker_memory="1.5 GiB", wait_for_workers=True) as cluster:
+        with Client(cluster) as client:
+            workers = client.scheduler_info()["workers"].values()
+            assert [w["nthreads"] for w in workers] == [2, 2]
+            assert {w["memory_limit"] for w in workers} == {int(1.5 * 2**30)}
+            # All bound to loopback.
+            assert all(w["host"] == "127.0.0.1" for w in workers)
+            assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")
+    assert cluster.status.name == "closed"
+
+
+def test_reference_custom_classes_example():
+    """worker_class='distributed.Worker' and scheduler_options={'idle_timeout': '2 hours'}."""
+    with coiled.Cluster(
+        n_workers=2,
+        worker_class="distributed.Worker",
+        scheduler_options={"idle_timeout": "2 hours"},
+        wait_for_workers=True,
+        **SMALL,
+    ) as cluster:
+        with Client(cluster) as client:
+            assert client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.idle_timeout) == 7200
+            types = client.run(lambda dask_worker: type(dask_worker).__name__)
+            assert set(types.values()) == {"Worker"}
+            # No nanny: the workers run inside the node agent itself.
+            pids = set(client.run(os.getpid).values())
+            assert pids == {agent_pid(cluster)}
+
+
+def test_default_worker_class_is_nanny_in_own_processes():
+    with coiled.Cluster(n_workers=2, wait_for_workers=True, **SMALL) as cluster:
+        with Client(cluster) as client:
+            pids = set(client.run(os.getpid).values())
+            assert len(pids) == 2 and agent_pid(cluster) not in pids
+            # Forked from the agent: its children.
+            children = {p.pid for p in psutil.Process(agent_pid(cluster)).children(recursive=True)}
+            assert pids <= children
+
+
+def test_environ_reaches_scheduler_and_workers():
+    environ = {"COILED_TEST_VALUE": "hello"}
+    with coiled.Cluster(n_workers=1, environ=environ, wait_for_workers=True, **SMALL) as cluster:
+        with Client(cluster) as client:
+            get = lambda: os.environ.get("COILED_TEST_VALUE")  # noqa: E731
+            assert set(client.run(get).values()) == {"hello"}
+            assert client.run_on_scheduler(get) == "hello"
+
+
+def test_worker_gpu_slices_visible_devices(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    with coiled.Cluster(n_workers=2, worker_gpu=1, wait_for_workers=True, **SMALL) as cluster:
+        with Client(cluster) as client:
+            devices = client.run(lambda: os.environ.get("CUDA_VISIBLE_DEVICES"))
+            assert sorted(devices.values()) == ["0", "1"]
+            resources = [w["resources"] for w in client.scheduler_info()["workers"].values()]
+            assert resources == [{"GPU": 1}, {"GPU": 1}]
+            assert client.submit(lambda: "gpu task", resources={"GPU": 1}).result() == "gpu task"
+
+
+def test_oversubscription_warns_once_and_runs():
+    with pytest.warns(UserWarning, match="CPUs") as record:
+        cluster = coiled.Cluster(n_workers=1, worker_cpu=(os.cpu_count() or 1) + 1, wait_for_workers=True)
+    try:
+        assert len([w for w in record if "sharing this machine" in str(w.message)]) == 1
+        with Client(cluster) as client:
+            assert client.submit(lambda: 3).result() == 3
+    finally:
+        cluster.close()
+
+
+def test_idle_timeout_shuts_cluster_down_by_itself():
+    cluster = coiled.Cluster(n_workers=1, idle_timeout="2s", shutdown_on_close=False, wait_for_workers=True, **SMALL)
+    pid = agent_pid(cluster)
+    name = cluster.name
+    cluster.close()  # disconnect only; the cluster's own idle timeout must end it
+    proc = psutil.Process(pid)
+    assert proc.is_running()
+    gone, _ = psutil.wait_procs([proc], timeout=45)
+    assert gone, "the node agent outlived its idle timeout"
+    backend = cluster.backend
+    assert backend.describe(name, cluster.backend_options).state is ClusterState.stopped
+
+
+def test_scale_and_adapt():
+    with coiled.Cluster(n_workers=1, wait_for_workers=True, **SMALL) as cluster:
+        with Client(cluster) as client:
+            cluster.scale(2)
+            client.wait_for_workers(2, timeout=60)
+            names_before = set(cluster.workers)
+            cluster.scale(0)
+            wait_until(lambda: not client.scheduler_info()["workers"], 60, message="scale to 0")
+            assert cluster.workers == {}
+            cluster.scale(1)
+            client.wait_for_workers(1, timeout=60)
+            # Names are never reused.
+            assert not (set(cluster.workers) & names_before)
+
+            cluster.adapt(minimum=0, maximum=2, interval="200ms", wait_count=2)
+            futures = client.map(lambda x: time.sleep(0.5) or x, range(20))
+            wait_until(lambda: len(cluster.workers) == 2, 60, message="adaptive scale up")
+            assert sum(client.gather(futures)) == sum(range(20))
+            del futures
+            wait_until(lambda: len(cluster.workers) == 0, 60, message="adaptive scale down")
+
+
+def test_n_workers_range_means_adaptive():
+    with coiled.Cluster(n_workers=[1, 3], wait_for_workers=True, **SMALL) as cluster:
+        assert cluster._adaptive is not None
+        assert (cluster._adaptive.minimum, cluster._adaptive.maximum) == (1, 3)
+        assert len(cluster.workers) >= 1
+
+
+def test_get_logs_include_node_log():
+    with coiled.Cluster(n_workers=1, wait_for_workers=True, **SMALL) as cluster:
+        logs = cluster.get_logs()
+        assert "Scheduler" in logs
+        assert "Scheduler at" in logs["local:node"]
+
+
+def test_repr_and_html_repr():
+    with coiled.Cluster(n_workers=1, wait_for_workers=True, **SMALL) as cluster:
+        text = repr(cluster)
+        assert cluster.name in text and "local" in text and "workers=1/1" in text
+        html = cluster._repr_html_()
+        for piece in (cluster.name, "local", "running", cluster.dashboard_link):
+            assert piece in html
+
+
+def test_create_or_attach_by_name():
+    first = coiled.Cluster(name="attach-me", n_workers=1, wait_for_workers=True, **SMALL)
+    try:
+        second = coiled.Cluster(name="attach-me")
+        assert not second.created
+        assert second.scheduler_address == first.scheduler_address
+        assert agent_pid(second) == agent_pid(first)
+        second.close()  # attached: close only disconnects
+        assert first.state is ClusterState.running
+    finally:
+        first.close()
+    assert first.state is ClusterState.stopped
+
+
+def test_async_api():
+    async def main():
+        cluster = await coiled.Cluster(n_workers=1, asynchronous=True, wait_for_workers=True, **SMALL)
+        try:
+            async with Client(cluster, asynchronous=True) as client:
+                assert await client.submit(lambda x: x + 1, 1) == 2
+            await cluster.scale(2)
+            assert len(cluster.workers) == 2
+        finally:
+            await cluster.close()
+        async with coiled.Cluster(n_workers=1, asynchronous=True, **SMALL) as cluster2:
+            assert cluster2.scheduler_address.startswith("tcp://127.0.0.1")
+        return cluster, cluster2
+
+    first, second = asyncio.run(main())
+    assert first.state is ClusterState.stopped
+    assert second.state is ClusterState.stopped
