@@ -42,9 +42,9 @@ class BackendSpec:
     def backend_options_model(self) -> type[BaseModel]:
         """Return the pydantic model that validates this backend's ``backend_options``.
 
-        Called once per cluster before anything is created; the first non-None result is used.
-        The model should set ``extra="forbid"`` semantics in spirit: the core rejects unknown keys
-        itself, suggesting the closest field name, and then validates with the model.
+        Called once per cluster before anything is created, and again to read the options back
+        from a record; the first non-None result is used. The core rejects unknown keys itself
+        (suggesting the closest field name) and then validates with the model.
 
         Returns:
             A pydantic ``BaseModel`` subclass whose fields all have defaults, so that
@@ -152,6 +152,9 @@ class BackendSpec:
 
         Called by ``coiled.list_clusters()`` and ``coiled cluster list``. Must not import or
         contact anything for clusters of other backends.
+
+        Returns:
+            A list with one record per cluster (empty if there are none).
         """
 
     @hookspec(firstresult=True)
@@ -163,4 +166,7 @@ class BackendSpec:
 
         Parameters:
             tail: if given, only the last ``tail`` lines of each log.
+
+        Returns:
+            A mapping from process name to its log text.
         """

@@ -103,6 +103,12 @@ def _accepted_keywords(cls: type) -> set[str] | None:
     return None
 
 
+def _is_nanny(cls: type) -> bool:
+    from distributed import Nanny
+
+    return inspect.isclass(cls) and issubclass(cls, Nanny)
+
+
 def check_options_against_class(class_name: str, options: Mapping[str, Any], parameter: str) -> None:
     """Import ``class_name`` and check that it accepts every key of ``options``.
 
@@ -116,6 +122,15 @@ def check_options_against_class(class_name: str, options: Mapping[str, Any], par
     if not callable(cls):
         raise ValueError(f"{parameter.replace('_options', '_class')}={class_name!r} is not a class")
     accepted = _accepted_keywords(cls) if inspect.isclass(cls) else None
+    if accepted is not None and _is_nanny(cls):
+        # A Nanny hands the keywords it does not take itself on to its worker class.
+        worker_class = options.get("worker_class") or "distributed.Worker"
+        try:
+            worker_cls = import_term(worker_class) if isinstance(worker_class, str) else worker_class
+        except Exception:
+            return
+        inner = _accepted_keywords(worker_cls) if inspect.isclass(worker_cls) else None
+        accepted = None if inner is None else accepted | inner
     if accepted is None:
         return
     for key in options:
@@ -300,7 +315,8 @@ def _format_validation_error(error: ValidationError) -> str:
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             message = "is not a coiled.Cluster parameter"
-        lines.append(f"{where}: {message}")
+        # A model-level error (n_workers) already names its parameter.
+        lines.append(f"{where}: {message}" if item["loc"] else message)
     return "Invalid cluster parameters:\n  " + "\n  ".join(lines) if len(lines) > 1 else lines[0]
 
 
@@ -343,7 +359,9 @@ def resolve_cluster_spec(
         raise ClusterSpecError(f"scheduler_options: must be a mapping of keyword names to values, not {scheduler_options!r}")
     scheduler_options = dict(scheduler_options)
     shortcut = keywords.get("idle_timeout")
-    if shortcut is not None and scheduler_options.get("idle_timeout") is not None:
+    # Only explicit scheduler_options can contradict the explicit shortcut; lower layers yield to it.
+    explicit_options = keywords.get("scheduler_options")
+    if shortcut is not None and explicit_options is not None and scheduler_options.get("idle_timeout") is not None:
         try:
             same = _duration(shortcut, "2 hours") == _duration(scheduler_options["idle_timeout"], "2 hours")
         except ValueError:
@@ -358,7 +376,12 @@ def resolve_cluster_spec(
             scheduler_options["idle_timeout"] = _duration(shortcut, "2 hours")
         except ValueError as e:
             raise ClusterSpecError(f"idle_timeout: {e}") from None
-    if "idle_timeout" not in scheduler_options:
+    elif "idle_timeout" not in scheduler_options or (
+        explicit_options is None
+        and configuration_values.get("scheduler_options") is None
+        and configuration_values.get("idle_timeout") is not None
+    ):
+        # A configuration's idle_timeout also outranks scheduler_options from dask config.
         scheduler_options["idle_timeout"] = configuration_values.get("idle_timeout") or config.get("idle-timeout")
     values["scheduler_options"] = scheduler_options
 

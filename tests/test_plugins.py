@@ -1,0 +1,533 @@
+"""The plugin system: discovery through entry points, isolation, extensions and failure modes.
+
+Every plugin here is a fake distribution: a ``*.dist-info`` directory written into ``tmp_path``
+next to the plugin's module, with ``tmp_path`` put on ``sys.path``. Nothing is installed.
+Module names carry a per-test random suffix because Python caches imports.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib
+import importlib.util
+import inspect
+import os
+import subprocess
+import sys
+import textwrap
+import uuid
+import warnings
+from pathlib import Path
+
+import pluggy
+import pytest
+
+import coiled
+from coiled_core import hookspecs
+from coiled_core.errors import (
+    BackendLoadError,
+    BackendNotFoundError,
+    DuplicateBackendError,
+    ProvisionError,
+)
+from coiled_core.plugins import Backend, discover_backends, list_backends, load_backend
+from coiled_core.records import ClusterRecord, ClusterState
+from coiled_core.spec import resolve_cluster_spec
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SDK_PACKAGES = ("boto3", "botocore", "google", "kubernetes")
+
+#: Every hook of the contract, from the spec class itself.
+ALL_HOOKS = sorted(
+    name for name, fn in inspect.getmembers(hookspecs.BackendSpec, inspect.isfunction) if hasattr(fn, "coiled_core_spec")
+)
+
+# A backend implementing every hook, recording each call (hook name and keyword arguments).
+BACKEND_SOURCE = '''
+from pydantic import BaseModel
+
+from coiled_core import hookimpl
+from coiled_core.errors import ProvisionError
+from coiled_core.records import ClusterRecord, ClusterState, WorkerRecord
+
+BACKEND_NAME = {backend_name!r}
+DESCRIBE_FINDS = {describe_finds!r}
+PROVISION_FAILS = {provision_fails!r}
+{extra}
+CALLS = []
+
+
+class Options(BaseModel):
+    flavour: str = "plain"
+
+
+def _record(name, state=ClusterState.running, workers=2):
+    return ClusterRecord(
+        name=name,
+        backend=BACKEND_NAME,
+        state=state,
+        scheduler_address="tcp://127.0.0.1:1",
+        dashboard_url="http://127.0.0.1:2/status",
+        workers=[WorkerRecord(name=f"{{name}}-worker-{{i}}") for i in range(workers)],
+        backend_ids={{"module": __name__}},
+    )
+
+
+@hookimpl
+def backend_options_model():
+    CALLS.append(("backend_options_model", {{}}))
+    return Options
+
+
+@hookimpl
+def provision(spec, options):
+    CALLS.append(("provision", {{"spec": spec, "options": options}}))
+    if PROVISION_FAILS:
+        raise ProvisionError("fake")
+    return _record(spec.name, ClusterState.starting)
+
+
+@hookimpl
+def scale(record, n_workers, retired):
+    CALLS.append(("scale", {{"record": record, "n_workers": n_workers, "retired": retired}}))
+    return _record(record.name, workers=n_workers)
+
+
+@hookimpl
+def describe(name, options):
+    CALLS.append(("describe", {{"name": name, "options": options}}))
+    return _record(name) if DESCRIBE_FINDS else None
+
+
+@hookimpl
+def teardown(record):
+    CALLS.append(("teardown", {{"record": record}}))
+    return record.model_copy(update={{"state": ClusterState.stopped}})
+
+
+@hookimpl
+def dashboard_url(record):
+    CALLS.append(("dashboard_url", {{"record": record}}))
+    return record.dashboard_url
+
+
+@hookimpl
+def list_clusters(options):
+    CALLS.append(("list_clusters", {{"options": options}}))
+    return [_record("listed")]
+
+
+@hookimpl
+def logs(record, tail):
+    CALLS.append(("logs", {{"record": record, "tail": tail}}))
+    return {{"scheduler": "log of " + BACKEND_NAME + " tail=" + str(tail)}}
+'''
+
+# An extension wrapping every hook: it records the hook name before and after the call.
+EXTENSION_SOURCE = '''
+from coiled_core import hookimpl
+
+CALLS = []
+'''
+
+
+def _extension_source() -> str:
+    # Spell every wrapper out with the spec's own argument names (pluggy matches by name).
+    pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+    pm.add_hookspecs(hookspecs.BackendSpec)
+    lines = [EXTENSION_SOURCE]
+    for hook in ALL_HOOKS:
+        args = ", ".join(getattr(pm.hook, hook).spec.argnames)
+        lines.append(
+            textwrap.dedent(
+                f"""
+                @hookimpl(wrapper=True)
+                def {hook}({args}):
+                    CALLS.append(({hook!r}, "before"))
+                    result = yield
+                    CALLS.append(({hook!r}, "after"))
+                    return result
+                """
+            )
+        )
+    return "\n".join(lines)
+
+
+class FakeSite:
+    """A directory of fake distributions and plugin modules, on ``sys.path``."""
+
+    def __init__(self, root: Path, monkeypatch: pytest.MonkeyPatch):
+        self.root = root
+        self.suffix = uuid.uuid4().hex[:10]
+        self.modules: list[str] = []
+        monkeypatch.syspath_prepend(str(root))
+
+    @property
+    def path(self) -> list[str]:
+        return [str(self.root)]
+
+    def module_name(self, stem: str) -> str:
+        return f"{stem}_{self.suffix}"
+
+    def write_module(self, stem: str, source: str) -> str:
+        name = self.module_name(stem)
+        (self.root / f"{name}.py").write_text(source)
+        self.modules.append(name)
+        return name
+
+    def write_backend_module(self, backend_name: str, *, describe_finds=True, provision_fails=False, extra="") -> str:
+        source = BACKEND_SOURCE.format(
+            backend_name=backend_name, describe_finds=describe_finds, provision_fails=provision_fails, extra=extra
+        )
+        return self.write_module(f"fake_backend_{backend_name}", source)
+
+    def write_dist(self, dist_name: str, *, backends=None, extensions=None, version="1.0") -> None:
+        info = self.root / f"{dist_name.replace('-', '_')}-{version}.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist_name}\nVersion: {version}\n")
+        text = ""
+        for group, entries in (("coiled_core.backends", backends), ("coiled_core.extensions", extensions)):
+            if entries:
+                text += f"[{group}]\n" + "".join(f"{k} = {v}\n" for k, v in entries.items()) + "\n"
+        (info / "entry_points.txt").write_text(text)
+
+    def add_backend(self, backend_name: str, dist_name: str | None = None, **kwargs) -> str:
+        module = self.write_backend_module(backend_name, **kwargs)
+        self.write_dist(dist_name or f"{backend_name.replace('_', '-')}-dist", backends={backend_name: module})
+        return module
+
+    def module(self, stem: str):
+        return importlib.import_module(self.module_name(stem))
+
+    def calls(self, backend_name: str) -> list[tuple[str, dict]]:
+        return self.module(f"fake_backend_{backend_name}").CALLS
+
+
+@pytest.fixture
+def site(tmp_path, monkeypatch):
+    fake = FakeSite(tmp_path, monkeypatch)
+    yield fake
+    for name in fake.modules:
+        sys.modules.pop(name, None)
+
+
+def _record(name: str = "c") -> ClusterRecord:
+    return ClusterRecord(name=name, backend="fake_a", state=ClusterState.running, scheduler_address="tcp://127.0.0.1:1")
+
+
+def _call_every_method(backend: Backend) -> None:
+    """Call every Backend method once, checking that each answer came from the fake."""
+    options_model = backend.options_model()
+    assert options_model.__name__ == "Options"
+    options = backend.validate_options({"flavour": "spicy"})
+    assert options.flavour == "spicy"
+    record = _record("c")
+    assert backend.options_from_record(record.model_copy(update={"spec": {"backend_options": {"flavour": "x"}}})).flavour == "x"
+    spec = resolve_cluster_spec({"name": "c", "backend": backend.name, "n_workers": 2, "worker_memory": "1 GiB"})
+    assert backend.provision(spec, options).state == ClusterState.starting
+    assert backend.scale(record, 3, ["c-worker-0"]).worker_names == ["c-worker-0", "c-worker-1", "c-worker-2"]
+    assert backend.describe("c", options).state == ClusterState.running
+    assert backend.teardown(record).state == ClusterState.stopped
+    assert backend.dashboard_url(record.model_copy(update={"dashboard_url": "http://x/status"})) == "http://x/status"
+    assert [r.name for r in backend.list_clusters(options)] == ["listed"]
+    assert backend.logs(record, tail=5) == {"scheduler": f"log of {backend.name} tail=5"}
+
+
+#: Hooks called by _call_every_method, in order (validate_options and options_from_record go
+#: through backend_options_model).
+EVERY_METHOD_HOOKS = [
+    "backend_options_model",
+    "backend_options_model",
+    "backend_options_model",
+    "provision",
+    "scale",
+    "describe",
+    "teardown",
+    "dashboard_url",
+    "list_clusters",
+    "logs",
+]
+
+
+def test_fake_backend_implements_every_hook(site):
+    site.add_backend("fake_a")
+    module = site.module("fake_backend_fake_a")
+    implemented = sorted(n for n, fn in vars(module).items() if callable(fn) and hasattr(fn, "coiled_core_impl"))
+    assert implemented == ALL_HOOKS
+    assert sorted(set(EVERY_METHOD_HOOKS)) == ALL_HOOKS
+
+
+def test_discovery_finds_fake_distributions_without_importing(site):
+    mod_a = site.add_backend("fake_a")
+    mod_b = site.add_backend("fake_b")
+    found = discover_backends(site.path)
+    assert sorted(found) == ["fake_a", "fake_b"]
+    assert found["fake_a"].module == mod_a
+    assert found["fake_a"].distribution == "fake-a-dist"
+    assert found["fake_a"].version == "1.0"
+    assert found["fake_b"].module == mod_b
+    assert mod_a not in sys.modules and mod_b not in sys.modules
+    # With the default path (sys.path, which has tmp_path first) the real backend is there too.
+    assert {"fake_a", "fake_b", "local"} <= set(discover_backends())
+
+
+def test_list_backends_imports_and_reports_working_ones(site):
+    site.add_backend("fake_a")
+    site.add_backend("fake_b")
+    entries = list_backends(site.path)
+    assert [(e.name, e.error) for e in entries] == [("fake_a", None), ("fake_b", None)]
+    assert all(e.module in sys.modules for e in entries)
+
+
+def test_only_the_selected_backend_is_called(site):
+    site.add_backend("fake_a")
+    site.add_backend("fake_b")
+    # Both modules are imported, so a leak between them would be seen.
+    list_backends(site.path)
+    calls_a, calls_b = site.calls("fake_a"), site.calls("fake_b")
+
+    backend = load_backend("fake_a", path=site.path)
+    assert backend.name == "fake_a"
+    assert backend.plugin_manager.get_plugins() == {site.module("fake_backend_fake_a")}
+    with warnings.catch_warnings():
+        # pluggy warns when a call lacks an argument the hookspec declares.
+        warnings.simplefilter("error")
+        _call_every_method(backend)
+    assert [hook for hook, _ in calls_a] == EVERY_METHOD_HOOKS
+    assert calls_b == []
+    # Arguments reach the hook as the Backend method was given them.
+    kwargs = dict(calls_a)
+    assert kwargs["scale"]["n_workers"] == 3 and kwargs["scale"]["retired"] == ["c-worker-0"]
+    assert kwargs["logs"]["tail"] == 5
+    assert kwargs["describe"]["name"] == "c"
+
+    # And the other way round: fake_b's backend never reaches fake_a.
+    before = len(calls_a)
+    _call_every_method(load_backend("fake_b", path=site.path))
+    assert [hook for hook, _ in calls_b] == EVERY_METHOD_HOOKS
+    assert len(calls_a) == before
+
+
+def test_cluster_calls_only_its_backend(site):
+    site.add_backend("fake_a", describe_finds=False, provision_fails=True)
+    site.add_backend("fake_b")
+    list_backends(site.path)  # import fake_b too, so that calls into it would be recorded
+    calls_a, calls_b = site.calls("fake_a"), site.calls("fake_b")
+
+    with pytest.raises(ProvisionError, match="fake") as info:
+        coiled.Cluster(name="plugin-isolation", backend="fake_a", n_workers=1, worker_memory="1 GiB", timeout=60)
+    # The failed Cluster is only reachable through the traceback; collect it here, so that the
+    # "unclosed cluster" ResourceWarning distributed's Cluster.__del__ gives for a cluster left in
+    # the "failed" state is not raised inside some later test.
+    del info
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
+
+    hooks = [hook for hook, _ in calls_a]
+    assert "describe" in hooks and "provision" in hooks
+    assert hooks.index("describe") < hooks.index("provision")
+    assert dict(calls_a)["provision"]["spec"].name == "plugin-isolation"
+    # provision failed before returning a record: there is nothing to tear down.
+    assert "teardown" not in hooks
+    assert calls_b == []
+
+
+def test_wrapper_extension_sees_every_call(site):
+    site.add_backend("fake_a")
+    ext = site.write_module("fake_extension", _extension_source())
+    site.write_dist("fake-tracing", extensions={"tracing": ext})
+
+    backend = load_backend("fake_a", path=site.path)
+    assert site.module("fake_extension") in backend.plugin_manager.get_plugins()
+    _call_every_method(backend)
+
+    seen = site.module("fake_extension").CALLS
+    expected = [(hook, when) for hook in EVERY_METHOD_HOOKS for when in ("before", "after")]
+    assert seen == expected
+    assert [hook for hook, _ in site.calls("fake_a")] == EVERY_METHOD_HOOKS
+
+
+def test_extension_that_fails_to_import_is_skipped_with_a_warning(site):
+    site.add_backend("fake_a")
+    ext = site.write_module("fake_bad_extension", "raise ImportError('no tracing sdk')\n")
+    site.write_dist("fake-bad-ext", extensions={"badext": ext})
+    with pytest.warns(UserWarning, match=r"'badext'.*fake-bad-ext.*no tracing sdk"):
+        backend = load_backend("fake_a", path=site.path)
+    assert backend.plugin_manager.get_plugins() == {site.module("fake_backend_fake_a")}
+
+
+def test_broken_backend_is_named_and_skipped_when_listing(site):
+    site.add_backend("fake_a")
+    broken = site.write_module(
+        "fake_broken", "raise ImportError(\"No module named 'fakecloud_sdk'\", name='fakecloud_sdk')\n"
+    )
+    site.write_dist("fake-broken-dist", backends={"fake_broken": broken})
+    site.add_backend("fake_b")
+
+    entries = {e.name: e for e in list_backends(site.path)}
+    assert sorted(entries) == ["fake_a", "fake_b", "fake_broken"]
+    assert entries["fake_a"].error is None and entries["fake_b"].error is None
+    error = entries["fake_broken"].error
+    assert error is not None
+    assert "fake_broken" in error and "fake-broken-dist" in error and "fakecloud_sdk" in error
+
+    with pytest.raises(BackendLoadError, match="fake_broken") as info:
+        load_backend("fake_broken", path=site.path)
+    assert "fake-broken-dist" in str(info.value)
+    assert isinstance(info.value.__cause__, ImportError)
+    # The working backends still load.
+    assert load_backend("fake_a", path=site.path).name == "fake_a"
+
+
+def test_two_distributions_claiming_one_name(site):
+    one = site.write_backend_module("fake_dup")
+    site.write_dist("dist-one", backends={"fake_dup": one})
+    two = site.write_module("fake_dup_two", BACKEND_SOURCE.format(backend_name="fake_dup", describe_finds=True, provision_fails=False, extra=""))
+    site.write_dist("dist-two", backends={"fake_dup": two})
+
+    for call in (discover_backends, list_backends, lambda path: load_backend("fake_dup", path=path)):
+        with pytest.raises(DuplicateBackendError) as info:
+            call(site.path)
+        message = str(info.value)
+        assert "dist-one" in message and "dist-two" in message and "fake_dup" in message
+
+
+def test_same_distribution_twice_on_the_path_is_not_a_duplicate(tmp_path, monkeypatch):
+    sites = []
+    for sub in ("first", "second"):
+        (tmp_path / sub).mkdir()
+        sites.append(FakeSite(tmp_path / sub, monkeypatch))
+    sites[1].suffix = sites[0].suffix  # the same module name in both
+    for fake in sites:
+        fake.add_backend("fake_a", dist_name="fake-a-dist")
+    try:
+        found = discover_backends([str(tmp_path / "first"), str(tmp_path / "second")])
+        assert list(found) == ["fake_a"]
+    finally:
+        for fake in sites:
+            for name in fake.modules:
+                sys.modules.pop(name, None)
+
+
+def test_unknown_backend_lists_the_installed_ones(site):
+    site.add_backend("fake_a")
+    site.add_backend("fake_b")
+    with pytest.raises(BackendNotFoundError) as info:
+        load_backend("nope", path=site.path)
+    message = str(info.value)
+    assert "'nope'" in message and "'fake_a'" in message and "'fake_b'" in message
+    assert "'local'" not in message
+
+
+def test_unknown_backend_with_an_empty_path(tmp_path):
+    with pytest.raises(BackendNotFoundError, match="installed backends: none"):
+        load_backend("nope", path=[str(tmp_path)])
+
+
+def test_cluster_with_unknown_backend_lists_local():
+    with pytest.raises(BackendNotFoundError) as info:
+        coiled.Cluster(backend="nope")
+    message = str(info.value)
+    assert "'nope'" in message and "'local'" in message
+
+
+def test_hook_api_version_mismatch_is_refused(site):
+    site.add_backend("fake_a", extra="HOOK_API_VERSION = 999")
+    with pytest.raises(BackendLoadError) as info:
+        load_backend("fake_a", path=site.path)
+    message = str(info.value)
+    assert "999" in message and str(hookspecs.HOOK_API_VERSION) in message and "fake_a" in message
+    # Listing names it too, rather than failing.
+    (entry,) = list_backends(site.path)
+    assert entry.error is not None and "999" in entry.error
+
+
+def test_matching_hook_api_version_is_accepted(site):
+    site.add_backend("fake_a", extra=f"HOOK_API_VERSION = {hookspecs.HOOK_API_VERSION}")
+    assert load_backend("fake_a", path=site.path).options_model().__name__ == "Options"
+
+
+def test_misspelled_hook_is_refused(site):
+    extra = textwrap.dedent(
+        """
+        from coiled_core import hookimpl as _hookimpl
+
+        @_hookimpl
+        def provison(spec, options):
+            return None
+        """
+    )
+    site.add_backend("fake_a", extra=extra)
+    with pytest.raises(BackendLoadError, match="provison") as info:
+        load_backend("fake_a", path=site.path)
+    assert "fake_a" in str(info.value)
+    assert isinstance(info.value.__cause__, pluggy.PluginValidationError)
+
+
+def test_hook_with_wrong_argument_names_is_refused(site):
+    extra = textwrap.dedent(
+        """
+        from coiled_core import hookimpl as _hookimpl
+
+        @_hookimpl
+        def dashboard_url(cluster_record):
+            return None
+        """
+    )
+    module = site.write_module("fake_badargs", extra)
+    site.write_dist("fake-badargs-dist", backends={"fake_badargs": module})
+    with pytest.raises(BackendLoadError, match="fake_badargs") as info:
+        load_backend("fake_badargs", path=site.path)
+    assert "cluster_record" in str(info.value)
+
+
+def test_each_load_gets_a_fresh_plugin_manager(site):
+    site.add_backend("fake_a")
+    first = load_backend("fake_a", path=site.path)
+    second = load_backend("fake_a", path=site.path)
+    assert first is not second
+    assert first.plugin_manager is not second.plugin_manager
+    # Both hold the same (single) backend module.
+    assert first.plugin_manager.get_plugins() == second.plugin_manager.get_plugins() == {site.module("fake_backend_fake_a")}
+    # Unregistering from one leaves the other intact.
+    first.plugin_manager.unregister(name="backend:fake_a")
+    assert second.options_model().__name__ == "Options"
+    with pytest.raises(BackendLoadError, match="does not implement"):
+        first.options_model()
+
+
+def _sdk_stubs(tmp_path: Path) -> Path:
+    """Empty stand-ins for the cloud SDKs that are not installed, so an import of one shows."""
+    stubs = tmp_path / "sdk_stubs"
+    stubs.mkdir()
+    for name in SDK_PACKAGES:
+        if importlib.util.find_spec(name) is None:
+            (stubs / name).mkdir()
+            (stubs / name / "__init__.py").write_text("")
+    return stubs
+
+
+def _imported_sdks(code: str, tmp_path: Path) -> str:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_sdk_stubs(tmp_path)), env.get("PYTHONPATH")]))
+    script = code + "; print(sorted(m for m in sys.modules if m.split('.')[0] in " + repr(SDK_PACKAGES) + "))"
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip().splitlines()[-1]
+
+
+def test_sdk_stubs_would_be_noticed(tmp_path):
+    # The check below can fail: importing an SDK shows up in its output.
+    assert _imported_sdks("import sys, boto3, kubernetes", tmp_path) == "['boto3', 'kubernetes']"
+
+
+def test_listing_backends_does_not_import_cloud_sdks(tmp_path):
+    code = "import sys, coiled; from coiled_core.plugins import list_backends; list_backends()"
+    assert _imported_sdks(code, tmp_path) == "[]"
+
+
+def test_importing_coiled_does_not_import_cloud_sdks(tmp_path):
+    assert _imported_sdks("import sys, coiled", tmp_path) == "[]"
