@@ -172,7 +172,6 @@ class Cluster(DistributedCluster):
             await asyncio.wait_for(self._start_and_wait(), self.spec.timeout)
         except BaseException as error:
             await self._clean_up_failed_start()
-            self.status = Status.failed
             if isinstance(error, asyncio.TimeoutError):
                 raise ProvisionError(
                     f"cluster {self.name!r} did not start within timeout={self.spec.timeout:g}s; "
@@ -229,8 +228,12 @@ class Cluster(DistributedCluster):
                 await asyncio.to_thread(self.backend.teardown, self.record)
             except Exception:
                 logger.exception("tearing down %r after a failed start also failed", self.name)
-        if self.scheduler_comm is not None:
-            await self.scheduler_comm.close_rpc()
+        # Release comms and tasks; a failed cluster object is closed, not left half-open.
+        try:
+            await DistributedCluster._close(self)
+        except Exception:
+            logger.debug("closing %r after a failed start", self.name, exc_info=True)
+        self.status = Status.closed
 
     def _update_workers(self) -> None:
         assert self.record is not None

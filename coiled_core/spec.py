@@ -346,7 +346,7 @@ def resolve_cluster_spec(
         return config.get(key.replace("_", "-"))
 
     values: dict[str, Any] = {key: pick(key) for key in SPEC_KEYWORDS if key not in ("idle_timeout", "name")}
-    values["name"] = keywords.get("name") or generate_cluster_name()
+    values["name"] = generate_cluster_name() if keywords.get("name") is None else keywords["name"]
 
     backend = values["backend"]
     if keywords.get("backend_options") is None and configuration_values.get("backend_options") is None:

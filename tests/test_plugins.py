@@ -287,8 +287,12 @@ def test_only_the_selected_backend_is_called(site):
     calls_a, calls_b = site.calls("fake_a"), site.calls("fake_b")
 
     backend = load_backend("fake_a", path=site.path)
+    # Loaded (not called) before fake_a is used: a plugin manager shared between loads would
+    # now send fake_a's calls to fake_b.
+    backend_b = load_backend("fake_b", path=site.path)
     assert backend.name == "fake_a"
     assert backend.plugin_manager.get_plugins() == {site.module("fake_backend_fake_a")}
+    assert backend_b.plugin_manager.get_plugins() == {site.module("fake_backend_fake_b")}
     with warnings.catch_warnings():
         # pluggy warns when a call lacks an argument the hookspec declares.
         warnings.simplefilter("error")
@@ -303,7 +307,7 @@ def test_only_the_selected_backend_is_called(site):
 
     # And the other way round: fake_b's backend never reaches fake_a.
     before = len(calls_a)
-    _call_every_method(load_backend("fake_b", path=site.path))
+    _call_every_method(backend_b)
     assert [hook for hook, _ in calls_b] == EVERY_METHOD_HOOKS
     assert len(calls_a) == before
 
