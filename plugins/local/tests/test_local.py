@@ -2,6 +2,8 @@
 
 import asyncio
 import os
+import subprocess
+import sys
 import time
 
 import psutil
@@ -197,3 +199,28 @@ def test_async_api():
     first, second = asyncio.run(main())
     assert first.state is ClusterState.stopped
     assert second.state is ClusterState.stopped
+
+
+def test_no_arguments_gives_the_reference_defaults():
+    """coiled.Cluster() works: 4 workers of 4 threads (oversubscribing this machine, with a warning)."""
+    with pytest.warns(UserWarning, match="sharing this machine"):
+        cluster = coiled.Cluster(wait_for_workers=True)
+    with cluster, Client(cluster) as client:
+        workers = client.scheduler_info()["workers"].values()
+        assert len(workers) == 4
+        assert {w["nthreads"] for w in workers} == {4}
+        assert client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.idle_timeout) == 20 * 60
+
+
+def test_normal_interpreter_exit_shuts_down_created_clusters(tmp_path):
+    """A script that forgets close() leaves nothing running once it exits."""
+    script = tmp_path / "forgetful.py"
+    script.write_text(
+        "import coiled\n"
+        "cluster = coiled.Cluster(n_workers=1, worker_cpu=1, worker_memory='1 GiB')\n"
+        "print(cluster.record.backend_ids['pid'], flush=True)\n"
+    )
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, check=True)
+    pid = int(out.stdout.strip().splitlines()[-1])
+    psutil.wait_procs([psutil.Process(pid)] if psutil.pid_exists(pid) else [], timeout=30)
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
