@@ -10,7 +10,9 @@ import pytest
 # Set before anything imports dask.config, so every process the tests start inherits it.
 _STATE_ROOT = tempfile.mkdtemp(prefix="coiled-test-clusters-")
 os.environ["DASK_COILED__LOCAL__DIRECTORY"] = _STATE_ROOT
-dask.config.set({"coiled.local.directory": _STATE_ROOT})
+_STORE = tempfile.mkdtemp(prefix="coiled-test-store-")
+os.environ["DASK_COILED__STORE"] = _STORE
+dask.config.set({"coiled.local.directory": _STATE_ROOT, "coiled.store": _STORE})
 
 
 def agent_processes() -> list[psutil.Process]:

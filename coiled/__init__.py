@@ -7,17 +7,27 @@ Example::
 
     cluster = coiled.Cluster(n_workers=5)
     client = Client(cluster)
+
+    coiled.list_clusters()            # every cluster of the default backend
+    coiled.delete_cluster("my-name")  # shut one down, from any process
 """
 
+from coiled_core.api import cluster_logs, delete_cluster, gc, list_backends, list_clusters
 from coiled_core.cluster import Cluster
-from coiled_core.errors import ClusterSpecError, CoiledError, ProvisionError
+from coiled_core.errors import ClusterNotFoundError, ClusterSpecError, CoiledError, ProvisionError
 from coiled_core.records import ClusterRecord, ClusterState
 
 __all__ = [
     "Cluster",
+    "ClusterNotFoundError",
     "ClusterRecord",
     "ClusterSpecError",
     "ClusterState",
     "CoiledError",
     "ProvisionError",
+    "cluster_logs",
+    "delete_cluster",
+    "gc",
+    "list_backends",
+    "list_clusters",
 ]

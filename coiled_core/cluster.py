@@ -4,25 +4,36 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import datetime
 import html
 import logging
 import math
 import time
+import warnings
 import weakref
+from contextlib import suppress
 from typing import Any
 
 from distributed.core import Status, rpc
 from distributed.deploy.cluster import Cluster as DistributedCluster
 from distributed.utils import Log
-from tornado.ioloop import IOLoop
+from tornado.ioloop import IOLoop, PeriodicCallback
 
 from coiled_core import config
 from coiled_core.errors import ClusterSpecError, CoiledError, ProvisionError
+from coiled_core.node.config import heartbeat_interval
 from coiled_core.plugins import Backend, load_backend
+from coiled_core.progress import StartProgress
 from coiled_core.records import ClusterRecord, ClusterState
 from coiled_core.spec import ClusterSpec, resolve_cluster_spec
 
 logger = logging.getLogger("coiled")
+if not logger.handlers and not logging.getLogger().handlers:
+    # Like distributed's loggers: progress lines reach stderr without any logging set-up.
+    _handler = logging.StreamHandler()
+    _handler.setFormatter(logging.Formatter("%(asctime)s - %(name)s - %(levelname)s - %(message)s"))
+    logger.addHandler(_handler)
+    logger.setLevel(logging.INFO)
 
 #: Clusters this process created and must not leave running when it exits normally.
 _live_clusters: weakref.WeakSet[Cluster] = weakref.WeakSet()
@@ -82,6 +93,13 @@ class Cluster(DistributedCluster):
     wait_for_workers:
         Return once this many workers joined: True, False, a count or a fraction of
         ``n_workers`` (default 0.3).
+    no_client_timeout:
+        The cluster shuts itself down after this long with no client; a live ``Cluster``
+        object counts as one (default 2 minutes while ``shutdown_on_close`` is true, else off).
+    cluster_timeout:
+        Hard cap on the cluster's lifetime (default none).
+    show_widget:
+        Show start-up progress (a live display in a terminal or notebook, log lines otherwise).
     """
 
     def __init__(
@@ -108,6 +126,9 @@ class Cluster(DistributedCluster):
         asynchronous: bool = False,
         timeout: str | float | None = None,
         wait_for_workers: bool | int | float | None = None,
+        no_client_timeout: str | float | bool | None = None,
+        cluster_timeout: str | float | None = None,
+        show_widget: bool = True,
         loop: IOLoop | None = None,
     ):
         keywords = {
@@ -130,6 +151,8 @@ class Cluster(DistributedCluster):
             "backend_options": backend_options,
             "configuration": configuration,
             "timeout": timeout,
+            "no_client_timeout": no_client_timeout,
+            "cluster_timeout": cluster_timeout,
         }
         # Everything is validated before any resource exists.
         spec = resolve_cluster_spec(keywords)
@@ -137,6 +160,9 @@ class Cluster(DistributedCluster):
         self.backend_options = self.backend.validate_options(spec.backend_options)
         self.spec: ClusterSpec = spec.model_copy(update={"backend_options": self.backend_options.model_dump(mode="json")})
         self._wait_for_workers_count = _resolve_wait_for_workers(wait_for_workers, spec.n_workers)
+        #: Keywords the caller gave explicitly (attaching warns if they differ from the cluster's).
+        self._explicit = {key for key, value in keywords.items() if value is not None}
+        self._progress = StartProgress(spec.name, spec.backend, spec.n_workers, show=show_widget)
 
         self.record: ClusterRecord | None = None
         #: Whether this object created the cluster (False: it attached to an existing one).
@@ -168,38 +194,55 @@ class Cluster(DistributedCluster):
         if self.status != Status.created:
             return
         self.status = Status.starting
+        self._log_tail = ""
+        self._progress.start()
+        self._set_phase("checking for an existing cluster")
         try:
             await asyncio.wait_for(self._start_and_wait(), self.spec.timeout)
         except BaseException as error:
+            self._progress.stop(success=False, error=error)
             await self._clean_up_failed_start()
             if isinstance(error, asyncio.TimeoutError):
                 raise ProvisionError(
-                    f"cluster {self.name!r} did not start within timeout={self.spec.timeout:g}s; "
-                    "everything it created was shut down"
+                    f"cluster {self.name!r} did not start within timeout={self.spec.timeout:g}s "
+                    f"(step: {self._phase}); everything it created was shut down{self._log_tail}"
                 ) from None
-            raise
+            if isinstance(error, CoiledError) or not isinstance(error, Exception):
+                raise
+            raise ProvisionError(
+                f"cluster {self.name!r} failed to start (step: {self._phase}): {type(error).__name__}: "
+                f"{error}; everything it created was shut down{self._log_tail}"
+            ) from error
+        self._progress.workers(len(self.scheduler_info["workers"]))
+        self._progress.stop(success=True)
         if self.created:
             _live_clusters.add(self)
 
+    def _set_phase(self, phase: str) -> None:
+        self._phase = phase
+        self._progress.phase(phase[0].upper() + phase[1:])
+
+    def _log(self, log: str) -> None:
+        """Keep the cluster manager's log (``get_logs()["Cluster"]``); the progress display,
+        not print(), is what the user sees."""
+        self._cluster_manager_logs.append((datetime.datetime.now(), log))
+        logger.debug(log)
+
     async def _start_and_wait(self) -> None:
-        existing = await asyncio.to_thread(self.backend.describe, self.spec.name, self.backend_options)
-        if existing is not None and existing.state.is_live:
-            self._log(f"Attaching to existing cluster {self.name!r} ({existing.backend})")
-            self.record = existing
-            if self.spec.shutdown_on_close is None:
-                self.spec = self.spec.model_copy(update={"shutdown_on_close": False})
-        else:
-            self._log(f"Creating cluster {self.name!r} on backend {self.spec.backend!r}")
-            self.created = True
-            self.record = await asyncio.to_thread(self.backend.provision, self.spec, self.backend_options)
-            if self.spec.shutdown_on_close is None:
-                self.spec = self.spec.model_copy(update={"shutdown_on_close": True})
+        record = await self._create_or_attach()
+        self.record = record
         self._update_workers()
-        self.scheduler_comm = rpc(self.record.scheduler_address)
+        self._set_phase("connecting to the scheduler")
+        if record.dashboard_url:
+            self._progress.dashboard(self.backend.dashboard_url(record) or record.dashboard_url)
+        self.scheduler_comm = rpc(record.scheduler_address)
+        self.periodic_callbacks["coiled-heartbeat"] = PeriodicCallback(self._heartbeat, heartbeat_interval() * 1000)
         await super()._start()
+        await self._heartbeat()
         if self.spec.adaptive is not None and self.created:
             self.adapt(minimum=self.spec.adaptive.minimum, maximum=self.spec.adaptive.maximum)
         if self.created:
+            self._set_phase(f"waiting for {self._wait_for_workers_count} of {self.spec.n_workers} workers")
             await self._wait_for_joined_workers(self._wait_for_workers_count)
             fresh = await asyncio.to_thread(self.backend.describe, self.name, self.backend_options)
             if fresh is not None:
@@ -207,10 +250,64 @@ class Cluster(DistributedCluster):
                 self._update_workers()
         self._log(f"Cluster {self.name!r} is running; dashboard: {self.dashboard_link}")
 
+    async def _create_or_attach(self) -> ClusterRecord:
+        """Attach to a live cluster of this name, or win the name's claim and create it.
+
+        The claim makes creation atomic: of two processes creating one name at once, one
+        provisions and the other waits for that cluster and attaches to it.
+        """
+        while True:
+            existing = await asyncio.to_thread(self.backend.describe, self.spec.name, self.backend_options)
+            if existing is not None and existing.state.is_live and existing.scheduler_address:
+                self._attach(existing)
+                return existing
+            if existing is None or not existing.state.is_live:
+                self._set_phase("claiming the name")
+                if await asyncio.to_thread(self.backend.claim_name, self.spec.name, self.backend_options):
+                    break
+            await asyncio.sleep(0.2)  # another process holds the name and is creating it
+        self._log(f"Creating cluster {self.name!r} on backend {self.spec.backend!r}")
+        self._set_phase("provisioning")
+        self.created = True
+        if self.spec.shutdown_on_close is None:
+            self.spec = self.spec.model_copy(update={"shutdown_on_close": True})
+        return await asyncio.to_thread(self.backend.provision, self.spec, self.backend_options)
+
+    def _attach(self, existing: ClusterRecord) -> None:
+        self._log(f"Attaching to existing cluster {self.name!r} ({existing.backend}, {existing.state.value})")
+        self._progress.attached()
+        requested = self.spec
+        if existing.spec:
+            try:
+                self.spec = ClusterSpec.model_validate(existing.spec)
+            except ValueError:
+                logger.debug("cluster %r has a spec this version cannot read", self.name, exc_info=True)
+        differing = [
+            key
+            for key in ("n_workers", "worker_cpu", "worker_memory", "worker_gpu", "worker_class", "scheduler_class")
+            if key in self._explicit and getattr(requested, key) != getattr(self.spec, key)
+        ]
+        if differing:
+            details = ", ".join(f"{k}={getattr(requested, k)!r} (cluster has {getattr(self.spec, k)!r})" for k in differing)
+            warnings.warn(
+                f"attached to the existing cluster {self.name!r}, which differs from this request: {details}; "
+                "use cluster.scale() to resize it",
+                UserWarning,
+                stacklevel=4,
+            )
+        shutdown = requested.shutdown_on_close
+        self.spec = self.spec.model_copy(update={"shutdown_on_close": False if shutdown is None else shutdown})
+
+    async def _heartbeat(self) -> None:
+        """Tell the cluster this object is alive: it counts as a client for the no-client timeout."""
+        with suppress(Exception):
+            await asyncio.wait_for(self.scheduler_comm.coiled_heartbeat(), 10)
+
     async def _wait_for_joined_workers(self, n: int) -> None:
         """Wait for ``n`` workers, checking the backend so that a failed start is seen quickly."""
         next_check = time.monotonic() + 1.0
         while len(self.scheduler_info["workers"]) < n:
+            self._progress.workers(len(self.scheduler_info["workers"]))
             if time.monotonic() > next_check:
                 record = await asyncio.to_thread(self.backend.describe, self.name, self.backend_options)
                 if record is None or not record.state.is_live:
@@ -223,9 +320,17 @@ class Cluster(DistributedCluster):
     async def _clean_up_failed_start(self) -> None:
         if self._adaptive is not None:
             self._adaptive.stop()
-        if self.created and self.record is not None:
+        if self.created:
+            # Without a record (provision itself failed) a minimal one still releases the claim.
+            record = self.record or ClusterRecord(
+                name=self.name, backend=self.spec.backend, spec=self.spec.model_dump(mode="json")
+            )
+            with suppress(Exception):
+                logs = await asyncio.to_thread(self.backend.logs, record, 20)
+                tail = "\n".join(text for text in logs.values() if text.strip())
+                self._log_tail = f"\nlast lines of the cluster's log:\n{tail}" if tail else ""
             try:
-                await asyncio.to_thread(self.backend.teardown, self.record)
+                self.record = await asyncio.to_thread(self.backend.teardown, record)
             except Exception:
                 logger.exception("tearing down %r after a failed start also failed", self.name)
         # Release comms and tasks; a failed cluster object is closed, not left half-open.

@@ -88,6 +88,22 @@ class BackendSpec:
         """
 
     @hookspec(firstresult=True)
+    def claim_name(self, name: str, options: BaseModel) -> bool:
+        """Atomically claim ``name`` for a cluster this caller is about to provision.
+
+        Called after ``describe`` found no live cluster of that name and before ``provision``.
+        Two processes creating one name at once must not both win: use the backend's own atomic
+        primitive (an exclusive create of a file, object, tag or Kubernetes object). A claim
+        whose holder died, or whose cluster has stopped, is stale and may be taken over, so a
+        crashed creator never blocks a name forever. ``teardown`` releases the claim.
+
+        Returns:
+            True if this caller now holds the name and must provision it; False if another
+            process holds it (the caller then waits for ``describe`` to show that cluster live
+            and attaches to it).
+        """
+
+    @hookspec(firstresult=True)
     def scale(self, record: ClusterRecord, n_workers: int, retired: list[str]) -> ClusterRecord:
         """Bring the cluster to ``n_workers`` workers.
 
@@ -155,6 +171,17 @@ class BackendSpec:
 
         Returns:
             A list with one record per cluster (empty if there are none).
+        """
+
+    @hookspec(firstresult=True)
+    def gc(self, options: BaseModel) -> list[str]:
+        """Delete what dead clusters left behind: processes, machines, claims, state, secrets.
+
+        Called by ``coiled cluster gc``. Must never touch a live cluster: only what belongs to a
+        cluster whose scheduler has ended, or to a claim whose holder died.
+
+        Returns:
+            One line per thing deleted, for the user (empty if there was nothing to delete).
         """
 
     @hookspec(firstresult=True)

@@ -146,6 +146,12 @@ class Backend:
     def provision(self, spec: ClusterSpec, options: BaseModel) -> ClusterRecord:
         return self._call("provision", spec=spec, options=options)
 
+    def claim_name(self, name: str, options: BaseModel) -> bool:
+        return bool(self._call("claim_name", name=name, options=options))
+
+    def gc(self, options: BaseModel) -> list[str]:
+        return self._call("gc", options=options)
+
     def scale(self, record: ClusterRecord, n_workers: int, retired: list[str]) -> ClusterRecord:
         return self._call("scale", record=record, n_workers=n_workers, retired=list(retired))
 

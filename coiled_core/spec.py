@@ -53,6 +53,8 @@ SPEC_KEYWORDS = (
     "backend_options",
     "configuration",
     "timeout",
+    "no_client_timeout",
+    "cluster_timeout",
 )
 
 
@@ -185,6 +187,10 @@ class ClusterSpec(BaseModel):
     configuration: str | None = None
     #: Seconds allowed for the whole start.
     timeout: float
+    #: Seconds without any client (or live ``Cluster`` object) before the cluster ends itself.
+    no_client_timeout: float | None = None
+    #: Hard cap on the cluster's lifetime, in seconds.
+    cluster_timeout: float | None = None
 
     @property
     def idle_timeout(self) -> float | None:
@@ -247,6 +253,13 @@ class ClusterSpec(BaseModel):
     @classmethod
     def _timeout(cls, v: Any) -> float:
         return _duration(v, "20 minutes")
+
+    @field_validator("no_client_timeout", "cluster_timeout", mode="before")
+    @classmethod
+    def _optional_duration(cls, v: Any) -> float | None:
+        if v is None or v is False:
+            return None
+        return _duration(v, "2 minutes")
 
     @field_validator("software", "configuration", mode="before")
     @classmethod
@@ -384,6 +397,15 @@ def resolve_cluster_spec(
         # A configuration's idle_timeout also outranks scheduler_options from dask config.
         scheduler_options["idle_timeout"] = configuration_values.get("idle_timeout") or config.get("idle-timeout")
     values["scheduler_options"] = scheduler_options
+
+    # The no-client timeout guards clusters that close() would shut down; a cluster meant to
+    # outlive its creator (shutdown_on_close=False) keeps running unless asked explicitly.
+    if (
+        keywords.get("no_client_timeout") is None
+        and configuration_values.get("no_client_timeout") is None
+        and values.get("shutdown_on_close") is False
+    ):
+        values["no_client_timeout"] = None
 
     try:
         spec = ClusterSpec(**values)

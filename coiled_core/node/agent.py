@@ -35,6 +35,8 @@ STATE_FILE = "agent.json"
 #: Scheduler RPC handlers the agent registers when it runs the scheduler and workers together.
 START_WORKERS_HANDLER = "coiled_start_workers"
 STOP_WORKERS_HANDLER = "coiled_stop_workers"
+#: Scheduler RPC handler a ``coiled.Cluster`` object calls periodically: it counts as a client.
+HEARTBEAT_HANDLER = "coiled_heartbeat"
 
 
 class NodeAgent:
@@ -51,7 +53,11 @@ class NodeAgent:
         self.next_worker_index: int = 0
         self.state = "starting"
         self.stopping = asyncio.Event()
+        self.stop_reason: str | None = None
         self.started_at = time.time()
+        self.lifecycle: dict[str, Any] = config.get("lifecycle") or {}
+        self.last_heartbeat = float("-inf")
+        self.last_client_seen = time.monotonic()
 
     # -- reporting -------------------------------------------------------------------------
     def write_state(self) -> None:
@@ -68,6 +74,7 @@ class NodeAgent:
             "report": self.config.get("report") or {},
             "next_worker_index": self.next_worker_index,
             "started_at": self.started_at,
+            "stop_reason": self.stop_reason,
             "updated_at": time.time(),
         }
         path = os.path.join(self.state_dir, STATE_FILE)
@@ -93,10 +100,12 @@ class NodeAgent:
         if port:
             self.dashboard_url = f"http://{self.host}:{port}/status"
         handlers = getattr(self.scheduler, "handlers", None)
-        if handlers is not None and self.config.get("workers"):
-            # Same-node scaling: the client's backend asks the scheduler, which runs here.
-            handlers[START_WORKERS_HANDLER] = self.handle_start_workers
-            handlers[STOP_WORKERS_HANDLER] = self.handle_stop_workers
+        if handlers is not None:
+            handlers[HEARTBEAT_HANDLER] = self.handle_heartbeat
+            if self.config.get("workers"):
+                # Same-node scaling: the client's backend asks the scheduler, which runs here.
+                handlers[START_WORKERS_HANDLER] = self.handle_start_workers
+                handlers[STOP_WORKERS_HANDLER] = self.handle_stop_workers
         logger.info("scheduler %s at %s, dashboard %s", spec["class"], self.scheduler_address, self.dashboard_url)
 
     # -- workers ---------------------------------------------------------------------------
@@ -126,12 +135,18 @@ class NodeAgent:
             resources["GPU"] = gpus
         if resources:
             kwargs["resources"] = resources
+        if self.lifecycle.get("watchdog_timeout"):
+            kwargs["preload"] = ["coiled_core.node.watchdog"]
         from distributed import Nanny
 
         if isinstance(cls, type) and issubclass(cls, Nanny):
             # Only a nanny's worker runs in a process of its own, where per-worker variables apply.
             kwargs["env"] = env
-        kwargs.update(spec.get("options") or {})
+        options = dict(spec.get("options") or {})
+        if "preload" in options and "preload" in kwargs:
+            user = options.pop("preload")
+            kwargs["preload"] = kwargs["preload"] + ([user] if isinstance(user, str) else list(user))
+        kwargs.update(options)
         return kwargs
 
     async def start_workers(self, count: int, names: list[str] | None = None) -> list[str]:
@@ -173,6 +188,57 @@ class NodeAgent:
         self.write_state()
         return names
 
+    def handle_heartbeat(self) -> float:
+        self.last_heartbeat = time.monotonic()
+        return self.lifecycle.get("heartbeat_grace") or 0
+
+    def stop(self, reason: str) -> None:
+        """End the node: everything closes gracefully and the agent exits."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+            logger.info("node agent stopping: %s", reason)
+        self.stopping.set()
+
+    def _has_clients(self) -> bool:
+        clients = getattr(self.scheduler, "clients", {})
+        return any(client_id != "fire-and-forget" for client_id in clients)
+
+    async def enforce_lifetime(self) -> None:
+        """The cluster's own timeouts: no client for too long, or a hard lifetime cap.
+
+        A ``coiled.Cluster`` object's heartbeats count as a client, so a cluster object held
+        without a ``Client`` keeps its cluster alive; a killed creator stops heartbeating.
+        """
+        no_client_timeout = self.lifecycle.get("no_client_timeout")
+        cluster_timeout = self.lifecycle.get("cluster_timeout")
+        grace = self.lifecycle.get("heartbeat_grace") or 15.0
+        started = time.monotonic()
+        while not self.stopping.is_set():
+            await asyncio.sleep(0.5)
+            now = time.monotonic()
+            if cluster_timeout and now - started > cluster_timeout:
+                self.stop(f"cluster-timeout: the cluster reached its lifetime of {cluster_timeout:g}s")
+            elif no_client_timeout:
+                if self._has_clients() or now - self.last_heartbeat < grace:
+                    self.last_client_seen = now
+                elif now - self.last_client_seen > no_client_timeout:
+                    self.stop(f"no-client-timeout: no client for {no_client_timeout:g}s")
+
+    async def watch_scheduler(self) -> None:
+        """Worker-only nodes end when their scheduler stops answering (see watchdog.py)."""
+        from distributed.core import rpc
+
+        from coiled_core.node.watchdog import watch_scheduler
+
+        timeout = self.lifecycle.get("watchdog_timeout")
+        if not timeout:
+            return
+        async with rpc(self.scheduler_address, timeout=10) as scheduler:
+            async def lost(reason: str) -> None:
+                self.stop(f"watchdog: {reason}")
+
+            await watch_scheduler(lambda: scheduler.echo(data="ping"), timeout, lost, self.lifecycle.get("first_contact_timeout"))
+
     async def handle_start_workers(self, count: int) -> list[str]:
         return await self.start_workers(count)
 
@@ -183,16 +249,20 @@ class NodeAgent:
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.stopping.set)
+            loop.add_signal_handler(sig, self.stop, signal.Signals(sig).name)
+        background = []
         try:
             self.write_state()
             if self.config.get("scheduler"):
                 await self.start_scheduler()
                 self.write_state()
+                background.append(asyncio.ensure_future(self.enforce_lifetime()))
+            elif self.scheduler_address:
+                background.append(asyncio.ensure_future(self.watch_scheduler()))
             workers = self.config.get("workers")
             if workers and (workers.get("count") or workers.get("names")):
                 names = workers.get("names")
-                await self.start_workers(len(names) if names else workers["count"], names)
+                await self.unless_stopped(self.start_workers(len(names) if names else workers["count"], names))
             self.state = "running"
             self.write_state()
             await self.wait_until_done()
@@ -202,6 +272,8 @@ class NodeAgent:
             self.state = "error"
             return 1
         finally:
+            for task in background:
+                task.cancel()
             if self.state != "error":
                 self.state = "stopping"
             self.write_state()
@@ -209,6 +281,18 @@ class NodeAgent:
             if self.state != "error":
                 self.state = "stopped"
             self.write_state()
+
+    async def unless_stopped(self, coroutine) -> None:
+        """Run ``coroutine`` unless the node is told to stop first (workers may wait for ever
+        for a scheduler that never boots; the watchdog's stop must still end the node)."""
+        work = asyncio.ensure_future(coroutine)
+        stop = asyncio.ensure_future(self.stopping.wait())
+        done, _ = await asyncio.wait([work, stop], return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if work in done:
+            work.result()
+        else:
+            work.cancel()
 
     async def wait_until_done(self) -> None:
         """Return when the node should end: a signal, the scheduler closing, or all workers gone."""
@@ -246,6 +330,13 @@ def main(argv: list[str] | None = None) -> int:
         config = json.load(f)
     # Environment first, so that DASK_* variables in `environ` reach dask's config.
     os.environ.update(config.get("environ") or {})
+    lifecycle = config.get("lifecycle") or {}
+    if lifecycle.get("watchdog_timeout"):
+        from coiled_core.node.watchdog import FIRST_CONTACT_VARIABLE, TIMEOUT_VARIABLE
+
+        # Read by the watchdog preload in every worker process this agent forks.
+        os.environ[TIMEOUT_VARIABLE] = str(lifecycle["watchdog_timeout"])
+        os.environ[FIRST_CONTACT_VARIABLE] = str(lifecycle.get("first_contact_timeout") or "")
 
     import dask.config
 
@@ -255,4 +346,10 @@ def main(argv: list[str] | None = None) -> int:
     handler.setFormatter(logging.Formatter("%(asctime)s - %(name)s - %(levelname)s - %(message)s"))
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
-    return asyncio.run(NodeAgent(config).run())
+    code = asyncio.run(NodeAgent(config).run())
+    # Everything is closed. Exit at once: multiprocessing's exit handlers can block on the
+    # queues of a worker process that was killed, which would keep a finished node alive.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -19,12 +19,20 @@ world in which a real Dask cluster can form (see DESIGN.md, "Testing without a c
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
 import time
 import urllib.request
-from typing import Any
+from typing import Any, Callable
 
+import dask.config
 import pytest
 
+from coiled_core.errors import ProvisionError
 from coiled_core.records import ClusterRecord, ClusterState
 
 
@@ -53,12 +61,53 @@ class BackendContract:
         """Fail if anything of the torn-down cluster ``record`` still exists on the backend."""
         raise NotImplementedError("a backend's contract tests must implement assert_nothing_left")
 
+    def freeze_scheduler(self, record: ClusterRecord) -> Callable[[], None]:
+        """Freeze the scheduler's process or machine (as SIGSTOP would); return a function that
+        thaws it."""
+        raise NotImplementedError("a backend's contract tests must implement freeze_scheduler")
+
+    def running_worker_processes(self, record: ClusterRecord) -> int:
+        """How many worker processes (or machines) of ``record`` are still running."""
+        raise NotImplementedError("a backend's contract tests must implement running_worker_processes")
+
     # -- helpers ---------------------------------------------------------------------------
     def make_cluster(self, **kwargs: Any):
         import coiled
 
-        options = {**self.cluster_kwargs, **kwargs}
-        return coiled.Cluster(backend=self.backend, backend_options=self.backend_options, wait_for_workers=True, **options)
+        options = {"wait_for_workers": True, **self.cluster_kwargs, **kwargs}
+        return coiled.Cluster(backend=self.backend, backend_options=self.backend_options, **options)
+
+    def backend_handle(self):
+        """The backend and its validated options, as a process that never made a cluster has."""
+        from coiled_core.plugins import load_backend
+
+        backend = load_backend(self.backend)
+        return backend, backend.validate_options(self.backend_options)
+
+    def wait_until_gone(self, name: str, timeout: float) -> ClusterRecord | None:
+        backend, options = self.backend_handle()
+        last: list[ClusterRecord | None] = [None]
+
+        def gone() -> bool:
+            last[0] = backend.describe(name, options)
+            return last[0] is None or not last[0].state.is_live
+
+        wait_until(gone, timeout, interval=0.25, message=f"cluster {name!r} to end by itself")
+        return last[0]
+
+    def run_python(self, code: str, *args: str, env: dict[str, str] | None = None, **popen: Any) -> subprocess.Popen:
+        """Run ``code`` in a fresh Python process (another "session" of the user)."""
+        script = "import json, sys\nBACKEND = sys.argv[1]\nOPTIONS = json.loads(sys.argv[2])\n" + textwrap.dedent(code)
+        return subprocess.Popen(
+            [sys.executable, "-c", script, self.backend, json.dumps(self.backend_options), *args],
+            env={**os.environ, **(env or {})},
+            stdout=subprocess.PIPE,
+            text=True,
+            **popen,
+        )
+
+    def unique_name(self, prefix: str) -> str:
+        return f"{prefix}-{os.getpid()}-{time.monotonic_ns() % 10**8}"
 
     @pytest.fixture
     def cluster(self):
@@ -144,3 +193,175 @@ class BackendContract:
         assert record.name not in live
         # Tearing down again is harmless.
         assert cluster.backend.teardown(record).state is ClusterState.stopped
+
+    # -- lifecycle: names, reuse, shutdown semantics ------------------------------------------
+    def test_two_sessions_share_a_named_cluster(self):
+        """The reference's "production" example: another process attaches by name."""
+        name = self.unique_name("production")
+        creator = self.run_python(
+            f"""
+            import coiled
+            cluster = coiled.Cluster(name=sys.argv[3], backend=BACKEND, backend_options=OPTIONS,
+                                     n_workers=1, worker_cpu=1, worker_memory="1 GiB", wait_for_workers=True)
+            print(json.dumps({{"created": cluster.created, "address": cluster.scheduler_address}}), flush=True)
+            sys.stdin.read()  # stay until told to go; a normal exit shuts the cluster down
+            """,
+            name,
+            stdin=subprocess.PIPE,
+        )
+        try:
+            first = json.loads(creator.stdout.readline())
+            assert first["created"] is True
+            import coiled
+
+            with pytest.warns(UserWarning, match="n_workers"):
+                attached = coiled.Cluster(name=name, n_workers=3, backend=self.backend, backend_options=self.backend_options)
+            assert attached.created is False
+            assert attached.scheduler_address == first["address"]
+            assert attached.spec.n_workers == 1  # a warning, not a resize
+            from distributed import Client
+
+            with Client(attached) as client:
+                assert client.submit(lambda: 40 + 2).result() == 42
+            attached.close()  # attached: close() only disconnects
+            backend, options = self.backend_handle()
+            assert backend.describe(name, options).state.is_live
+        finally:
+            creator.stdin.close()
+            creator.wait(60)
+        self.wait_until_gone(name, 60)
+
+    def test_concurrent_creation_gives_one_cluster(self):
+        name = self.unique_name("race")
+        code = """
+            import coiled
+            cluster = coiled.Cluster(name=sys.argv[3], backend=BACKEND, backend_options=OPTIONS, n_workers=1,
+                                     worker_cpu=1, worker_memory="1 GiB", shutdown_on_close=False)
+            print(json.dumps({"created": cluster.created, "address": cluster.scheduler_address}), flush=True)
+            cluster.close()
+        """
+        racers = [self.run_python(code, name) for _ in range(2)]
+        try:
+            results = [json.loads(p.communicate(timeout=120)[0].strip().splitlines()[-1]) for p in racers]
+            assert sorted(r["created"] for r in results) == [False, True]
+            assert results[0]["address"] == results[1]["address"]
+        finally:
+            backend, options = self.backend_handle()
+            record = backend.describe(name, options)
+            if record is not None:
+                backend.teardown(record)
+                self.assert_nothing_left(record)
+
+    def test_close_honours_shutdown_on_close_and_shutdown_always_tears_down(self):
+        cluster = self.make_cluster(shutdown_on_close=False)
+        record = cluster.record
+        cluster.close()
+        backend, options = self.backend_handle()
+        assert backend.describe(record.name, options).state.is_live
+        import coiled
+
+        again = coiled.Cluster(name=record.name, backend=self.backend, backend_options=self.backend_options)
+        assert again.created is False and again.spec.shutdown_on_close is False
+        again.shutdown()
+        self.assert_nothing_left(record)
+
+    # -- lifecycle: timeouts the cluster enforces itself ---------------------------------------
+    def test_killed_creator_leaves_nothing(self):
+        """SIGKILL the creating process: the no-client timeout ends the cluster on its own."""
+        name = self.unique_name("orphan")
+        creator = self.run_python(
+            """
+            import coiled, time
+            cluster = coiled.Cluster(name=sys.argv[3], backend=BACKEND, backend_options=OPTIONS, n_workers=1,
+                                     worker_cpu=1, worker_memory="1 GiB", no_client_timeout="2s",
+                                     wait_for_workers=True)
+            print(cluster.record.model_dump_json(), flush=True)
+            time.sleep(3600)
+            """,
+            name,
+            env={"DASK_COILED__HEARTBEAT_INTERVAL": "0.5s"},
+        )
+        try:
+            record = ClusterRecord.model_validate_json(creator.stdout.readline())
+        finally:
+            creator.send_signal(signal.SIGKILL)
+            creator.wait(10)
+        started = time.monotonic()
+        self.wait_until_gone(name, timeout=2 + 1.5 + 60)
+        self.assert_nothing_left(record)
+        assert time.monotonic() - started < 2 + 1.5 + 60
+
+    def test_live_cluster_object_counts_as_a_client(self):
+        with dask.config.set({"coiled.heartbeat-interval": "0.3s"}):
+            cluster = self.make_cluster(no_client_timeout="1s")
+        try:
+            time.sleep(4)  # several no-client timeouts, but the Cluster object is heartbeating
+            assert cluster.state is ClusterState.running
+            from distributed import Client
+
+            with Client(cluster) as client:
+                assert client.submit(lambda: "still here").result() == "still here"
+        finally:
+            record = cluster.record
+            cluster.shutdown()
+            self.assert_nothing_left(record)
+
+    def test_cluster_timeout_caps_the_lifetime(self):
+        cluster = self.make_cluster(cluster_timeout="2s", shutdown_on_close=False)
+        record = cluster.record
+        cluster.close()
+        self.wait_until_gone(record.name, 60)
+        self.assert_nothing_left(record)
+
+    def test_workers_of_a_frozen_scheduler_end(self):
+        with dask.config.set({"coiled.watchdog-timeout": "2s"}):
+            cluster = self.make_cluster(shutdown_on_close=False)
+        record = cluster.record
+        cluster.close()
+        assert self.running_worker_processes(record) == self.cluster_kwargs["n_workers"]
+        thaw = self.freeze_scheduler(record)
+        try:
+            wait_until(lambda: self.running_worker_processes(record) == 0, 60, message="workers to end")
+        finally:
+            thaw()
+        backend, options = self.backend_handle()
+        backend.teardown(backend.describe(record.name, options) or record)
+        self.assert_nothing_left(record)
+
+    # -- lifecycle: a failed start leaves nothing ------------------------------------------------
+    @pytest.mark.parametrize(
+        "kwargs, step",
+        [
+            ({"scheduler_class": "coiled_core.testing.faulty.SchedulerFailsToStart"}, "scheduler"),
+            ({"worker_class": "coiled_core.testing.faulty.NannyFailsToStart"}, "worker"),
+            ({"scheduler_class": "coiled_core.testing.faulty.SchedulerNeverStarts", "timeout": "4s"}, "timeout"),
+            ({"worker_class": "coiled_core.testing.faulty.NannyNeverJoins", "timeout": "6s"}, "timeout"),
+        ],
+        ids=["scheduler-fails", "worker-fails", "scheduler-hangs", "worker-hangs"],
+    )
+    def test_failed_start_tears_down_everything(self, kwargs, step):
+        name = self.unique_name("doomed")
+        with pytest.raises(ProvisionError) as info:
+            self.make_cluster(name=name, **kwargs)
+        message = str(info.value)
+        assert step in message
+        if step != "timeout":
+            assert "injected" in message  # the failing process's log tail is shown
+        backend, options = self.backend_handle()
+        record = backend.describe(name, options)
+        assert record is None or not record.state.is_live
+        if record is not None:
+            self.assert_nothing_left(record)
+        # The name is free again: a good cluster of that name starts.
+        cluster = self.make_cluster(name=name)
+        try:
+            assert cluster.created
+        finally:
+            cluster.shutdown()
+
+    def test_wait_for_workers_forms(self):
+        cluster = self.make_cluster(n_workers=2, wait_for_workers=1)
+        try:
+            assert len(cluster.scheduler_info["workers"]) >= 1
+        finally:
+            cluster.shutdown()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import time
 import warnings
 from datetime import datetime, timezone
@@ -19,6 +20,7 @@ from dask.utils import format_bytes
 from coiled_core import hookimpl
 from coiled_core.errors import ClusterSpecError, ProvisionError
 from coiled_core.node.agent import START_WORKERS_HANDLER, STOP_WORKERS_HANDLER
+from coiled_core.node.config import lifecycle_settings
 from coiled_core.records import ClusterRecord, ClusterState, WorkerRecord
 from coiled_core.spec import ClusterSpec
 
@@ -57,6 +59,7 @@ def _node_config(spec: ClusterSpec, options: LocalOptions, directory, gpus: list
         "state_dir": str(directory),
         "host": options.host,
         "environ": spec.environ,
+        "lifecycle": lifecycle_settings(spec),
         "scheduler": {"class": spec.scheduler_class, "options": scheduler_options},
         "workers": {
             "class": spec.worker_class,
@@ -96,6 +99,7 @@ def provision(spec: ClusterSpec, options: LocalOptions) -> ClusterRecord:
     except BaseException:
         processes.stop_agent(directory, process.pid, grace=5)
         raise
+    processes.mark_claim_provisioned(options, spec.name)
     record = processes.record_from_directory(spec.name, directory)
     assert record is not None
     # Until the agent has started them, report the workers it was asked for.
@@ -134,6 +138,11 @@ def _options(record: ClusterRecord) -> LocalOptions:
 
 
 @hookimpl
+def claim_name(name: str, options: LocalOptions) -> bool:
+    return processes.claim(options, name)
+
+
+@hookimpl
 def describe(name: str, options: LocalOptions) -> ClusterRecord | None:
     return processes.record_from_directory(name, processes.cluster_dir(options, name))
 
@@ -143,6 +152,9 @@ def teardown(record: ClusterRecord) -> ClusterRecord:
     directory = processes.cluster_dir(_options(record), record.name)
     current = processes.record_from_directory(record.name, directory) or record
     processes.stop_agent(directory, current.backend_ids.get("pid"))
+    for stray in processes.stray_processes(directory):
+        stray.kill()
+    processes.release_claim(_options(record), record.name)
     final = processes.record_from_directory(record.name, directory) or current
     return final.model_copy(update={"state": ClusterState.stopped})
 
@@ -157,8 +169,36 @@ def list_clusters(options: LocalOptions) -> list[ClusterRecord]:
     root = processes.state_root(options)
     if not root.is_dir():
         return []
-    records = (processes.record_from_directory(d.name, d) for d in sorted(root.iterdir()) if d.is_dir())
+    directories = (d for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith("."))
+    records = (processes.record_from_directory(d.name, d) for d in directories)
     return [r for r in records if r is not None]
+
+
+@hookimpl
+def gc(options: LocalOptions) -> list[str]:
+    removed = []
+    root = processes.state_root(options)
+    if not root.is_dir():
+        return removed
+    for directory in sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")):
+        record = processes.record_from_directory(directory.name, directory)
+        if record is not None and record.state.is_live:
+            continue
+        if record is None and processes.claim_dir(options, directory.name).is_dir():
+            continue  # being created right now: its agent has not reported yet
+        for stray in processes.stray_processes(directory):
+            stray.kill()
+            removed.append(f"killed process {stray.pid} left by cluster {directory.name!r}")
+        shutil.rmtree(directory, ignore_errors=True)
+        removed.append(f"deleted state and logs of stopped cluster {directory.name!r}")
+    claims = root / processes.CLAIMS_DIR
+    for claim in sorted(claims.iterdir()) if claims.is_dir() else []:
+        if claim.name.startswith(".released-"):
+            shutil.rmtree(claim, ignore_errors=True)
+        elif processes.claim_is_stale(options, claim.name):
+            processes.release_claim(options, claim.name)
+            removed.append(f"released stale name claim {claim.name!r}")
+    return removed
 
 
 @hookimpl

@@ -180,3 +180,87 @@ def record_from_directory(name: str, directory: Path) -> ClusterRecord | None:
         spec=report.get("spec") or {},
         backend_ids={"pid": state.get("pid"), "directory": str(directory)},
     )
+
+
+# -- name claims ---------------------------------------------------------------------------
+# A claim is a directory <root>/.claims/<name>, created with mkdir (atomic on every POSIX file
+# system). It holds owner.json (the claiming process) and, once the agent runs, "provisioned".
+CLAIMS_DIR = ".claims"
+#: A claim with no owner file yet is being written; after this long it is abandoned.
+UNFINISHED_CLAIM_SECONDS = 60.0
+
+
+def claim_dir(options: LocalOptions, name: str) -> Path:
+    return state_root(options) / CLAIMS_DIR / name
+
+
+def _process_alive(pid: int | None, create_time: float | None) -> bool:
+    try:
+        proc = psutil.Process(pid)
+        return proc.status() != psutil.STATUS_ZOMBIE and abs(proc.create_time() - (create_time or 0)) < 1.0
+    except (psutil.NoSuchProcess, psutil.AccessDenied, TypeError, ValueError):
+        return False
+
+
+def claim_is_stale(options: LocalOptions, name: str) -> bool:
+    """Whether the claim on ``name`` may be taken over: nobody is using or creating it."""
+    directory = claim_dir(options, name)
+    record = record_from_directory(name, cluster_dir(options, name))
+    if record is not None and record.state.is_live:
+        return False
+    if (directory / "provisioned").exists():
+        return True  # its cluster ran and has ended
+    owner = read_json(directory / "owner.json")
+    if owner is None:
+        try:
+            return time.time() - directory.stat().st_mtime > UNFINISHED_CLAIM_SECONDS
+        except FileNotFoundError:
+            return True
+    return not _process_alive(owner.get("pid"), owner.get("create_time"))
+
+
+def release_claim(options: LocalOptions, name: str) -> None:
+    """Remove a claim; rename first so that two removers cannot both delete a fresh claim."""
+    directory = claim_dir(options, name)
+    doomed = directory.with_name(f".released-{name}-{os.getpid()}-{time.monotonic_ns()}")
+    try:
+        os.rename(directory, doomed)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+def claim(options: LocalOptions, name: str) -> bool:
+    """Atomically claim ``name``; take over a stale claim. True if this process won it."""
+    claims = state_root(options) / CLAIMS_DIR
+    claims.mkdir(parents=True, exist_ok=True)
+    for _ in range(5):
+        try:
+            os.mkdir(claims / name)
+        except FileExistsError:
+            if not claim_is_stale(options, name):
+                return False
+            release_claim(options, name)
+            continue
+        me = psutil.Process()
+        (claims / name / "owner.json").write_text(json.dumps({"pid": me.pid, "create_time": me.create_time()}))
+        return True
+    return False
+
+
+def mark_claim_provisioned(options: LocalOptions, name: str) -> None:
+    directory = claim_dir(options, name)
+    if directory.is_dir():
+        (directory / "provisioned").touch()
+
+
+def stray_processes(directory: Path) -> list[psutil.Process]:
+    """Processes still referring to a cluster directory (e.g. workers whose agent died)."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "cwd", "status"]):
+        if proc.info["status"] == psutil.STATUS_ZOMBIE:
+            continue
+        cmdline = proc.info["cmdline"] or []
+        if any(str(directory) in arg for arg in cmdline) or proc.info["cwd"] == str(directory):
+            found.append(proc)
+    return found

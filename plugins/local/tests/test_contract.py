@@ -1,5 +1,8 @@
 """The local backend passes the contract suite every backend must pass."""
 
+import os
+import signal
+
 import psutil
 
 from coiled_core.testing import BackendContract
@@ -25,3 +28,19 @@ class TestLocalContract(BackendContract):
                     psutil.Process(pid).cmdline()
                 )
         assert processes.agent_process(processes.Path(directory), record.backend_ids.get("pid")) is None
+
+    def freeze_scheduler(self, record):
+        pid = record.backend_ids["pid"]
+        os.kill(pid, signal.SIGSTOP)
+        return lambda: os.kill(pid, signal.SIGCONT)
+
+    def running_worker_processes(self, record):
+        pids = [w.backend_ids.get("pid") for w in record.workers]
+        alive = 0
+        for pid in filter(None, pids):
+            try:
+                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                    alive += 1
+            except psutil.NoSuchProcess:
+                pass
+        return alive

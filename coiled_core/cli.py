@@ -1,0 +1,232 @@
+"""The ``coiled`` command: manage clusters and inspect backends from a shell.
+
+::
+
+    coiled cluster list [--backend B] [--option KEY=VALUE ...]
+    coiled cluster stop NAME
+    coiled cluster logs NAME [--tail N]
+    coiled cluster gc
+    coiled backends
+
+Every ``cluster`` command takes ``--backend`` (default: dask config ``coiled.backend``) and
+``--option KEY=VALUE`` (repeatable; values are read as YAML scalars, so ``3`` is a number and
+``true`` a boolean). Given options replace the backend's configured defaults
+(``coiled.backend-options.<backend>``), as ``backend_options=`` does in Python.
+
+An expected failure (any :class:`~coiled_core.errors.CoiledError`, or a usage mistake) prints one
+line to stderr and exits non-zero, without a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import datetime
+from typing import Any, Callable
+
+import click
+import yaml
+from rich.console import Console
+from rich.rule import Rule
+from rich.table import Table
+from rich.text import Text
+
+from coiled_core import api
+from coiled_core.errors import CoiledError
+from coiled_core.records import ClusterRecord
+
+
+class _OneLineError(click.ClickException):
+    """A failure shown as a single ``Error: ...`` line on stderr."""
+
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _one_line_usage_error(error: click.UsageError) -> click.ClickException:
+    message = error.format_message()
+    if error.ctx is not None:
+        message = f"{message} (see '{error.ctx.command_path} --help')"
+    return _OneLineError(message, exit_code=error.exit_code)
+
+
+class _CoiledGroup(click.Group):
+    """The root group: turns expected failures into one line instead of a usage block or traceback."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as e:
+            raise _one_line_usage_error(e) from e
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as e:
+            raise _one_line_usage_error(e) from e
+        except CoiledError as e:
+            raise _OneLineError(str(e)) from e
+
+
+def _console() -> Console:
+    # Made per command (not at import), so it writes to the current sys.stdout. Off a terminal,
+    # tables are not squeezed into 80 columns: piped output keeps whole names and URLs.
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        console = Console(highlight=False, width=max(console.width, 200))
+    return console
+
+
+def _parse_option(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, Any] | None:
+    if not values:
+        return None
+    options: dict[str, Any] = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", ctx=ctx, param=param)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        # Scalars only: a date, list or mapping stays the text that was typed.
+        if not isinstance(value, (str, bool, int, float, type(None))):
+            value = raw
+        options[key] = value
+    return options
+
+
+def _backend_arguments(command: Callable) -> Callable:
+    """Add ``--backend`` and ``--option`` to a cluster command."""
+    command = click.option(
+        "--option",
+        "-o",
+        "backend_options",
+        multiple=True,
+        metavar="KEY=VALUE",
+        callback=_parse_option,
+        help="A backend option (repeatable); replaces the configured coiled.backend-options.<backend>.",
+    )(command)
+    return click.option(
+        "--backend",
+        "-b",
+        default=None,
+        metavar="NAME",
+        help="Backend to use (default: dask config coiled.backend, normally 'local').",
+    )(command)
+
+
+@click.group(name="coiled", cls=_CoiledGroup, context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """Manage Dask clusters made with coiled.Cluster, on any installed backend."""
+
+
+@cli.group()
+def cluster() -> None:
+    """List, stop, read the logs of, and clean up clusters."""
+
+
+def _created(record: ClusterRecord) -> str:
+    created = record.created_at
+    if not isinstance(created, datetime):
+        return str(created)
+    return created.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+_STATE_STYLES = {"running": "green", "starting": "yellow", "pending": "yellow", "stopping": "yellow", "error": "red"}
+
+
+@cluster.command("list")
+@_backend_arguments
+def list_command(backend: str | None, backend_options: dict[str, Any] | None) -> None:
+    """List the clusters of a backend, live or recently stopped."""
+    records = api.list_clusters(backend=backend, backend_options=backend_options)
+    console = _console()
+    if not records:
+        console.print(Text(f"No clusters on backend {api.resolve_backend_name(backend)!r}."))
+        return
+    table = Table(show_edge=False, pad_edge=False)
+    for column in ("name", "backend", "state", "workers", "dashboard", "created"):
+        table.add_column(column, no_wrap=column != "dashboard", overflow="fold")
+    for record in sorted(records, key=lambda r: (not r.state.is_live, r.name)):
+        live = record.state.is_live
+        table.add_row(
+            Text(record.name),
+            Text(record.backend),
+            Text(record.state.value, style=_STATE_STYLES.get(record.state.value, "")),
+            Text(str(len(record.workers)) if live else "-"),
+            Text((record.dashboard_url or "-") if live else "-"),
+            Text(_created(record)),
+        )
+    console.print(table)
+
+
+@cluster.command("stop")
+@click.argument("name")
+@_backend_arguments
+def stop_command(name: str, backend: str | None, backend_options: dict[str, Any] | None) -> None:
+    """Shut down cluster NAME and delete its resources (works from any machine that sees it)."""
+    record = api.delete_cluster(name, backend=backend, backend_options=backend_options)
+    _console().print(Text(f"Cluster {record.name!r} on backend {record.backend!r} is {record.state.value}."))
+
+
+@cluster.command("logs")
+@click.argument("name")
+@click.option("--tail", "-n", type=click.IntRange(min=1), default=None, metavar="N", help="Only the last N lines of each log.")
+@_backend_arguments
+def logs_command(name: str, tail: int | None, backend: str | None, backend_options: dict[str, Any] | None) -> None:
+    """Print the logs of cluster NAME, one section per process (also after it stopped)."""
+    logs = api.cluster_logs(name, tail=tail, backend=backend, backend_options=backend_options)
+    console = _console()
+    for process, text in logs.items():
+        console.print(Rule(Text(process), align="left"))
+        # Raw text: log lines are not rich markup.
+        click.echo(text, nl=not text.endswith("\n"))
+
+
+@cluster.command("gc")
+@_backend_arguments
+def gc_command(backend: str | None, backend_options: dict[str, Any] | None) -> None:
+    """Delete what dead clusters left behind (processes, claims, state); live clusters are kept."""
+    removed = api.gc(backend=backend, backend_options=backend_options)
+    console = _console()
+    name = api.resolve_backend_name(backend)
+    if not removed:
+        console.print(Text(f"Nothing to clean up on backend {name!r}."))
+        return
+    for line in removed:
+        console.print(Text(line))
+    console.print(Text(f"Cleaned up {len(removed)} item{'s' if len(removed) != 1 else ''} on backend {name!r}."))
+
+
+@cli.command("backends")
+def backends_command() -> None:
+    """List the installed backends, and why a broken one cannot be used."""
+    entries = api.list_backends()
+    console = _console()
+    if not entries:
+        console.print(Text("No backends are installed; install one, e.g. pip install coiled-local."))
+        return
+    table = Table(show_edge=False, pad_edge=False)
+    table.add_column("backend", no_wrap=True)
+    table.add_column("distribution", no_wrap=True)
+    table.add_column("version", no_wrap=True)
+    table.add_column("status", overflow="fold")
+    for entry in entries:
+        status = Text("ok", style="green") if entry.error is None else Text(f"broken: {entry.error}", style="red")
+        table.add_row(Text(entry.name), Text(entry.distribution), Text(entry.version), status)
+    console.print(table)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``coiled`` script."""
+    cli.main(args=argv, prog_name="coiled")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
