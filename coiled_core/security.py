@@ -358,7 +358,9 @@ class ClusterTLS:
             else:
                 values[field] = data
         if missing:
-            raise ValueError(f"TLS material of cluster {cluster_name!r} in the store is incomplete: missing {missing}")
+            raise ValueError(
+                f"TLS material of cluster {cluster_name!r} in the store is incomplete: missing {missing}"
+            )
         return cls(**values)
 
 

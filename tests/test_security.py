@@ -207,13 +207,18 @@ def _inc(x: int) -> int:
 
 
 async def _refused(address: str, security) -> BaseException:
+    """Connect a Client and expect it to fail quickly; close it either way."""
     from distributed import Client
 
     start = time.monotonic()
-    with pytest.raises(Exception) as info:
-        kwargs = {} if security is None else {"security": security}
-        async with Client(address, asynchronous=True, timeout=2, **kwargs) as client:
+    kwargs = {} if security is None else {"security": security}
+    client = Client(address, asynchronous=True, timeout=2, set_as_default=False, **kwargs)
+    try:
+        with pytest.raises(Exception) as info:
+            await client
             await client.submit(_inc, 1)
+    finally:
+        await client.close()
     assert time.monotonic() - start < REFUSE_TIMEOUT
     return info.value
 
@@ -241,7 +246,7 @@ def _server_certificate(address: str, context: ssl.SSLContext) -> bytes:
 
 
 def test_real_cluster_accepts_only_its_own_certificates(tls, other_tls, tmp_path):
-    from distributed import Client, Scheduler, Worker
+    from distributed import Client, Scheduler, Security, Worker
 
     async def main() -> None:
         async with Scheduler(
@@ -264,13 +269,15 @@ def test_real_cluster_accepts_only_its_own_certificates(tls, other_tls, tmp_path
                 assert set(_listening_addresses()) == {"127.0.0.1"}
 
                 # This cluster's client certificate works.
-                async with Client(scheduler.address, asynchronous=True, security=tls.to_security("client")) as client:
+                client_security = tls.to_security("client")
+                async with Client(scheduler.address, asynchronous=True, security=client_security) as client:
                     assert await client.submit(lambda a, b: a + b, 1, 1) == 2
                 # So does a worker's or the scheduler's own Security used as a client, as
                 # get_client() in a task or a scheduler extension would.
                 for role in ("worker", "scheduler"):
+                    own_security = tls.to_security(role)
                     async with Client(
-                        scheduler.address, asynchronous=True, set_as_default=False, security=tls.to_security(role)
+                        scheduler.address, asynchronous=True, set_as_default=False, security=own_security
                     ) as client:
                         assert await client.submit(_inc, 1, pure=False) == 2
 
@@ -280,12 +287,23 @@ def test_real_cluster_accepts_only_its_own_certificates(tls, other_tls, tmp_path
                 await _refused(scheduler.address.replace("tls://", "tcp://"), None)
                 # Another cluster's certificates: refused (the client rejects the server too).
                 await _refused(scheduler.address, other_tls.to_security("client"))
+                # Trusting this cluster's (public) CA certificate is not enough: the scheduler
+                # refuses a client certificate from another CA.
+                impostor_security = Security(
+                    require_encryption=True,
+                    tls_ca_file=tls.ca_cert.decode(),
+                    tls_client_cert=other_tls.client_cert.decode(),
+                    tls_client_key=other_tls.client_key.decode(),
+                )
+                assert "unknown ca" in str(await _refused(scheduler.address, impostor_security)).lower()
 
                 # The server side on its own: trusting the right CA but presenting another
                 # cluster's certificate, or none, the handshake is refused by the scheduler.
                 impostor = ssl.create_default_context(cadata=tls.ca_cert.decode())
                 impostor.check_hostname = False
-                impostor.load_cert_chain(*_pem_files(tmp_path / "other", other_tls.client_cert, other_tls.client_key))
+                impostor.load_cert_chain(
+                    *_pem_files(tmp_path / "other", other_tls.client_cert, other_tls.client_key)
+                )
                 anonymous = ssl.create_default_context(cadata=tls.ca_cert.decode())
                 anonymous.check_hostname = False
                 for context in (impostor, anonymous):
@@ -299,7 +317,9 @@ def test_real_cluster_accepts_only_its_own_certificates(tls, other_tls, tmp_path
                 own.check_hostname = False
                 own.load_cert_chain(*_pem_files(tmp_path / "own", tls.client_cert, tls.client_key))
                 peer = await asyncio.to_thread(_server_certificate, scheduler.address, own)
-                assert x509.load_der_x509_certificate(peer) == x509.load_pem_x509_certificate(tls.scheduler_cert)
+                assert x509.load_der_x509_certificate(peer) == x509.load_pem_x509_certificate(
+                    tls.scheduler_cert
+                )
 
     (tmp_path / "other").mkdir()
     (tmp_path / "own").mkdir()
