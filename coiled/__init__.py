@@ -17,6 +17,9 @@ from coiled_core.cluster import Cluster
 from coiled_core.errors import ClusterNotFoundError, ClusterSpecError, CoiledError, ProvisionError
 from coiled_core.records import ClusterRecord, ClusterState
 
+# coiled.gc() is public but left out of __all__: ``from coiled import *`` must not shadow the
+# standard library's gc module.
+
 __all__ = [
     "Cluster",
     "ClusterNotFoundError",
@@ -27,7 +30,6 @@ __all__ = [
     "ProvisionError",
     "cluster_logs",
     "delete_cluster",
-    "gc",
     "list_backends",
     "list_clusters",
 ]

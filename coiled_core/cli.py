@@ -26,7 +26,6 @@ from typing import Any, Callable
 import click
 import yaml
 from rich.console import Console
-from rich.rule import Rule
 from rich.table import Table
 from rich.text import Text
 
@@ -182,10 +181,9 @@ def stop_command(name: str, backend: str | None, backend_options: dict[str, Any]
 def logs_command(name: str, tail: int | None, backend: str | None, backend_options: dict[str, Any] | None) -> None:
     """Print the logs of cluster NAME, one section per process (also after it stopped)."""
     logs = api.cluster_logs(name, tail=tail, backend=backend, backend_options=backend_options)
-    console = _console()
     for process, text in logs.items():
-        console.print(Rule(Text(process), align="left"))
-        # Raw text: log lines are not rich markup.
+        # A header per process, as tail(1) writes for several files; the log text is printed raw.
+        click.secho(f"==> {process} <==", bold=True)
         click.echo(text, nl=not text.endswith("\n"))
 
 

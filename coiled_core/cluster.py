@@ -15,7 +15,9 @@ from contextlib import suppress
 from typing import Any
 
 from distributed.core import Status, rpc
+from distributed.security import Security
 from distributed.deploy.cluster import Cluster as DistributedCluster
+from distributed.objects import SchedulerInfo
 from distributed.utils import Log
 from tornado.ioloop import IOLoop, PeriodicCallback
 
@@ -24,6 +26,8 @@ from coiled_core.errors import ClusterSpecError, CoiledError, ProvisionError
 from coiled_core.node.config import heartbeat_interval
 from coiled_core.plugins import Backend, load_backend
 from coiled_core.progress import StartProgress
+from coiled_core.security import ClusterTLS, delete_tls
+from coiled_core.store import Store
 from coiled_core.records import ClusterRecord, ClusterState
 from coiled_core.spec import ClusterSpec, resolve_cluster_spec
 
@@ -37,6 +41,46 @@ if not logger.handlers and not logging.getLogger().handlers:
 
 #: Clusters this process created and must not leave running when it exits normally.
 _live_clusters: weakref.WeakSet[Cluster] = weakref.WeakSet()
+
+
+def teardown_cluster(backend: Backend, record: ClusterRecord) -> ClusterRecord:
+    """Tear a cluster down and delete what the core keeps for it (its TLS material)."""
+    final = backend.teardown(record)
+    delete_tls(Store(), record.name)
+    return final
+
+
+def tls_from_security(security: Security) -> ClusterTLS:
+    """Per-role PEMs from a user's ``distributed.Security`` (paths or PEM text), to hand to nodes."""
+
+    def pem(value: str | None) -> bytes:
+        if not value:
+            return b""
+        if "\n" in value:
+            return value.encode()
+        with open(value, "rb") as f:
+            return f.read()
+
+    def pair(role: str) -> tuple[bytes, bytes]:
+        cert = getattr(security, f"tls_{role}_cert", None) or security.tls_client_cert
+        key = getattr(security, f"tls_{role}_key", None) or security.tls_client_key
+        if not cert:
+            raise ClusterSpecError(f"security: the given Security has no certificate for the {role}")
+        return pem(cert), pem(key) if key else pem(cert)  # a combined cert+key file serves both
+
+    if not security.tls_ca_file:
+        raise ClusterSpecError("security: the given Security has no tls_ca_file")
+    parts = {role: pair(role) for role in ("scheduler", "worker", "client")}
+    return ClusterTLS(
+        ca_cert=pem(security.tls_ca_file),
+        ca_key=b"",
+        scheduler_cert=parts["scheduler"][0],
+        scheduler_key=parts["scheduler"][1],
+        worker_cert=parts["worker"][0],
+        worker_key=parts["worker"][1],
+        client_cert=parts["client"][0],
+        client_key=parts["client"][1],
+    )
 
 
 def _resolve_wait_for_workers(value: Any, n_workers: int) -> int:
@@ -98,6 +142,10 @@ class Cluster(DistributedCluster):
         object counts as one (default 2 minutes while ``shutdown_on_close`` is true, else off).
     cluster_timeout:
         Hard cap on the cluster's lifetime (default none).
+    security:
+        TLS between client, scheduler and workers with per-cluster certificates: True, False, or
+        a ``distributed.Security`` of your own (as ``LocalCluster`` accepts). Default: the
+        backend's choice (on for cloud backends, off for ``local``, which binds to loopback).
     show_widget:
         Show start-up progress (a live display in a terminal or notebook, log lines otherwise).
     """
@@ -128,6 +176,7 @@ class Cluster(DistributedCluster):
         wait_for_workers: bool | int | float | None = None,
         no_client_timeout: str | float | bool | None = None,
         cluster_timeout: str | float | None = None,
+        security: bool | Security | None = None,
         show_widget: bool = True,
         loop: IOLoop | None = None,
     ):
@@ -153,6 +202,8 @@ class Cluster(DistributedCluster):
             "timeout": timeout,
             "no_client_timeout": no_client_timeout,
             "cluster_timeout": cluster_timeout,
+            # A distributed.Security of the user's own is used as is; the spec records "TLS on".
+            "security": True if isinstance(security, Security) else security,
         }
         # Everything is validated before any resource exists.
         spec = resolve_cluster_spec(keywords)
@@ -162,6 +213,9 @@ class Cluster(DistributedCluster):
         self._wait_for_workers_count = _resolve_wait_for_workers(wait_for_workers, spec.n_workers)
         #: Keywords the caller gave explicitly (attaching warns if they differ from the cluster's).
         self._explicit = {key for key, value in keywords.items() if value is not None}
+        self._user_security = security if isinstance(security, Security) else None
+        #: Client credentials when the cluster uses TLS (``Client(cluster)`` reads this).
+        self.security: Security | None = None
         self._progress = StartProgress(spec.name, spec.backend, spec.n_workers, show=show_widget)
 
         self.record: ClusterRecord | None = None
@@ -235,9 +289,10 @@ class Cluster(DistributedCluster):
         self._set_phase("connecting to the scheduler")
         if record.dashboard_url:
             self._progress.dashboard(self.backend.dashboard_url(record) or record.dashboard_url)
-        self.scheduler_comm = rpc(record.scheduler_address)
+        self.scheduler_comm = rpc(record.scheduler_address, connection_args=self._connection_args())
         self.periodic_callbacks["coiled-heartbeat"] = PeriodicCallback(self._heartbeat, heartbeat_interval() * 1000)
-        await super()._start()
+        self.periodic_callbacks["coiled-scheduler-info"] = PeriodicCallback(self._refresh_scheduler_info, 1000)
+        await self._start_watching()
         await self._heartbeat()
         if self.spec.adaptive is not None and self.created:
             self.adapt(minimum=self.spec.adaptive.minimum, maximum=self.spec.adaptive.maximum)
@@ -271,7 +326,30 @@ class Cluster(DistributedCluster):
         self.created = True
         if self.spec.shutdown_on_close is None:
             self.spec = self.spec.model_copy(update={"shutdown_on_close": True})
+        await asyncio.to_thread(self._prepare_tls)
         return await asyncio.to_thread(self.backend.provision, self.spec, self.backend_options)
+
+    def _prepare_tls(self) -> None:
+        """Make and store this cluster's TLS material when TLS is on, before anything boots.
+
+        The store keeps it, so a client in another process (or, with a shared store, on another
+        machine) can reattach; the backend reads it there to hand the nodes their certificates.
+        """
+        enabled = self.spec.security
+        if enabled is None:
+            enabled = getattr(self.backend.options_model(), "TLS_BY_DEFAULT", True)
+        self.spec = self.spec.model_copy(update={"security": bool(enabled)})
+        if not enabled:
+            return
+        if self._user_security is not None:
+            material = tls_from_security(self._user_security)
+        else:
+            material = ClusterTLS.generate(self.name)
+        material.save(Store(), self.name)
+        self.security = self._user_security or material.to_security("client")
+
+    def _connection_args(self) -> dict[str, Any]:
+        return self.security.get_connection_args("client") if self.security is not None else {}
 
     def _attach(self, existing: ClusterRecord) -> None:
         self._log(f"Attaching to existing cluster {self.name!r} ({existing.backend}, {existing.state.value})")
@@ -297,6 +375,31 @@ class Cluster(DistributedCluster):
             )
         shutdown = requested.shutdown_on_close
         self.spec = self.spec.model_copy(update={"shutdown_on_close": False if shutdown is None else shutdown})
+        if (existing.scheduler_address or "").startswith("tls://"):
+            material = ClusterTLS.load(Store(), self.name)
+            if material is None:
+                raise CoiledError(
+                    f"cluster {self.name!r} uses TLS, but the store at {Store().url} holds no credentials "
+                    "for it; point dask config 'coiled.store' at the store its creator used"
+                )
+            self.security = self._user_security or material.to_security("client")
+
+    async def _start_watching(self) -> None:
+        """Replaces distributed's ``Cluster._start``, which subscribes to worker-status pushes.
+
+        The scheduler keeps one such subscription, so a second ``Cluster`` object attached to
+        the same cluster (another process, reuse by name) would silently take the first one's
+        updates away. Polling ``identity`` works for any number of attached objects.
+        """
+        await self._refresh_scheduler_info()
+        self._sync_cluster_info_task = asyncio.ensure_future(self._sync_cluster_info())
+        for callback in self.periodic_callbacks.values():
+            callback.start()
+        self.status = Status.running
+
+    async def _refresh_scheduler_info(self) -> None:
+        with suppress(Exception):
+            self.scheduler_info = SchedulerInfo(await asyncio.wait_for(self.scheduler_comm.identity(), 10))
 
     async def _heartbeat(self) -> None:
         """Tell the cluster this object is alive: it counts as a client for the no-client timeout."""
@@ -308,6 +411,7 @@ class Cluster(DistributedCluster):
         next_check = time.monotonic() + 1.0
         while len(self.scheduler_info["workers"]) < n:
             self._progress.workers(len(self.scheduler_info["workers"]))
+            await self._refresh_scheduler_info()
             if time.monotonic() > next_check:
                 record = await asyncio.to_thread(self.backend.describe, self.name, self.backend_options)
                 if record is None or not record.state.is_live:
@@ -330,7 +434,7 @@ class Cluster(DistributedCluster):
                 tail = "\n".join(text for text in logs.values() if text.strip())
                 self._log_tail = f"\nlast lines of the cluster's log:\n{tail}" if tail else ""
             try:
-                self.record = await asyncio.to_thread(self.backend.teardown, record)
+                self.record = await asyncio.to_thread(teardown_cluster, self.backend, record)
             except Exception:
                 logger.exception("tearing down %r after a failed start also failed", self.name)
         # Release comms and tasks; a failed cluster object is closed, not left half-open.
@@ -394,7 +498,7 @@ class Cluster(DistributedCluster):
         if self._adaptive is not None:
             self._adaptive.stop()
         if shutdown and self.record is not None:
-            self.record = await asyncio.to_thread(self.backend.teardown, self.record)
+            self.record = await asyncio.to_thread(teardown_cluster, self.backend, self.record)
         _live_clusters.discard(self)
         await super()._close()
 
@@ -491,7 +595,5 @@ def _close_clusters_at_exit() -> None:
     """A normal interpreter exit shuts down the clusters it created, as distributed's do."""
     for cluster in list(_live_clusters):
         if cluster.spec.shutdown_on_close and cluster.record is not None:
-            try:
-                cluster.backend.teardown(cluster.record)
-            except Exception:
-                pass
+            with suppress(Exception):
+                teardown_cluster(cluster.backend, cluster.record)

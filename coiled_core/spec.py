@@ -55,6 +55,7 @@ SPEC_KEYWORDS = (
     "timeout",
     "no_client_timeout",
     "cluster_timeout",
+    "security",
 )
 
 
@@ -191,6 +192,8 @@ class ClusterSpec(BaseModel):
     no_client_timeout: float | None = None
     #: Hard cap on the cluster's lifetime, in seconds.
     cluster_timeout: float | None = None
+    #: TLS between client, scheduler and workers; None: the backend's default (on, except local).
+    security: bool | None = None
 
     @property
     def idle_timeout(self) -> float | None:
@@ -306,7 +309,7 @@ class ClusterSpec(BaseModel):
                 raise ValueError(f"value of {key!r} must be a string, not {value!r}")
         return dict(v)
 
-    @field_validator("shutdown_on_close", mode="before")
+    @field_validator("shutdown_on_close", "security", mode="before")
     @classmethod
     def _bool_or_none(cls, v: Any) -> bool | None:
         if v is not None and not isinstance(v, bool):

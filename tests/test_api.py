@@ -101,7 +101,9 @@ def test_functions_are_exported_from_coiled():
     assert coiled.list_backends is api.list_backends
     assert coiled.ClusterNotFoundError is ClusterNotFoundError
     assert {"Cluster", "ClusterRecord", "ClusterState", "CoiledError", "ProvisionError"} <= set(coiled.__all__)
-    assert {"list_clusters", "delete_cluster", "cluster_logs", "gc", "list_backends"} <= set(coiled.__all__)
+    assert {"list_clusters", "delete_cluster", "cluster_logs", "list_backends"} <= set(coiled.__all__)
+    # A star import must not shadow the standard library's gc module.
+    assert "gc" not in coiled.__all__
 
 
 def test_importing_coiled_stays_light():

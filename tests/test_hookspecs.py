@@ -27,7 +27,18 @@ def local_plugin():
 
 def test_the_contract_has_the_expected_hooks():
     assert HOOKS == sorted(
-        ["backend_options_model", "provision", "scale", "describe", "teardown", "dashboard_url", "list_clusters", "logs"]
+        [
+            "backend_options_model",
+            "claim_name",
+            "provision",
+            "scale",
+            "describe",
+            "teardown",
+            "dashboard_url",
+            "list_clusters",
+            "gc",
+            "logs",
+        ]
     )
     # Every public function of the spec class is a hook spec.
     public = sorted(n for n, _ in inspect.getmembers(BackendSpec, inspect.isfunction) if not n.startswith("_"))

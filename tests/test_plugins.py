@@ -53,6 +53,8 @@ from coiled_core.records import ClusterRecord, ClusterState, WorkerRecord
 BACKEND_NAME = {backend_name!r}
 DESCRIBE_FINDS = {describe_finds!r}
 PROVISION_FAILS = {provision_fails!r}
+CLAIM_WINS = True
+GC_LINES = ["deleted leftovers of " + BACKEND_NAME]
 {extra}
 CALLS = []
 
@@ -85,6 +87,18 @@ def provision(spec, options):
     if PROVISION_FAILS:
         raise ProvisionError("fake")
     return _record(spec.name, ClusterState.starting)
+
+
+@hookimpl
+def claim_name(name, options):
+    CALLS.append(("claim_name", {{"name": name, "options": options}}))
+    return CLAIM_WINS
+
+
+@hookimpl
+def gc(options):
+    CALLS.append(("gc", {{"options": options}}))
+    return list(GC_LINES)
 
 
 @hookimpl
@@ -224,6 +238,7 @@ def _call_every_method(backend: Backend) -> None:
     record = _record("c")
     assert backend.options_from_record(record.model_copy(update={"spec": {"backend_options": {"flavour": "x"}}})).flavour == "x"
     spec = resolve_cluster_spec({"name": "c", "backend": backend.name, "n_workers": 2, "worker_memory": "1 GiB"})
+    assert backend.claim_name("c", options) is True
     assert backend.provision(spec, options).state == ClusterState.starting
     assert backend.scale(record, 3, ["c-worker-0"]).worker_names == ["c-worker-0", "c-worker-1", "c-worker-2"]
     assert backend.describe("c", options).state == ClusterState.running
@@ -231,6 +246,7 @@ def _call_every_method(backend: Backend) -> None:
     assert backend.dashboard_url(record.model_copy(update={"dashboard_url": "http://x/status"})) == "http://x/status"
     assert [r.name for r in backend.list_clusters(options)] == ["listed"]
     assert backend.logs(record, tail=5) == {"scheduler": f"log of {backend.name} tail=5"}
+    assert backend.gc(options) == [f"deleted leftovers of {backend.name}"]
 
 
 #: Hooks called by _call_every_method, in order (validate_options and options_from_record go
@@ -239,6 +255,7 @@ EVERY_METHOD_HOOKS = [
     "backend_options_model",
     "backend_options_model",
     "backend_options_model",
+    "claim_name",
     "provision",
     "scale",
     "describe",
@@ -246,6 +263,7 @@ EVERY_METHOD_HOOKS = [
     "dashboard_url",
     "list_clusters",
     "logs",
+    "gc",
 ]
 
 
@@ -304,6 +322,8 @@ def test_only_the_selected_backend_is_called(site):
     assert kwargs["scale"]["n_workers"] == 3 and kwargs["scale"]["retired"] == ["c-worker-0"]
     assert kwargs["logs"]["tail"] == 5
     assert kwargs["describe"]["name"] == "c"
+    assert kwargs["claim_name"]["name"] == "c" and kwargs["claim_name"]["options"].flavour == "spicy"
+    assert kwargs["gc"]["options"].flavour == "spicy"
 
     # And the other way round: fake_b's backend never reaches fake_a.
     before = len(calls_a)
@@ -328,13 +348,42 @@ def test_cluster_calls_only_its_backend(site):
         warnings.simplefilter("ignore", ResourceWarning)
         gc.collect()
 
+    # The creation flow: describe (no live cluster), claim the name (won), provision (failed).
     hooks = [hook for hook, _ in calls_a]
-    assert "describe" in hooks and "provision" in hooks
-    assert hooks.index("describe") < hooks.index("provision")
-    assert dict(calls_a)["provision"]["spec"].name == "plugin-isolation"
-    # provision failed before returning a record: there is nothing to tear down.
-    assert "teardown" not in hooks
+    assert "describe" in hooks and "claim_name" in hooks and "provision" in hooks
+    assert hooks.index("describe") < hooks.index("claim_name") < hooks.index("provision")
+    assert hooks.count("provision") == 1
+    assert set(hooks[: hooks.index("provision")]) <= {"backend_options_model", "describe", "claim_name"}, hooks
+    kwargs = dict(calls_a)
+    assert kwargs["describe"]["name"] == kwargs["claim_name"]["name"] == "plugin-isolation"
+    assert kwargs["provision"]["spec"].name == "plugin-isolation"
+    # provision failed: the core may then read the log tail and tear down a minimal record to
+    # release the claim (either is optional), only for this cluster, on this backend.
+    after = hooks[hooks.index("provision") + 1 :]
+    assert set(after) <= {"logs", "teardown"}, hooks
+    for hook, call in calls_a:
+        if hook in ("logs", "teardown"):
+            assert call["record"].name == "plugin-isolation" and call["record"].backend == "fake_a"
     assert calls_b == []
+
+
+def test_backend_has_a_method_per_hook():
+    # backend_options_model is reached through options_model / validate_options / options_from_record.
+    for hook in ALL_HOOKS:
+        method = "options_model" if hook == "backend_options_model" else hook
+        assert callable(getattr(Backend, method, None)), f"Backend has no method for the {hook!r} hook"
+    assert list(inspect.signature(Backend.claim_name).parameters) == ["self", "name", "options"]
+    assert list(inspect.signature(Backend.gc).parameters) == ["self", "options"]
+
+
+def test_lost_name_claim_and_empty_gc_are_answers(site):
+    # False and [] are the backend's answers, not a missing hook.
+    site.add_backend("fake_a", extra="CLAIM_WINS = False\nGC_LINES = []")
+    backend = load_backend("fake_a", path=site.path)
+    options = backend.validate_options({})
+    assert backend.claim_name("taken", options) is False
+    assert backend.gc(options) == []
+    assert [hook for hook, _ in site.calls("fake_a")][-2:] == ["claim_name", "gc"]
 
 
 def test_wrapper_extension_sees_every_call(site):

@@ -61,7 +61,7 @@ def test_keywords_all_none_is_the_same_as_no_keywords():
     keywords = {
         key: None
         for key in inspect.signature(coiled.Cluster).parameters
-        if key not in ("asynchronous", "wait_for_workers", "loop")
+        if key not in ("asynchronous", "wait_for_workers", "loop", "show_widget")
     }
     spec = resolve_cluster_spec(keywords)
     defaults = resolve_cluster_spec({})
@@ -460,6 +460,9 @@ REFERENCE_KEYWORDS = [
 ]
 
 
+LIFECYCLE_KEYWORDS = ["wait_for_workers", "no_client_timeout", "cluster_timeout", "security"]
+
+
 def test_cluster_signature_has_the_reference_keywords():
     params = inspect.signature(coiled.Cluster).parameters
     names = list(params)
@@ -470,7 +473,8 @@ def test_cluster_signature_has_the_reference_keywords():
     assert params["name"].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
     for key in names[1:]:
         assert params[key].kind is inspect.Parameter.KEYWORD_ONLY, key
-    assert set(names) - set(REFERENCE_KEYWORDS) <= {"wait_for_workers", "loop"}
+    # Coiled's lifecycle keywords, LocalCluster's security, and the event loop.
+    assert set(names) - set(REFERENCE_KEYWORDS) == set(LIFECYCLE_KEYWORDS) | {"loop", "show_widget"}
 
 
 def test_cluster_rejects_positional_arguments_after_name():
@@ -483,4 +487,6 @@ def test_cluster_rejects_positional_arguments_after_name():
 def test_spec_keywords_match_the_signature():
     from coiled_core.spec import SPEC_KEYWORDS
 
-    assert list(SPEC_KEYWORDS) == [k for k in REFERENCE_KEYWORDS if k != "asynchronous"]
+    assert list(SPEC_KEYWORDS) == [k for k in REFERENCE_KEYWORDS if k != "asynchronous"] + [
+        k for k in LIFECYCLE_KEYWORDS if k != "wait_for_workers"
+    ]

@@ -57,7 +57,20 @@ class NodeAgent:
         self.started_at = time.time()
         self.lifecycle: dict[str, Any] = config.get("lifecycle") or {}
         self.last_heartbeat = float("-inf")
+        self.security = {role: self._security(role) for role in ("scheduler", "worker")}
         self.last_client_seen = time.monotonic()
+
+    def _security(self, role: str):
+        tls = self.config.get("tls")
+        if not tls:
+            return None
+        from coiled_core.security import security_from_node_config
+
+        return security_from_node_config(tls, role)
+
+    def connection_args(self) -> dict[str, Any]:
+        security = self.security.get("worker") or self.security.get("scheduler")
+        return security.get_connection_args("client") if security is not None else {}
 
     # -- reporting -------------------------------------------------------------------------
     def write_state(self) -> None:
@@ -93,6 +106,9 @@ class NodeAgent:
         options.setdefault("host", self.host)
         options.setdefault("port", spec.get("port", 0))
         options.setdefault("dashboard_address", spec.get("dashboard_address") or f"{self.host}:0")
+        if self.security["scheduler"] is not None:
+            options.setdefault("security", self.security["scheduler"])
+            options.setdefault("protocol", "tls")
         self.scheduler = await cls(**options)
         self.scheduler_address = self.scheduler.address
         dashboard = getattr(self.scheduler, "services", {}).get("dashboard")
@@ -135,6 +151,9 @@ class NodeAgent:
             resources["GPU"] = gpus
         if resources:
             kwargs["resources"] = resources
+        if self.security["worker"] is not None:
+            kwargs["security"] = self.security["worker"]
+            kwargs["protocol"] = "tls"
         if self.lifecycle.get("watchdog_timeout"):
             kwargs["preload"] = ["coiled_core.node.watchdog"]
         from distributed import Nanny
@@ -233,7 +252,7 @@ class NodeAgent:
         timeout = self.lifecycle.get("watchdog_timeout")
         if not timeout:
             return
-        async with rpc(self.scheduler_address, timeout=10) as scheduler:
+        async with rpc(self.scheduler_address, timeout=10, connection_args=self.connection_args()) as scheduler:
             async def lost(reason: str) -> None:
                 self.stop(f"watchdog: {reason}")
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -9,6 +11,9 @@ class LocalOptions(BaseModel):
     """Options for ``coiled.Cluster(backend="local", backend_options={...})``."""
 
     model_config = ConfigDict(extra="forbid")
+
+    #: Loopback only, so TLS is opt-in here (security=True); cloud backends default to it.
+    TLS_BY_DEFAULT: ClassVar[bool] = False
 
     directory: str | None = Field(
         default=None,

@@ -22,7 +22,9 @@ from coiled_core.errors import ClusterSpecError, ProvisionError
 from coiled_core.node.agent import START_WORKERS_HANDLER, STOP_WORKERS_HANDLER
 from coiled_core.node.config import lifecycle_settings
 from coiled_core.records import ClusterRecord, ClusterState, WorkerRecord
+from coiled_core.security import ClusterTLS
 from coiled_core.spec import ClusterSpec
+from coiled_core.store import Store
 
 from coiled_local import processes
 from coiled_local.options import LocalOptions
@@ -52,9 +54,22 @@ def _warn_if_oversubscribed(spec: ClusterSpec) -> None:
         )
 
 
+def _tls(name: str) -> ClusterTLS:
+    material = ClusterTLS.load(Store(), name)
+    if material is None:
+        raise ProvisionError(f"cluster {name!r} asks for TLS but the store holds no certificates for it")
+    return material
+
+
 def _node_config(spec: ClusterSpec, options: LocalOptions, directory, gpus: list[str]) -> dict:
     scheduler_options = dict(spec.scheduler_options)
+    tls = None
+    if spec.security:
+        # Read from the store by the node agent's own config file, which only this user can read.
+        material = _tls(spec.name)
+        tls = {**material.to_node_config("scheduler"), **material.to_node_config("worker")}
     return {
+        "tls": tls,
         "cluster_name": spec.name,
         "state_dir": str(directory),
         "host": options.host,
@@ -111,7 +126,12 @@ def provision(spec: ClusterSpec, options: LocalOptions) -> ClusterRecord:
 async def _call_agent(address: str, handler: str, **kwargs):
     from distributed.core import rpc
 
-    async with rpc(address, timeout=30) as scheduler:
+    connection_args = {}
+    if address.startswith("tls://"):
+        name = kwargs.pop("cluster_name")
+        connection_args = _tls(name).to_security("client").get_connection_args("client")
+    kwargs.pop("cluster_name", None)
+    async with rpc(address, timeout=30, connection_args=connection_args) as scheduler:
         return await getattr(scheduler, handler)(**kwargs)
 
 
@@ -119,12 +139,12 @@ async def _call_agent(address: str, handler: str, **kwargs):
 def scale(record: ClusterRecord, n_workers: int, retired: list[str]) -> ClusterRecord:
     directory = processes.cluster_dir(_options(record), record.name)
     if retired:
-        asyncio.run(_call_agent(record.scheduler_address, STOP_WORKERS_HANDLER, names=retired))
+        asyncio.run(_call_agent(record.scheduler_address, STOP_WORKERS_HANDLER, names=retired, cluster_name=record.name))
     current = [n for n in record.worker_names if n not in set(retired)]
     missing = n_workers - len(current)
     if missing > 0:
         try:
-            asyncio.run(_call_agent(record.scheduler_address, START_WORKERS_HANDLER, count=missing))
+            asyncio.run(_call_agent(record.scheduler_address, START_WORKERS_HANDLER, count=missing, cluster_name=record.name))
         except Exception as e:
             raise ProvisionError(f"starting {missing} more workers failed: {e}\n{processes.log_tail(directory)}") from e
     updated = processes.record_from_directory(record.name, directory)

@@ -95,7 +95,10 @@ def launch_agent(directory: Path, node_config: dict[str, Any], environ: dict[str
         shutil.rmtree(directory)
     directory.mkdir(parents=True)
     config_path = directory / CONFIG_FILE
-    config_path.write_text(json.dumps(node_config, indent=1))
+    # May hold private keys: readable by this user only, from its creation on.
+    fd = os.open(config_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(node_config, f, indent=1)
     with open(directory / LOG_FILE, "ab") as log:
         return subprocess.Popen(
             [sys.executable, "-m", "coiled_core.node", str(config_path)],
@@ -127,6 +130,21 @@ def wait_for_scheduler(directory: Path, process: subprocess.Popen, deadline: flo
         time.sleep(0.02)
 
 
+def _wait_until_exited(proc: psutil.Process, timeout: float) -> bool:
+    """Wait for ``proc`` to exit. A zombie has exited: only its parent (perhaps another,
+    still running client process that created the cluster) can reap it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+
+
 def stop_agent(directory: Path, pid: int | None, grace: float = 20.0) -> None:
     """Stop an agent gracefully (SIGTERM), then kill its whole session if it lingers."""
     proc = agent_process(directory, pid)
@@ -137,7 +155,7 @@ def stop_agent(directory: Path, pid: int | None, grace: float = 20.0) -> None:
         proc.send_signal(signal.SIGTERM)
     except psutil.NoSuchProcess:
         return
-    _, alive = psutil.wait_procs([proc], timeout=grace)
+    alive = [] if _wait_until_exited(proc, grace) else [proc]
     # The agent's session holds every process it forked; none may outlive it.
     try:
         os.killpg(pid, signal.SIGKILL)
@@ -148,7 +166,8 @@ def stop_agent(directory: Path, pid: int | None, grace: float = 20.0) -> None:
             p.kill()
         except psutil.NoSuchProcess:
             pass
-    psutil.wait_procs([proc, *children], timeout=5)
+    for p in [proc, *children]:
+        _wait_until_exited(p, 5)
     try:
         os.waitpid(pid, os.WNOHANG)  # reap it if this process started it
     except ChildProcessError:

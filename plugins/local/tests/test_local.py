@@ -224,3 +224,46 @@ def test_normal_interpreter_exit_shuts_down_created_clusters(tmp_path):
     pid = int(out.stdout.strip().splitlines()[-1])
     psutil.wait_procs([psutil.Process(pid)] if psutil.pid_exists(pid) else [], timeout=30)
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_tls_cluster_refuses_clients_without_its_certificates(tmp_path):
+    with coiled.Cluster(n_workers=1, security=True, wait_for_workers=True, **SMALL) as cluster:
+        assert cluster.scheduler_address.startswith("tls://127.0.0.1:")
+        with Client(cluster) as client:  # Client(cluster) uses cluster.security
+            assert client.submit(lambda: "secure").result() == "secure"
+        with pytest.raises(Exception):
+            Client(cluster.scheduler_address.replace("tls://", "tcp://"), timeout="3s")
+        with pytest.raises(Exception):
+            Client(cluster.scheduler_address, timeout="3s")
+        # The node agent's config holds private keys: this user only.
+        config = os.path.join(cluster.record.backend_ids["directory"], "node.json")
+        assert os.stat(config).st_mode & 0o077 == 0
+        cluster.scale(2)
+        assert len(cluster.workers) == 2
+        # Another process reattaches by name with the credentials kept in the store.
+        script = tmp_path / "attach.py"
+        script.write_text(
+            "import coiled, sys\n"
+            "from distributed import Client\n"
+            "cluster = coiled.Cluster(name=sys.argv[1], show_widget=False)\n"
+            "with Client(cluster) as client:\n"
+            "    print(client.submit(lambda: 'attached').result())\n"
+            "cluster.close()\n"
+        )
+        out = subprocess.run([sys.executable, str(script), cluster.name], capture_output=True, text=True, timeout=120)
+        assert out.stdout.strip() == "attached", out.stderr[-2000:]
+    from coiled_core.security import ClusterTLS
+    from coiled_core.store import Store
+
+    assert ClusterTLS.load(Store(), cluster.name) is None  # shut down: its credentials are gone
+
+
+def test_attached_objects_do_not_steal_each_others_worker_updates():
+    first = coiled.Cluster(n_workers=1, wait_for_workers=True, **SMALL)
+    try:
+        second = coiled.Cluster(name=first.name)
+        second.close()
+        first.scale(2)
+        wait_until(lambda: len(first.scheduler_info["workers"]) == 2, 60, message="first sees 2 workers")
+    finally:
+        first.close()
