@@ -267,3 +267,15 @@ def test_attached_objects_do_not_steal_each_others_worker_updates():
         wait_until(lambda: len(first.scheduler_info["workers"]) == 2, 60, message="first sees 2 workers")
     finally:
         first.close()
+
+
+def test_security_object_of_the_users_own():
+    """security= accepts a distributed.Security, as LocalCluster does."""
+    from distributed.security import Security
+
+    security = Security.temporary()
+    with coiled.Cluster(n_workers=1, security=security, wait_for_workers=True, **SMALL) as cluster:
+        assert cluster.security is security
+        assert cluster.scheduler_address.startswith("tls://")
+        with Client(cluster.scheduler_address, security=security) as client:
+            assert client.submit(lambda: 5).result() == 5
