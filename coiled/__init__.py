@@ -12,7 +12,7 @@ Example::
     coiled.delete_cluster("my-name")  # shut one down, from any process
 """
 
-from coiled_core.api import cluster_logs, delete_cluster, gc, list_backends, list_clusters
+from coiled_core.api import cluster_logs, delete_cluster, gc, list_backends, list_clusters  # noqa: F401
 from coiled_core.cluster import Cluster
 from coiled_core.errors import ClusterNotFoundError, ClusterSpecError, CoiledError, ProvisionError
 from coiled_core.records import ClusterRecord, ClusterState

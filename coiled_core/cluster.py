@@ -207,6 +207,10 @@ class Cluster(DistributedCluster):
         }
         # Everything is validated before any resource exists.
         spec = resolve_cluster_spec(keywords)
+        if spec.software is not None:
+            from coiled_core.software import get_software_info
+
+            get_software_info(spec.software)  # an unknown name fails here, with close matches
         self.backend: Backend = load_backend(spec.backend)
         self.backend_options = self.backend.validate_options(spec.backend_options)
         self.spec: ClusterSpec = spec.model_copy(update={"backend_options": self.backend_options.model_dump(mode="json")})
@@ -296,6 +300,8 @@ class Cluster(DistributedCluster):
         await self._heartbeat()
         if self.spec.adaptive is not None and self.created:
             self.adapt(minimum=self.spec.adaptive.minimum, maximum=self.spec.adaptive.maximum)
+        if not self.created:
+            await self._warn_on_version_mismatch()
         if self.created:
             self._set_phase(f"waiting for {self._wait_for_workers_count} of {self.spec.n_workers} workers")
             await self._wait_for_joined_workers(self._wait_for_workers_count)
@@ -400,6 +406,24 @@ class Cluster(DistributedCluster):
     async def _refresh_scheduler_info(self) -> None:
         with suppress(Exception):
             self.scheduler_info = SchedulerInfo(await asyncio.wait_for(self.scheduler_comm.identity(), 10))
+
+    async def _warn_on_version_mismatch(self) -> None:
+        """Attaching from another environment: name the packages whose versions differ."""
+        from coiled_core.software import client_versions, version_mismatches
+
+        try:
+            reported = await asyncio.wait_for(self.scheduler_comm.versions(), 10)
+        except Exception:
+            logger.debug("could not read the versions of cluster %r", self.name, exc_info=True)
+            return
+        cluster = {**reported.get("packages", {}), "python": ".".join(reported["host"]["python"].split(".")[:3])}
+        differing = version_mismatches(client_versions(), cluster)
+        if differing:
+            warnings.warn(
+                f"cluster {self.name!r} runs other versions than this client: " + "; ".join(differing),
+                UserWarning,
+                stacklevel=2,
+            )
 
     async def _heartbeat(self) -> None:
         """Tell the cluster this object is alive: it counts as a client for the no-client timeout."""

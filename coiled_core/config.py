@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import os
+import pkgutil
 
 import dask.config
 import yaml
 
-_DEFAULTS_FILE = os.path.join(os.path.dirname(__file__), "coiled.yaml")
-
-with open(_DEFAULTS_FILE) as f:
-    DEFAULTS: dict = yaml.safe_load(f)
+# pkgutil reads package data from a zip too: a node agent may import coiled_core from one.
+DEFAULTS: dict = yaml.safe_load(pkgutil.get_data("coiled_core", "coiled.yaml") or b"")
 
 dask.config.update_defaults(DEFAULTS)
 

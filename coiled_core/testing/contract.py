@@ -199,11 +199,11 @@ class BackendContract:
         """The reference's "production" example: another process attaches by name."""
         name = self.unique_name("production")
         creator = self.run_python(
-            f"""
+            """
             import coiled
             cluster = coiled.Cluster(name=sys.argv[3], backend=BACKEND, backend_options=OPTIONS,
                                      n_workers=1, worker_cpu=1, worker_memory="1 GiB", wait_for_workers=True)
-            print(json.dumps({{"created": cluster.created, "address": cluster.scheduler_address}}), flush=True)
+            print(json.dumps({"created": cluster.created, "address": cluster.scheduler_address}), flush=True)
             sys.stdin.read()  # stay until told to go; a normal exit shuts the cluster down
             """,
             name,

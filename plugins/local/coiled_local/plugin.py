@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import sys
 import time
 import warnings
 from datetime import datetime, timezone
@@ -18,7 +19,7 @@ import psutil
 from dask.utils import format_bytes
 
 from coiled_core import hookimpl
-from coiled_core.errors import ClusterSpecError, ProvisionError
+from coiled_core.errors import ProvisionError
 from coiled_core.node.agent import START_WORKERS_HANDLER, STOP_WORKERS_HANDLER
 from coiled_core.node.config import lifecycle_settings
 from coiled_core.records import ClusterRecord, ClusterState, WorkerRecord
@@ -26,7 +27,7 @@ from coiled_core.security import ClusterTLS
 from coiled_core.spec import ClusterSpec
 from coiled_core.store import Store
 
-from coiled_local import processes
+from coiled_local import environments, processes
 from coiled_local.options import LocalOptions
 
 
@@ -92,11 +93,13 @@ def _node_config(spec: ClusterSpec, options: LocalOptions, directory, gpus: list
 
 @hookimpl
 def provision(spec: ClusterSpec, options: LocalOptions) -> ClusterRecord:
+    python, extra_environ = sys.executable, {}
     if spec.software is not None:
-        raise ClusterSpecError(
-            f"software={spec.software!r}: the local backend runs clusters in this Python environment "
-            "and cannot build software environments yet; leave software unset"
-        )
+        from coiled_core.software import get_software_info
+
+        software = get_software_info(spec.software)
+        python, _ = environments.ensure_environment(software, options)
+        extra_environ = environments.agent_environment(options)
     _warn_if_oversubscribed(spec)
     gpus = processes.detect_gpus() if spec.worker_gpu else []
     if spec.worker_gpu and not gpus:
@@ -108,7 +111,7 @@ def provision(spec: ClusterSpec, options: LocalOptions) -> ClusterRecord:
         )
     directory = processes.cluster_dir(options, spec.name)
     node_config = _node_config(spec, options, directory, gpus)
-    process = processes.launch_agent(directory, node_config, spec.environ)
+    process = processes.launch_agent(directory, node_config, {**spec.environ, **extra_environ}, python=str(python))
     try:
         processes.wait_for_scheduler(directory, process, time.monotonic() + spec.timeout)
     except BaseException:

@@ -89,7 +89,9 @@ def detect_gpus() -> list[str]:
     return [str(i) for i, line in enumerate(out.splitlines()) if line.startswith("GPU ")]
 
 
-def launch_agent(directory: Path, node_config: dict[str, Any], environ: dict[str, str]) -> subprocess.Popen:
+def launch_agent(
+    directory: Path, node_config: dict[str, Any], environ: dict[str, str], python: str = sys.executable
+) -> subprocess.Popen:
     """Start a detached node agent: its own session, so it outlives the creating process."""
     if directory.exists():
         shutil.rmtree(directory)
@@ -101,7 +103,7 @@ def launch_agent(directory: Path, node_config: dict[str, Any], environ: dict[str
         json.dump(node_config, f, indent=1)
     with open(directory / LOG_FILE, "ab") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "coiled_core.node", str(config_path)],
+            [python, "-m", "coiled_core.node", str(config_path)],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -1,0 +1,75 @@
+"""Software environments on the local backend: built once per spec, used by the node agent."""
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from distributed import Client
+
+import coiled
+from coiled_core.errors import ClusterSpecError, ProvisionError
+
+from coiled_local.environments import conda_tool, ensure_environment, environments_root
+from coiled_local.options import LocalOptions
+
+SMALL = {"n_workers": 1, "worker_cpu": 1, "worker_memory": "1 GiB", "wait_for_workers": True}
+
+
+def test_cluster_runs_in_its_own_software_environment():
+    # tabulate is a small package this test environment does not have.
+    with pytest.raises(ImportError):
+        __import__("tabulate")
+    env = coiled.create_software_environment("tests/with-tabulate", pip=["tabulate"])
+    assert any(r.startswith("distributed==") for r in env.pip)  # added at the client's version
+
+    # Concurrent requests for one spec build it once.
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda _: ensure_environment(env, LocalOptions()), range(2)))
+    assert results[0][0] == results[1][0]
+    assert sorted(built for _, built in results) == [False, True]
+    python = results[0][0]
+    assert python.is_relative_to(environments_root(LocalOptions()))
+
+    with coiled.Cluster(software="tests/with-tabulate", **SMALL) as cluster:
+        with Client(cluster) as client:
+
+            def use_it():
+                import sys
+
+                import tabulate
+
+                return tabulate.tabulate([[1, 2]]), sys.executable
+
+            table, executable = client.submit(use_it).result()
+            assert "1" in table and "2" in table
+            assert executable == str(python)
+            assert client.run_on_scheduler(lambda: __import__("sys").executable) == str(python)
+
+
+def test_failed_build_raises_pips_message_and_starts_nothing(state_root):
+    coiled.create_software_environment("tests/broken", pip=["coiled-test-no-such-package-xyz"])
+    with pytest.raises(ProvisionError, match="coiled-test-no-such-package-xyz") as info:
+        coiled.Cluster(name="broken-env", software="tests/broken", **SMALL)
+    assert "pip" in str(info.value)
+    from coiled_core.plugins import load_backend
+
+    backend = load_backend("local")
+    record = backend.describe("broken-env", backend.validate_options({}))
+    assert record is None or not record.state.is_live
+
+
+def test_unknown_environment_is_refused_before_anything_starts():
+    with pytest.raises(coiled.CoiledError, match="examples/scaling-xgboost"):
+        coiled.Cluster(software="examples/scaling-xgbost", **SMALL)
+
+
+def test_container_is_a_clear_error_on_local():
+    coiled.create_software_environment("tests/in-a-box", container="ghcr.io/dask/dask:latest")
+    with pytest.raises(ClusterSpecError, match="container"):
+        coiled.Cluster(software="tests/in-a-box", **SMALL)
+
+
+@pytest.mark.skipif(conda_tool() is not None, reason="this machine can build conda environments")
+def test_conda_without_a_conda_tool_is_a_clear_error():
+    coiled.create_software_environment("tests/conda-env", conda={"dependencies": ["python=3.11", "tabulate"]})
+    with pytest.raises(ClusterSpecError, match="conda, mamba or micromamba"):
+        coiled.Cluster(software="tests/conda-env", **SMALL)
