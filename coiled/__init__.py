@@ -14,6 +14,15 @@ Example::
 
 from coiled_core.api import cluster_logs, delete_cluster, gc, list_backends, list_clusters  # noqa: F401
 from coiled_core.cluster import Cluster
+from coiled_core.configurations import (
+    BuiltinConfigurationError,
+    ClusterConfiguration,
+    ConfigurationNotFoundError,
+    create_cluster_configuration,
+    delete_cluster_configuration,
+    get_cluster_configuration,
+    list_cluster_configurations,
+)
 from coiled_core.errors import ClusterNotFoundError, ClusterSpecError, CoiledError, ProvisionError
 from coiled_core.records import ClusterRecord, ClusterState
 
@@ -21,7 +30,14 @@ from coiled_core.records import ClusterRecord, ClusterState
 # standard library's gc module.
 
 __all__ = [
+    "BuiltinConfigurationError",
     "Cluster",
+    "ClusterConfiguration",
+    "ConfigurationNotFoundError",
+    "create_cluster_configuration",
+    "delete_cluster_configuration",
+    "get_cluster_configuration",
+    "list_cluster_configurations",
     "ClusterNotFoundError",
     "ClusterRecord",
     "ClusterSpecError",

@@ -7,6 +7,8 @@
     coiled cluster logs NAME [--tail N]
     coiled cluster gc
     coiled backends
+    coiled env create|list|inspect|delete
+    coiled configuration create|list|show|delete
 
 Every ``cluster`` command takes ``--backend`` (default: dask config ``coiled.backend``) and
 ``--option KEY=VALUE`` (repeatable; values are read as YAML scalars, so ``3`` is a number and
@@ -219,6 +221,20 @@ def backends_command() -> None:
         status = Text("ok", style="green") if entry.error is None else Text(f"broken: {entry.error}", style="red")
         table.add_row(Text(entry.name), Text(entry.distribution), Text(entry.version), status)
     console.print(table)
+
+
+def _register_groups() -> None:
+    from coiled_core.cli_configuration import configuration
+
+    cli.add_command(configuration)
+    try:
+        from coiled_core.cli_env import env
+    except ImportError:  # pragma: no cover - while software environments are being added
+        return
+    cli.add_command(env)
+
+
+_register_groups()
 
 
 def main(argv: list[str] | None = None) -> None:

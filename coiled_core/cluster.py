@@ -22,6 +22,7 @@ from distributed.utils import Log
 from tornado.ioloop import IOLoop, PeriodicCallback
 
 from coiled_core import config
+from coiled_core.configurations import configuration_values
 from coiled_core.errors import ClusterSpecError, CoiledError, ProvisionError
 from coiled_core.node.config import heartbeat_interval
 from coiled_core.plugins import Backend, load_backend
@@ -206,7 +207,8 @@ class Cluster(DistributedCluster):
             "security": True if isinstance(security, Security) else security,
         }
         # Everything is validated before any resource exists.
-        spec = resolve_cluster_spec(keywords)
+        configuration_name = configuration if configuration is not None else config.get("configuration")
+        spec = resolve_cluster_spec(keywords, configuration_values=configuration_values(configuration_name))
         if spec.software is not None:
             from coiled_core.software import get_software_info
 

@@ -279,3 +279,15 @@ def test_security_object_of_the_users_own():
         assert cluster.scheduler_address.startswith("tls://")
         with Client(cluster.scheduler_address, security=security) as client:
             assert client.submit(lambda: 5).result() == 5
+
+
+def test_cluster_from_a_named_configuration():
+    coiled.create_cluster_configuration("team/small", n_workers=1, worker_cpu=1, worker_memory="1 GiB", idle_timeout="1 hour")
+    with coiled.Cluster(configuration="team/small", n_workers=2, wait_for_workers=True) as cluster:
+        assert cluster.spec.n_workers == 2  # the explicit keyword wins
+        assert cluster.spec.worker_cpu == 1  # the configuration fills what was left out
+        with Client(cluster) as client:
+            assert [w["nthreads"] for w in client.scheduler_info()["workers"].values()] == [1, 1]
+            assert client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.idle_timeout) == 3600
+    with pytest.raises(coiled.ConfigurationNotFoundError, match="team/small"):
+        coiled.Cluster(configuration="team/smal")
