@@ -12,7 +12,13 @@ Example::
     coiled.delete_cluster("my-name")  # shut one down, from any process
 """
 
-from coiled_core.api import cluster_logs, delete_cluster, gc, list_backends, list_clusters  # noqa: F401
+from coiled_core.api import (  # noqa: F401
+    cluster_logs,
+    delete_cluster,
+    gc,
+    list_backends,
+    list_clusters,
+)
 from coiled_core.cluster import Cluster
 from coiled_core.configurations import (
     BuiltinConfigurationError,
@@ -23,8 +29,22 @@ from coiled_core.configurations import (
     get_cluster_configuration,
     list_cluster_configurations,
 )
-from coiled_core.errors import ClusterNotFoundError, ClusterSpecError, CoiledError, ProvisionError
+from coiled_core.errors import (
+    ClusterNotFoundError,
+    ClusterSpecError,
+    CoiledError,
+    ProvisionError,
+)
 from coiled_core.records import ClusterRecord, ClusterState
+from coiled_core.software import (
+    SoftwareEnvironment,
+    SoftwareEnvironmentError,
+    SoftwareEnvironmentNotFoundError,
+    create_software_environment,
+    delete_software_environment,
+    get_software_info,
+    list_software_environments,
+)
 
 # coiled.gc() is public but left out of __all__: ``from coiled import *`` must not shadow the
 # standard library's gc module.
@@ -38,6 +58,13 @@ __all__ = [
     "delete_cluster_configuration",
     "get_cluster_configuration",
     "list_cluster_configurations",
+    "SoftwareEnvironment",
+    "SoftwareEnvironmentError",
+    "SoftwareEnvironmentNotFoundError",
+    "create_software_environment",
+    "delete_software_environment",
+    "get_software_info",
+    "list_software_environments",
     "ClusterNotFoundError",
     "ClusterRecord",
     "ClusterSpecError",

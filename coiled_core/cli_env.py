@@ -1,0 +1,172 @@
+"""``coiled env``: create, list, inspect and delete software environment specs.
+
+::
+
+    coiled env create NAME (--pip FILE_OR_REQUIREMENT ... | --conda FILE | --container IMAGE)
+    coiled env list [--account ACCOUNT]
+    coiled env inspect NAME
+    coiled env delete NAME
+
+``--pip`` is repeatable: a single value naming an existing file is a requirements file,
+otherwise every value is one requirement (``--pip numpy --pip 'pandas>=2'``). Specs go to the
+store (dask config ``coiled.store``); see :mod:`coiled_core.software`.
+
+An expected failure (any :class:`~coiled_core.errors.CoiledError`, or a usage mistake) prints one
+``Error: ...`` line to stderr and exits 1, also when this group is invoked on its own.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from coiled_core import software
+from coiled_core.errors import CoiledError
+
+__all__ = ["env"]
+
+
+class _OneLineError(click.ClickException):
+    """A failure shown as a single ``Error: ...`` line on stderr."""
+
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _one_line_usage_error(error: click.UsageError) -> click.ClickException:
+    message = error.format_message()
+    if error.ctx is not None:
+        message = f"{message} (see '{error.ctx.command_path} --help')"
+    return _OneLineError(message, exit_code=error.exit_code)
+
+
+class _EnvGroup(click.Group):
+    """Turns expected failures into one line, as the root ``coiled`` group does.
+
+    Self-contained (not imported from :mod:`coiled_core.cli`) so that ``cli.py`` can import this
+    module at its top without an import cycle.
+    """
+
+    def make_context(self, info_name, args, parent=None, **extra):  # type: ignore[no-untyped-def]
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as e:
+            raise _one_line_usage_error(e) from e
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as e:
+            raise _one_line_usage_error(e) from e
+        except CoiledError as e:
+            raise _OneLineError(str(e)) from e
+
+
+def _console() -> Console:
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        console = Console(highlight=False, width=max(console.width, 200))
+    return console
+
+
+def _created(env: software.SoftwareEnvironment) -> str:
+    if env.builtin:
+        return "built-in"
+    created = env.created_at
+    if not isinstance(created, datetime):
+        return str(created)
+    return created.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+@click.group(name="env", cls=_EnvGroup, context_settings={"help_option_names": ["-h", "--help"]})
+def env() -> None:
+    """Create, list, inspect and delete software environments (specs kept in the store)."""
+
+
+@env.command("create")
+@click.argument("name")
+@click.option(
+    "--pip",
+    "pip",
+    multiple=True,
+    metavar="FILE_OR_REQUIREMENT",
+    help="A requirements file, or one requirement (repeatable: --pip numpy --pip 'pandas>=2').",
+)
+@click.option("--conda", "conda", default=None, metavar="FILE", help="An environment.yml file.")
+@click.option("--container", "container", default=None, metavar="IMAGE", help="A container image, e.g. ghcr.io/dask/dask:latest.")
+def create_command(name: str, pip: tuple[str, ...], conda: str | None, container: str | None) -> None:
+    """Create (or replace) software environment NAME ('account/name' or 'name')."""
+    pip_arg: list[str] | str | None = None
+    if pip:
+        pip_arg = pip[0] if len(pip) == 1 and os.path.isfile(pip[0]) else list(pip)
+    created = software.create_software_environment(name, pip=pip_arg, conda=conda, container=container)
+    _console().print(
+        Text(
+            f"Created software environment {created.name!r} ({created.kind}, python {created.python}, "
+            f"hash {created.spec_hash()[:12]})."
+        )
+    )
+
+
+@env.command("list")
+@click.option("--account", "-a", default=None, metavar="ACCOUNT", help="Only this account's environments.")
+def list_command(account: str | None) -> None:
+    """List software environments: every account's in the store, and the built-in ones."""
+    envs = software.list_software_environments(account=account)
+    console = _console()
+    if not envs:
+        console.print(Text("No software environments."))
+        return
+    table = Table(show_edge=False, pad_edge=False)
+    for column in ("name", "kind", "python", "packages", "hash", "created"):
+        table.add_column(column, no_wrap=column != "packages", overflow="fold")
+    for item in envs:
+        packages = item.packages()
+        shown = ", ".join(packages[:4]) + (f", ... ({len(packages)} in all)" if len(packages) > 4 else "")
+        table.add_row(
+            Text(item.name),
+            Text(item.kind),
+            Text(item.python),
+            Text(shown),
+            Text(item.spec_hash()[:12]),
+            Text(_created(item)),
+        )
+    console.print(table)
+
+
+@env.command("inspect")
+@click.argument("name")
+def inspect_command(name: str) -> None:
+    """Show software environment NAME: kind, python, packages and spec hash."""
+    item = software.get_software_info(name)
+    console = _console()
+    console.print(Text(f"name:     {item.name}"))
+    console.print(Text(f"kind:     {item.kind}"))
+    console.print(Text(f"python:   {item.python}"))
+    console.print(Text(f"hash:     {item.spec_hash()}"))
+    console.print(Text(f"created:  {_created(item)}"))
+    if item.kind == "conda" and item.conda and item.conda.get("channels"):
+        console.print(Text(f"channels: {', '.join(item.conda['channels'])}"))
+    console.print(Text("image:" if item.kind == "container" else "packages:"))
+    for package in item.packages():
+        console.print(Text(f"  {package}"))
+
+
+@env.command("delete")
+@click.argument("name")
+def delete_command(name: str) -> None:
+    """Delete software environment NAME from the store (built-in ones cannot be deleted)."""
+    full_name = software.resolve_name(name)
+    software.delete_software_environment(name)
+    _console().print(Text(f"Deleted software environment {full_name!r}."))
