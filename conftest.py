@@ -1,6 +1,7 @@
 """Test-wide isolation: local clusters live in a temporary directory and none outlives the run."""
 
 import os
+import shutil
 import tempfile
 
 import dask.config
@@ -31,6 +32,9 @@ def no_cluster_outlives_the_tests():
     leftovers = agent_processes()
     for proc in leftovers:
         proc.kill()
+    # Built software environments are large: leave no temporary state behind.
+    shutil.rmtree(_STATE_ROOT, ignore_errors=True)
+    shutil.rmtree(_STORE, ignore_errors=True)
     assert not leftovers, f"node agents left running: {[p.pid for p in leftovers]}"
 
 

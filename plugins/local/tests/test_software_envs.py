@@ -73,3 +73,11 @@ def test_conda_without_a_conda_tool_is_a_clear_error():
     coiled.create_software_environment("tests/conda-env", conda={"dependencies": ["python=3.11", "tabulate"]})
     with pytest.raises(ClusterSpecError, match="conda, mamba or micromamba"):
         coiled.Cluster(software="tests/conda-env", **SMALL)
+
+
+def test_reference_xgboost_example_runs_unchanged():
+    """coiled.Cluster(software="examples/scaling-xgboost"): the built-in spec, built on first use."""
+    with coiled.Cluster(software="examples/scaling-xgboost", **SMALL) as cluster:
+        with Client(cluster) as client:
+            version = client.submit(lambda: __import__("xgboost").__version__).result()
+            assert version.split(".")[0].isdigit()
