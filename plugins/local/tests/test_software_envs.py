@@ -44,6 +44,11 @@ def test_cluster_runs_in_its_own_software_environment():
             assert executable == str(python)
             assert client.run_on_scheduler(lambda: __import__("sys").executable) == str(python)
 
+        # Attaching from this (different) environment names the packages that differ.
+        with pytest.warns(UserWarning, match="numpy: client .*, cluster not installed"):
+            attached = coiled.Cluster(name=cluster.name, show_widget=False)
+        attached.close()
+
 
 def test_failed_build_raises_pips_message_and_starts_nothing(state_root):
     coiled.create_software_environment("tests/broken", pip=["coiled-test-no-such-package-xyz"])
