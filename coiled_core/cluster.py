@@ -399,15 +399,17 @@ class Cluster(DistributedCluster):
         the same cluster (another process, reuse by name) would silently take the first one's
         updates away. Polling ``identity`` works for any number of attached objects.
         """
+        # distributed's _sync_cluster_info task is not started either: the heartbeat already
+        # tells the scheduler this object lives, and closing would have to wait out that task's
+        # connection retries (30 s) when the scheduler is already gone.
         await self._refresh_scheduler_info()
-        self._sync_cluster_info_task = asyncio.ensure_future(self._sync_cluster_info())
         for callback in self.periodic_callbacks.values():
             callback.start()
         self.status = Status.running
 
-    async def _refresh_scheduler_info(self) -> None:
+    async def _refresh_scheduler_info(self, timeout: float = 10) -> None:
         with suppress(Exception):
-            self.scheduler_info = SchedulerInfo(await asyncio.wait_for(self.scheduler_comm.identity(), 10))
+            self.scheduler_info = SchedulerInfo(await asyncio.wait_for(self.scheduler_comm.identity(), timeout))
 
     async def _warn_on_version_mismatch(self) -> None:
         """Attaching from another environment: name the packages whose versions differ."""
@@ -437,7 +439,8 @@ class Cluster(DistributedCluster):
         next_check = time.monotonic() + 1.0
         while len(self.scheduler_info["workers"]) < n:
             self._progress.workers(len(self.scheduler_info["workers"]))
-            await self._refresh_scheduler_info()
+            # Short: a scheduler that died must not hold up the check on the backend below.
+            await self._refresh_scheduler_info(timeout=1)
             if time.monotonic() > next_check:
                 record = await asyncio.to_thread(self.backend.describe, self.name, self.backend_options)
                 if record is None or not record.state.is_live:

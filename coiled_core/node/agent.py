@@ -273,7 +273,9 @@ class NodeAgent:
         try:
             self.write_state()
             if self.config.get("scheduler"):
-                await self.start_scheduler()
+                await self.unless_stopped(self.start_scheduler())
+                if self.stopping.is_set():
+                    return 0
                 self.write_state()
                 background.append(asyncio.ensure_future(self.enforce_lifetime()))
             elif self.scheduler_address:
