@@ -12,67 +12,63 @@ Example::
     coiled.delete_cluster("my-name")  # shut one down, from any process
 """
 
-from coiled_core.api import (  # noqa: F401
-    cluster_logs,
-    delete_cluster,
-    gc,
-    list_backends,
-    list_clusters,
-)
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 from coiled_core.cluster import Cluster
-from coiled_core.configurations import (
-    BuiltinConfigurationError,
-    ClusterConfiguration,
-    ConfigurationNotFoundError,
-    create_cluster_configuration,
-    delete_cluster_configuration,
-    get_cluster_configuration,
-    list_cluster_configurations,
-)
-from coiled_core.errors import (
-    ClusterNotFoundError,
-    ClusterSpecError,
-    CoiledError,
-    ProvisionError,
-)
-from coiled_core.records import ClusterRecord, ClusterState
-from coiled_core.software import (
-    SoftwareEnvironment,
-    SoftwareEnvironmentError,
-    SoftwareEnvironmentNotFoundError,
-    create_software_environment,
-    delete_software_environment,
-    get_software_info,
-    list_software_environments,
-)
+from coiled_core.errors import ClusterNotFoundError, ClusterSpecError, CoiledError, ProvisionError
+from coiled_core.states import ClusterState
+
+# Everything else loads on first use, so that `import coiled` costs little more than
+# `import distributed` (pydantic models of environments and configurations are not free).
+_LAZY = {
+    "coiled_core.records": ("ClusterRecord",),
+    "coiled_core.api": ("cluster_logs", "delete_cluster", "gc", "list_backends", "list_clusters"),
+    "coiled_core.configurations": (
+        "BuiltinConfigurationError",
+        "ClusterConfiguration",
+        "ConfigurationNotFoundError",
+        "create_cluster_configuration",
+        "delete_cluster_configuration",
+        "get_cluster_configuration",
+        "list_cluster_configurations",
+    ),
+    "coiled_core.software": (
+        "SoftwareEnvironment",
+        "SoftwareEnvironmentError",
+        "SoftwareEnvironmentNotFoundError",
+        "create_software_environment",
+        "delete_software_environment",
+        "get_software_info",
+        "list_software_environments",
+    ),
+}
+_LAZY_NAMES = {name: module for module, names in _LAZY.items() for name in names}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY_NAMES.get(name)
+    if module is None:
+        raise AttributeError(f"module 'coiled' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY_NAMES))
+
 
 # coiled.gc() is public but left out of __all__: ``from coiled import *`` must not shadow the
 # standard library's gc module.
-
 __all__ = [
-    "BuiltinConfigurationError",
     "Cluster",
-    "ClusterConfiguration",
-    "ConfigurationNotFoundError",
-    "create_cluster_configuration",
-    "delete_cluster_configuration",
-    "get_cluster_configuration",
-    "list_cluster_configurations",
-    "SoftwareEnvironment",
-    "SoftwareEnvironmentError",
-    "SoftwareEnvironmentNotFoundError",
-    "create_software_environment",
-    "delete_software_environment",
-    "get_software_info",
-    "list_software_environments",
     "ClusterNotFoundError",
-    "ClusterRecord",
     "ClusterSpecError",
     "ClusterState",
     "CoiledError",
     "ProvisionError",
-    "cluster_logs",
-    "delete_cluster",
-    "list_backends",
-    "list_clusters",
+    *(name for name in _LAZY_NAMES if name != "gc"),
 ]

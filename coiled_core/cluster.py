@@ -12,7 +12,7 @@ import time
 import warnings
 import weakref
 from contextlib import suppress
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from distributed.core import Status, rpc
 from distributed.security import Security
@@ -22,15 +22,18 @@ from distributed.utils import Log
 from tornado.ioloop import IOLoop, PeriodicCallback
 
 from coiled_core import config
-from coiled_core.configurations import configuration_values
 from coiled_core.errors import ClusterSpecError, CoiledError, ProvisionError
-from coiled_core.node.config import heartbeat_interval
-from coiled_core.plugins import Backend, load_backend
 from coiled_core.progress import StartProgress
 from coiled_core.security import ClusterTLS, delete_tls
+from coiled_core.states import ClusterState
 from coiled_core.store import Store
-from coiled_core.records import ClusterRecord, ClusterState
-from coiled_core.spec import ClusterSpec, resolve_cluster_spec
+
+if TYPE_CHECKING:
+    from coiled_core.plugins import Backend
+    from coiled_core.records import ClusterRecord
+    from coiled_core.spec import ClusterSpec
+
+# pydantic and the plugin machinery load with the first Cluster, not with `import coiled`.
 
 logger = logging.getLogger("coiled")
 if not logger.handlers and not logging.getLogger().handlers:
@@ -208,7 +211,15 @@ class Cluster(DistributedCluster):
         }
         # Everything is validated before any resource exists.
         configuration_name = configuration if configuration is not None else config.get("configuration")
-        spec = resolve_cluster_spec(keywords, configuration_values=configuration_values(configuration_name))
+        values = {}
+        if configuration_name is not None:
+            from coiled_core.configurations import configuration_values
+
+            values = configuration_values(configuration_name)
+        from coiled_core.plugins import load_backend
+        from coiled_core.spec import resolve_cluster_spec
+
+        spec = resolve_cluster_spec(keywords, configuration_values=values)
         if spec.software is not None:
             from coiled_core.software import get_software_info
 
@@ -296,6 +307,8 @@ class Cluster(DistributedCluster):
         if record.dashboard_url:
             self._progress.dashboard(self.backend.dashboard_url(record) or record.dashboard_url)
         self.scheduler_comm = rpc(record.scheduler_address, connection_args=self._connection_args())
+        from coiled_core.node.config import heartbeat_interval
+
         self.periodic_callbacks["coiled-heartbeat"] = PeriodicCallback(self._heartbeat, heartbeat_interval() * 1000)
         self.periodic_callbacks["coiled-scheduler-info"] = PeriodicCallback(self._refresh_scheduler_info, 1000)
         await self._start_watching()
@@ -364,6 +377,8 @@ class Cluster(DistributedCluster):
         self._progress.attached()
         requested = self.spec
         if existing.spec:
+            from coiled_core.spec import ClusterSpec
+
             try:
                 self.spec = ClusterSpec.model_validate(existing.spec)
             except ValueError:
@@ -455,6 +470,8 @@ class Cluster(DistributedCluster):
             self._adaptive.stop()
         if self.created:
             # Without a record (provision itself failed) a minimal one still releases the claim.
+            from coiled_core.records import ClusterRecord
+
             record = self.record or ClusterRecord(
                 name=self.name, backend=self.spec.backend, spec=self.spec.model_dump(mode="json")
             )

@@ -8,27 +8,12 @@ file surviving.
 
 from __future__ import annotations
 
-import enum
 from datetime import datetime, timezone
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-
-class ClusterState(str, enum.Enum):
-    """Lifecycle state of a cluster (``cluster.state``; ``cluster.status`` is distributed's)."""
-
-    pending = "pending"
-    starting = "starting"
-    running = "running"
-    stopping = "stopping"
-    stopped = "stopped"
-    error = "error"
-
-    @property
-    def is_live(self) -> bool:
-        """Whether the cluster may still have processes or machines."""
-        return self in (ClusterState.pending, ClusterState.starting, ClusterState.running)
+from coiled_core.states import ClusterState
 
 
 class WorkerRecord(BaseModel):
