@@ -27,59 +27,12 @@ from typing import Any, Callable
 
 import click
 import yaml
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from coiled_core import api
-from coiled_core.errors import CoiledError
+from coiled_core.cli_common import OneLineErrorGroup, output_console
 from coiled_core.records import ClusterRecord
-
-
-class _OneLineError(click.ClickException):
-    """A failure shown as a single ``Error: ...`` line on stderr."""
-
-    def __init__(self, message: str, exit_code: int = 1):
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
-def _one_line_usage_error(error: click.UsageError) -> click.ClickException:
-    message = error.format_message()
-    if error.ctx is not None:
-        message = f"{message} (see '{error.ctx.command_path} --help')"
-    return _OneLineError(message, exit_code=error.exit_code)
-
-
-class _CoiledGroup(click.Group):
-    """The root group: turns expected failures into one line instead of a usage block or traceback."""
-
-    def make_context(self, info_name, args, parent=None, **extra):
-        try:
-            return super().make_context(info_name, args, parent=parent, **extra)
-        except click.exceptions.NoArgsIsHelpError:
-            raise
-        except click.UsageError as e:
-            raise _one_line_usage_error(e) from e
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except click.exceptions.NoArgsIsHelpError:
-            raise
-        except click.UsageError as e:
-            raise _one_line_usage_error(e) from e
-        except CoiledError as e:
-            raise _OneLineError(str(e)) from e
-
-
-def _console() -> Console:
-    # Made per command (not at import), so it writes to the current sys.stdout. Off a terminal,
-    # tables are not squeezed into 80 columns: piped output keeps whole names and URLs.
-    console = Console(highlight=False)
-    if not console.is_terminal:
-        console = Console(highlight=False, width=max(console.width, 200))
-    return console
 
 
 def _parse_option(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, Any] | None:
@@ -122,7 +75,7 @@ def _backend_arguments(command: Callable) -> Callable:
     )(command)
 
 
-@click.group(name="coiled", cls=_CoiledGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(name="coiled", cls=OneLineErrorGroup, context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
     """Manage Dask clusters made with coiled.Cluster, on any installed backend."""
 
@@ -147,7 +100,7 @@ _STATE_STYLES = {"running": "green", "starting": "yellow", "pending": "yellow", 
 def list_command(backend: str | None, backend_options: dict[str, Any] | None) -> None:
     """List the clusters of a backend, live or recently stopped."""
     records = api.list_clusters(backend=backend, backend_options=backend_options)
-    console = _console()
+    console = output_console()
     if not records:
         console.print(Text(f"No clusters on backend {api.resolve_backend_name(backend)!r}."))
         return
@@ -173,7 +126,7 @@ def list_command(backend: str | None, backend_options: dict[str, Any] | None) ->
 def stop_command(name: str, backend: str | None, backend_options: dict[str, Any] | None) -> None:
     """Shut down cluster NAME and delete its resources (works from any machine that sees it)."""
     record = api.delete_cluster(name, backend=backend, backend_options=backend_options)
-    _console().print(Text(f"Cluster {record.name!r} on backend {record.backend!r} is {record.state.value}."))
+    output_console().print(Text(f"Cluster {record.name!r} on backend {record.backend!r} is {record.state.value}."))
 
 
 @cluster.command("logs")
@@ -194,7 +147,7 @@ def logs_command(name: str, tail: int | None, backend: str | None, backend_optio
 def gc_command(backend: str | None, backend_options: dict[str, Any] | None) -> None:
     """Delete what dead clusters left behind (processes, claims, state); live clusters are kept."""
     removed = api.gc(backend=backend, backend_options=backend_options)
-    console = _console()
+    console = output_console()
     name = api.resolve_backend_name(backend)
     if not removed:
         console.print(Text(f"Nothing to clean up on backend {name!r}."))
@@ -208,7 +161,7 @@ def gc_command(backend: str | None, backend_options: dict[str, Any] | None) -> N
 def backends_command() -> None:
     """List the installed backends, and why a broken one cannot be used."""
     entries = api.list_backends()
-    console = _console()
+    console = output_console()
     if not entries:
         console.print(Text("No backends are installed; install one, e.g. pip install coiled-local."))
         return

@@ -27,63 +27,13 @@ from typing import Any
 
 import click
 import yaml
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from coiled_core import configurations
-from coiled_core.errors import CoiledError
+from coiled_core.cli_common import OneLineErrorGroup, output_console
 
 __all__ = ["configuration"]
-
-
-class _OneLineError(click.ClickException):
-    """A failure shown as a single ``Error: ...`` line on stderr."""
-
-    def __init__(self, message: str, exit_code: int = 1):
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
-def _one_line_usage_error(error: click.UsageError) -> click.ClickException:
-    message = error.format_message()
-    if error.ctx is not None:
-        message = f"{message} (see '{error.ctx.command_path} --help')"
-    return _OneLineError(message, exit_code=error.exit_code)
-
-
-class _OneLineErrorGroup(click.Group):
-    """Turns expected failures into one line instead of a usage block or a traceback.
-
-    The same approach as the root group in :mod:`coiled_core.cli` (kept here rather than imported,
-    so that ``cli.py`` can import this module at its top without an import cycle).
-    """
-
-    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None, **extra: Any) -> click.Context:
-        try:
-            return super().make_context(info_name, args, parent=parent, **extra)
-        except click.exceptions.NoArgsIsHelpError:
-            raise
-        except click.UsageError as e:
-            raise _one_line_usage_error(e) from e
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except click.exceptions.NoArgsIsHelpError:
-            raise
-        except click.UsageError as e:
-            raise _one_line_usage_error(e) from e
-        except CoiledError as e:
-            raise _OneLineError(str(e)) from e
-
-
-def _console() -> Console:
-    # Made per command, so it writes to the current sys.stdout; piped output is not squeezed.
-    console = Console(highlight=False)
-    if not console.is_terminal:
-        console = Console(highlight=False, width=max(console.width, 200))
-    return console
 
 
 def _parse_value(raw: str) -> Any:
@@ -123,7 +73,7 @@ def _inline(value: Any) -> str:
     return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("\n...").strip()
 
 
-@click.group(name="configuration", cls=_OneLineErrorGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(name="configuration", cls=OneLineErrorGroup, context_settings={"help_option_names": ["-h", "--help"]})
 def configuration() -> None:
     """Create, list, show and delete cluster configurations (saved, shared cluster parameters)."""
 
@@ -150,7 +100,7 @@ def create_command(name: str, settings: dict[str, Any], software: str | None) ->
     if software is not None:
         settings["software"] = software
     saved = configurations.create_cluster_configuration(name, **settings)
-    console = _console()
+    console = output_console()
     console.print(Text(f"Saved cluster configuration {saved.name!r}."))
     for key, value in saved.values.items():
         console.print(Text(f"  {key}: {_inline(value)}"))
@@ -161,7 +111,7 @@ def create_command(name: str, settings: dict[str, Any], software: str | None) ->
 def list_command(account: str | None) -> None:
     """List the cluster configurations of an account (with the built-in coiled/default)."""
     found = configurations.list_cluster_configurations(account=account)
-    console = _console()
+    console = output_console()
     if not found:
         console.print(Text(f"No cluster configurations in account {account!r}."))
         return
@@ -197,4 +147,4 @@ def delete_command(name: str) -> None:
     """Delete cluster configuration NAME."""
     full_name = configurations.normalize_configuration_name(name)
     configurations.delete_cluster_configuration(name)
-    _console().print(Text(f"Deleted cluster configuration {full_name!r}."))
+    output_console().print(Text(f"Deleted cluster configuration {full_name!r}."))

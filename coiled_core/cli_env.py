@@ -19,65 +19,15 @@ from __future__ import annotations
 
 import os
 from datetime import datetime
-from typing import Any
 
 import click
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from coiled_core import software
-from coiled_core.errors import CoiledError
+from coiled_core.cli_common import OneLineErrorGroup, output_console
 
 __all__ = ["env"]
-
-
-class _OneLineError(click.ClickException):
-    """A failure shown as a single ``Error: ...`` line on stderr."""
-
-    def __init__(self, message: str, exit_code: int = 1):
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
-def _one_line_usage_error(error: click.UsageError) -> click.ClickException:
-    message = error.format_message()
-    if error.ctx is not None:
-        message = f"{message} (see '{error.ctx.command_path} --help')"
-    return _OneLineError(message, exit_code=error.exit_code)
-
-
-class _EnvGroup(click.Group):
-    """Turns expected failures into one line, as the root ``coiled`` group does.
-
-    Self-contained (not imported from :mod:`coiled_core.cli`) so that ``cli.py`` can import this
-    module at its top without an import cycle.
-    """
-
-    def make_context(self, info_name, args, parent=None, **extra):  # type: ignore[no-untyped-def]
-        try:
-            return super().make_context(info_name, args, parent=parent, **extra)
-        except click.exceptions.NoArgsIsHelpError:
-            raise
-        except click.UsageError as e:
-            raise _one_line_usage_error(e) from e
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except click.exceptions.NoArgsIsHelpError:
-            raise
-        except click.UsageError as e:
-            raise _one_line_usage_error(e) from e
-        except CoiledError as e:
-            raise _OneLineError(str(e)) from e
-
-
-def _console() -> Console:
-    console = Console(highlight=False)
-    if not console.is_terminal:
-        console = Console(highlight=False, width=max(console.width, 200))
-    return console
 
 
 def _created(env: software.SoftwareEnvironment) -> str:
@@ -89,7 +39,7 @@ def _created(env: software.SoftwareEnvironment) -> str:
     return created.astimezone().strftime("%Y-%m-%d %H:%M:%S")
 
 
-@click.group(name="env", cls=_EnvGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(name="env", cls=OneLineErrorGroup, context_settings={"help_option_names": ["-h", "--help"]})
 def env() -> None:
     """Create, list, inspect and delete software environments (specs kept in the store)."""
 
@@ -111,7 +61,7 @@ def create_command(name: str, pip: tuple[str, ...], conda: str | None, container
     if pip:
         pip_arg = pip[0] if len(pip) == 1 and os.path.isfile(pip[0]) else list(pip)
     created = software.create_software_environment(name, pip=pip_arg, conda=conda, container=container)
-    _console().print(
+    output_console().print(
         Text(
             f"Created software environment {created.name!r} ({created.kind}, python {created.python}, "
             f"hash {created.spec_hash()[:12]})."
@@ -124,7 +74,7 @@ def create_command(name: str, pip: tuple[str, ...], conda: str | None, container
 def list_command(account: str | None) -> None:
     """List software environments: every account's in the store, and the built-in ones."""
     envs = software.list_software_environments(account=account)
-    console = _console()
+    console = output_console()
     if not envs:
         console.print(Text("No software environments."))
         return
@@ -150,7 +100,7 @@ def list_command(account: str | None) -> None:
 def inspect_command(name: str) -> None:
     """Show software environment NAME: kind, python, packages and spec hash."""
     item = software.get_software_info(name)
-    console = _console()
+    console = output_console()
     console.print(Text(f"name:     {item.name}"))
     console.print(Text(f"kind:     {item.kind}"))
     console.print(Text(f"python:   {item.python}"))
@@ -169,4 +119,4 @@ def delete_command(name: str) -> None:
     """Delete software environment NAME from the store (built-in ones cannot be deleted)."""
     full_name = software.resolve_name(name)
     software.delete_software_environment(name)
-    _console().print(Text(f"Deleted software environment {full_name!r}."))
+    output_console().print(Text(f"Deleted software environment {full_name!r}."))
