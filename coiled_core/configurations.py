@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import datetime
 import difflib
-import getpass
 import json
 import math
 import re
@@ -46,7 +45,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from coiled_core import config
+from coiled_core.accounts import default_account
 from coiled_core.errors import ClusterSpecError, CoiledError
 from coiled_core.spec import SPEC_KEYWORDS, resolve_cluster_spec
 from coiled_core.store import Store
@@ -148,34 +147,6 @@ def _builtin_default() -> ClusterConfiguration:
 
 
 # -- names -----------------------------------------------------------------------------------
-
-
-def _sanitise_user(user: str) -> str:
-    account = re.sub(r"[^a-z0-9_-]+", "-", user.lower())
-    account = re.sub(r"^[^a-z0-9]+", "", account)[:63].rstrip("-_")
-    return account or "user"
-
-
-def default_account() -> str:
-    """The account of bare names: dask config ``coiled.account``, else the user's name.
-
-    The user name is lowercased and every run of characters other than letters, digits, ``-``
-    and ``_`` becomes ``-`` (``"Jane.Doe"`` -> ``"jane-doe"``). Raises
-    :class:`~coiled_core.errors.ClusterSpecError` if ``coiled.account`` is set but invalid.
-    """
-    account = config.get("account")
-    if account is not None:
-        if not isinstance(account, str) or not _ACCOUNT_PATTERN.match(account.lower()):
-            raise ClusterSpecError(
-                f"dask config 'coiled.account' is {account!r}, which is not a valid account name; use up to "
-                "63 letters, digits, '-' and '_', starting with a letter or digit"
-            )
-        return account.lower()
-    try:
-        user = getpass.getuser()
-    except (OSError, KeyError, ImportError):  # no user name in the environment or the password database
-        user = "user"
-    return _sanitise_user(user)
 
 
 def _check_account(account: Any) -> str:

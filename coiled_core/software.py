@@ -29,7 +29,6 @@ packaging and yaml at module level; dask config and the store are imported when 
 from __future__ import annotations
 
 import difflib
-import getpass
 import hashlib
 import importlib.metadata
 import json
@@ -48,6 +47,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from coiled_core.accounts import default_account
 from coiled_core.errors import CoiledError
 
 __all__ = [
@@ -220,35 +220,6 @@ class SoftwareEnvironment(BaseModel):
 # --------------------------------------------------------------------------------------------
 # Names and accounts
 # --------------------------------------------------------------------------------------------
-
-
-def _sanitise_account(raw: str) -> str:
-    account = re.sub(r"[^a-z0-9_-]", "-", raw.lower())
-    account = re.sub(r"^[^a-z0-9]+", "", account)[:64]
-    return account or "user"
-
-
-def default_account() -> str:
-    """The account of a bare name: dask config ``coiled.account``, else the login name.
-
-    The login name (``getpass.getuser()``) is lower-cased and reduced to ``[a-z0-9_-]``.
-    """
-    from coiled_core import config
-
-    configured = config.get("account")
-    if configured is not None and configured != "":
-        account = str(configured).strip().lower()
-        if not _ACCOUNT_PATTERN.match(account) or len(account) > 64:
-            raise SoftwareEnvironmentError(
-                f"coiled.account: {configured!r} is not a valid account name; "
-                "use letters, digits, '-' and '_', starting with a letter or digit"
-            )
-        return account
-    try:
-        user = getpass.getuser()
-    except Exception:
-        user = "user"
-    return _sanitise_account(user)
 
 
 def resolve_name(name: str) -> str:

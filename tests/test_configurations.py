@@ -160,7 +160,7 @@ def test_bare_name_gets_account_from_dask_config(store):
 
 
 def test_bare_name_falls_back_to_the_user_name(store, monkeypatch):
-    monkeypatch.setattr(configurations.getpass, "getuser", lambda: "Jane.Doe@Example")
+    monkeypatch.setattr("getpass.getuser", lambda: "Jane.Doe@Example")
     with dask.config.set({"coiled.account": None}):
         assert configurations.default_account() == "jane-doe-example"
         created = create_cluster_configuration("mine", worker_cpu=2)
@@ -168,14 +168,14 @@ def test_bare_name_falls_back_to_the_user_name(store, monkeypatch):
         assert get_cluster_configuration("mine") == created
     assert store.exists("configurations/jane-doe-example/mine.json")
 
-    monkeypatch.setattr(configurations.getpass, "getuser", lambda: "..")
+    monkeypatch.setattr("getpass.getuser", lambda: "..")
     with dask.config.set({"coiled.account": None}):
         assert configurations.default_account() == "user"
 
     def no_user() -> str:
         raise OSError("no user name")
 
-    monkeypatch.setattr(configurations.getpass, "getuser", no_user)
+    monkeypatch.setattr("getpass.getuser", no_user)
     with dask.config.set({"coiled.account": None}):
         assert configurations.default_account() == "user"
 

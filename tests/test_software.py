@@ -280,14 +280,14 @@ def test_bare_name_uses_configured_account():
     assert create_software_environment("thing", pip=["numpy"]).name == "alice/thing"
     with dask.config.set({"coiled.account": "Team-A"}):
         assert resolve_name("thing") == "team-a/thing"
-    with dask.config.set({"coiled.account": "bad account!"}), pytest.raises(SoftwareEnvironmentError, match="coiled.account"):
+    with dask.config.set({"coiled.account": "bad account!"}), pytest.raises(CoiledError, match="coiled.account"):
         resolve_name("thing")
     # Names are case-insensitive.
     assert resolve_name("Bob/Thing") == "bob/thing"
 
 
 def test_bare_name_uses_login_name(monkeypatch):
-    monkeypatch.setattr(software.getpass, "getuser", lambda: "Jane.Doe@Example")
+    monkeypatch.setattr("getpass.getuser", lambda: "Jane.Doe@Example")
     with dask.config.set({"coiled.account": None}):
         assert resolve_name("thing") == "jane-doe-example/thing"
         assert create_software_environment("thing", pip=["numpy"]).name == "jane-doe-example/thing"
