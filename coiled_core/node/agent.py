@@ -44,10 +44,12 @@ class NodeAgent:
 
     def __init__(self, config: dict[str, Any]):
         self.config = config
-        self.host: str = config.get("host") or "127.0.0.1"
+        from coiled_core.node.addresses import map_address, node_host
+
+        self.host: str = node_host(config.get("host"))
         self.state_dir: str | None = config.get("state_dir")
         self.scheduler = None
-        self.scheduler_address: str | None = config.get("scheduler_address")
+        self.scheduler_address: str | None = map_address(config.get("scheduler_address"))
         self.dashboard_url: str | None = None
         self.workers: dict[str, Any] = {}
         self.next_worker_index: int = 0
@@ -62,6 +64,8 @@ class NodeAgent:
 
     def _security(self, role: str):
         tls = self.config.get("tls")
+        if not tls and self.config.get("tls_ssm"):
+            tls = self.config["tls"] = _tls_from_ssm(self.config["tls_ssm"])
         if not tls:
             return None
         from coiled_core.security import security_from_node_config
@@ -105,7 +109,7 @@ class NodeAgent:
         options = dict(spec.get("options") or {})
         options.setdefault("host", self.host)
         options.setdefault("port", spec.get("port", 0))
-        options.setdefault("dashboard_address", spec.get("dashboard_address") or f"{self.host}:0")
+        options.setdefault("dashboard_address", spec.get("dashboard_address") or f"{self.host}:{spec.get('dashboard_port', 0)}")
         if self.security["scheduler"] is not None:
             options.setdefault("security", self.security["scheduler"])
             options.setdefault("protocol", "tls")
@@ -127,6 +131,11 @@ class NodeAgent:
     # -- workers ---------------------------------------------------------------------------
     def _next_names(self, count: int) -> list[str]:
         prefix = self.config["workers"].get("name_prefix") or f"{self.config.get('cluster_name', 'node')}-worker-"
+        instance_id = os.environ.get("COILED_INSTANCE_ID") if self.config["workers"].get("name_from_instance") else None
+        if instance_id and count == 1 and not self.workers:
+            # One worker per cloud machine: its name says which machine to stop on scale-down.
+            self.next_worker_index += 1
+            return [f"{prefix}{instance_id}"]
         names = [f"{prefix}{self.next_worker_index + i}" for i in range(count)]
         self.next_worker_index += count
         return names
@@ -270,6 +279,9 @@ class NodeAgent:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop, signal.Signals(sig).name)
         background = []
+        uploader = LogUploader(self.config["log_upload"]) if self.config.get("log_upload") else None
+        if uploader is not None:
+            background.append(asyncio.ensure_future(uploader.run()))
         try:
             self.write_state()
             if self.config.get("scheduler"):
@@ -302,6 +314,8 @@ class NodeAgent:
             if self.state != "error":
                 self.state = "stopped"
             self.write_state()
+            if uploader is not None:
+                uploader.upload()
 
     async def unless_stopped(self, coroutine) -> None:
         """Run ``coroutine`` unless the node is told to stop first (workers may wait for ever
@@ -333,6 +347,53 @@ class NodeAgent:
             await asyncio.wait_for(asyncio.gather(*(w.close() for w in workers), return_exceptions=True), 30)
         if self.scheduler is not None:
             await asyncio.wait_for(self.scheduler.close(), 30)
+
+
+def _tls_from_ssm(source: dict[str, Any]) -> dict[str, str]:
+    """TLS material kept in SSM Parameter Store (SecureString), read with the node's own role.
+
+    Cloud nodes get their private keys this way rather than in user data, which other
+    principals can read through DescribeInstanceAttribute.
+    """
+    import boto3
+
+    client = boto3.client("ssm", region_name=source.get("region"), endpoint_url=source.get("endpoint_url"))
+    prefix = source["prefix"].rstrip("/")
+    found: dict[str, str] = {}
+    token = None
+    while True:
+        page = client.get_parameters_by_path(
+            Path=prefix, WithDecryption=True, **({"NextToken": token} if token else {})
+        )
+        for parameter in page["Parameters"]:
+            found[parameter["Name"][len(prefix) + 1 :]] = parameter["Value"]
+        token = page.get("NextToken")
+        if not token or not page["Parameters"]:
+            return found
+
+
+class LogUploader:
+    """Copies this node's log file to object storage, so logs outlive the machine."""
+
+    def __init__(self, settings: dict[str, Any]):
+        self.settings = settings
+
+    def upload(self) -> None:
+        try:
+            import boto3
+
+            with open(self.settings["file"], "rb") as f:
+                body = f.read()[-2_000_000:]
+            key = self.settings["key"].format(instance_id=os.environ.get("COILED_INSTANCE_ID", "node"))
+            client = boto3.client("s3", region_name=self.settings.get("region"), endpoint_url=self.settings.get("endpoint_url"))
+            client.put_object(Bucket=self.settings["bucket"], Key=key, Body=body)
+        except Exception:
+            logger.debug("log upload failed", exc_info=True)
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.to_thread(self.upload)
+            await asyncio.sleep(self.settings.get("interval", 10))
 
 
 def _worker_pid(worker: Any) -> int | None:
