@@ -324,10 +324,10 @@ class ClusterSpec(BaseModel):
         return v
 
 
-def _format_validation_error(error: ValidationError) -> str:
+def _format_validation_error(error: ValidationError, prefix: str = "") -> str:
     lines = []
     for item in error.errors():
-        where = ".".join(str(part) for part in item["loc"]) or "parameters"
+        where = prefix + (".".join(str(part) for part in item["loc"]) or "parameters")
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             message = "is not a coiled.Cluster parameter"
@@ -442,6 +442,4 @@ def validate_backend_options(model: type[BaseModel], options: Mapping[str, Any],
     try:
         return model.model_validate(dict(options))
     except ValidationError as e:
-        raise ClusterSpecError(
-            "backend_options." + _format_validation_error(e).replace("\n  ", "\n  backend_options.")
-        ) from None
+        raise ClusterSpecError(_format_validation_error(e, prefix="backend_options.")) from None
