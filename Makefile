@@ -5,24 +5,28 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PLUGINS := $(sort $(wildcard plugins/*/pyproject.toml))
 
-.PHONY: install demo test bench clean
+.PHONY: install demo demo-aws test bench clean
 
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml $(PLUGINS)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[test]" $(foreach p,$(PLUGINS),-e $(dir $(p)))
+	$(PY) -m pip install --quiet -e ".[test]" $(foreach p,$(PLUGINS),-e "$(dir $(p))[test]")
 	touch $@
 
 demo: install
 	$(PY) examples/quickstart.py
+
+demo-aws: install
+	$(PY) examples/quickstart_aws.py
 
 test: install
 	$(PY) -m pytest
 
 bench: install
 	$(PY) bench/startup.py
+	$(PY) bench/aws_calls.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info plugins/*/*.egg-info

@@ -307,6 +307,8 @@ class Cluster(DistributedCluster):
         if record.dashboard_url:
             self._progress.dashboard(self.backend.dashboard_url(record) or record.dashboard_url)
         self.scheduler_comm = rpc(record.scheduler_address, connection_args=self._connection_args())
+        if self.created:
+            await self._wait_for_scheduler()
         from coiled_core.node.config import heartbeat_interval
 
         self.periodic_callbacks["coiled-heartbeat"] = PeriodicCallback(self._heartbeat, heartbeat_interval() * 1000)
@@ -348,7 +350,12 @@ class Cluster(DistributedCluster):
         if self.spec.shutdown_on_close is None:
             self.spec = self.spec.model_copy(update={"shutdown_on_close": True})
         await asyncio.to_thread(self._prepare_tls)
-        return await asyncio.to_thread(self.backend.provision, self.spec, self.backend_options)
+        # A thread cannot be cancelled: if the start times out, the clean-up must wait for
+        # provisioning to finish, or machines it launches afterwards would be left behind.
+        self._provisioning = asyncio.ensure_future(
+            asyncio.to_thread(self.backend.provision, self.spec, self.backend_options)
+        )
+        return await asyncio.shield(self._provisioning)
 
     def _prepare_tls(self) -> None:
         """Make and store this cluster's TLS material when TLS is on, before anything boots.
@@ -449,6 +456,37 @@ class Cluster(DistributedCluster):
         with suppress(Exception):
             await asyncio.wait_for(self.scheduler_comm.coiled_heartbeat(), 10)
 
+    async def _check_still_starting(self, workers_needed: int = 0) -> None:
+        """Raise, with the log tail, if the backend says the cluster (or too many of its
+        workers, each perhaps a machine of its own) has already ended."""
+        record = await asyncio.to_thread(self.backend.describe, self.name, self.backend_options)
+        problem = None
+        if record is None or not record.state.is_live:
+            problem = f"cluster {self.name!r} stopped while {self._phase}"
+        elif len(record.workers) < workers_needed:
+            problem = (
+                f"cluster {self.name!r}: only {len(record.workers)} of the {workers_needed} workers "
+                f"waited for are still running; the others ended while starting"
+            )
+        if problem:
+            logs = await asyncio.to_thread(self.backend.logs, self.record, 30)
+            tail = "\n".join(logs.values())
+            raise ProvisionError(f"{problem}:\n{tail}")
+
+    async def _wait_for_scheduler(self) -> None:
+        """Wait until the scheduler answers (a cloud node may still be booting)."""
+        next_check = time.monotonic() + 1.0
+        while True:
+            try:
+                self.scheduler_info = SchedulerInfo(await asyncio.wait_for(self.scheduler_comm.identity(), 2))
+                return
+            except Exception:
+                pass
+            if time.monotonic() > next_check:
+                await self._check_still_starting()
+                next_check = time.monotonic() + 1.0
+            await asyncio.sleep(0.1)
+
     async def _wait_for_joined_workers(self, n: int) -> None:
         """Wait for ``n`` workers, checking the backend so that a failed start is seen quickly."""
         next_check = time.monotonic() + 1.0
@@ -457,17 +495,20 @@ class Cluster(DistributedCluster):
             # Short: a scheduler that died must not hold up the check on the backend below.
             await self._refresh_scheduler_info(timeout=1)
             if time.monotonic() > next_check:
-                record = await asyncio.to_thread(self.backend.describe, self.name, self.backend_options)
-                if record is None or not record.state.is_live:
-                    logs = await asyncio.to_thread(self.backend.logs, self.record, 30)
-                    tail = "\n".join(logs.values())
-                    raise ProvisionError(f"cluster {self.name!r} stopped while its workers were starting:\n{tail}")
+                await self._check_still_starting(workers_needed=n)
                 next_check = time.monotonic() + 1.0
             await asyncio.sleep(0.05)
 
     async def _clean_up_failed_start(self) -> None:
         if self._adaptive is not None:
             self._adaptive.stop()
+        provisioning = getattr(self, "_provisioning", None)
+        if provisioning is not None and not provisioning.done():
+            self._log("waiting for provisioning to finish before cleaning up")
+            await asyncio.wait([provisioning], timeout=600)
+        if provisioning is not None and provisioning.done() and not provisioning.cancelled():
+            if provisioning.exception() is None and self.record is None:
+                self.record = provisioning.result()
         if self.created:
             # Without a record (provision itself failed) a minimal one still releases the claim.
             from coiled_core.records import ClusterRecord

@@ -298,6 +298,8 @@ class NodeAgent:
                 await self.unless_stopped(self.start_workers(len(names) if names else workers["count"], names))
             self.state = "running"
             self.write_state()
+            if uploader is not None:
+                await asyncio.to_thread(uploader.upload)  # the start-up log, at once
             await self.wait_until_done()
             return 0
         except Exception:
@@ -376,9 +378,18 @@ class LogUploader:
     """Copies this node's log file to object storage, so logs outlive the machine."""
 
     def __init__(self, settings: dict[str, Any]):
+        import threading
+
         self.settings = settings
+        # One upload at a time, each reading the file afresh: a slow earlier upload must never
+        # land after, and overwrite, the final one.
+        self.lock = threading.Lock()
 
     def upload(self) -> None:
+        with self.lock:
+            self._upload()
+
+    def _upload(self) -> None:
         try:
             import boto3
 
@@ -388,7 +399,7 @@ class LogUploader:
             client = boto3.client("s3", region_name=self.settings.get("region"), endpoint_url=self.settings.get("endpoint_url"))
             client.put_object(Bucket=self.settings["bucket"], Key=key, Body=body)
         except Exception:
-            logger.debug("log upload failed", exc_info=True)
+            logger.warning("uploading the log failed", exc_info=True)
 
     async def run(self) -> None:
         while True:

@@ -89,10 +89,14 @@ class BackendContract:
         last: list[ClusterRecord | None] = [None]
 
         def gone() -> bool:
+            # The scheduler has ended and so has every worker (on a cloud, each its own machine).
             last[0] = backend.describe(name, options)
-            return last[0] is None or not last[0].state.is_live
+            return last[0] is None or (not last[0].state.is_live and not last[0].workers)
 
         wait_until(gone, timeout, interval=0.25, message=f"cluster {name!r} to end by itself")
+        # What a cluster that ended itself may leave costs nothing (a cloud security group or
+        # role, a local state directory); `coiled cluster gc` removes it.
+        backend.gc(options)
         return last[0]
 
     def run_python(self, code: str, *args: str, env: dict[str, str] | None = None, **popen: Any) -> subprocess.Popen:

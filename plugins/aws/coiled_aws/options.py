@@ -1,0 +1,303 @@
+"""``backend_options`` of the AWS backend.
+
+``coiled.Cluster(backend="aws", backend_options={...})`` is validated against :class:`AWSOptions`
+by the core (``coiled_core.spec.validate_backend_options``) before anything is created: unknown
+keys get a "did you mean" hint, bad values an error naming the option. Every option has a default,
+so ``backend_options={}`` is valid; the defaults that depend on the caller's environment (region,
+image, client address) are resolved at create time by the plugin, not here.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Any, ClassVar, Literal
+from urllib.parse import urlsplit
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+#: Region used when neither ``region`` nor boto3's own resolution (AWS_REGION,
+#: AWS_DEFAULT_REGION, the profile's ``region``) gives one.
+DEFAULT_REGION = "us-east-1"
+
+SpotPolicy = Literal["on-demand", "spot", "spot_with_fallback"]
+
+_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")  # us-east-1, us-gov-west-1, eu-isoe-west-1
+_ZONE = re.compile(r"^([a-z]{2}(-[a-z]+)+-\d+)[a-z]$")  # us-east-1a
+_INSTANCE_TYPE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9-]+$")  # m6i.xlarge, p6-b200.48xlarge
+_SPOT_SPELLINGS = {
+    "on-demand": "on-demand",
+    "on_demand": "on-demand",
+    "ondemand": "on-demand",
+    "spot": "spot",
+    "spot_with_fallback": "spot_with_fallback",
+    "spot-with-fallback": "spot_with_fallback",
+}
+
+
+def _resource_id(value: str | None, prefix: str, what: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not re.fullmatch(rf"{prefix}-[0-9a-f]+", value.strip()):
+        raise ValueError(f"{value!r} is not a {what} id; expected '{prefix}-' followed by hex digits")
+    return value.strip()
+
+
+class AWSOptions(BaseModel):
+    """Options for ``coiled.Cluster(backend="aws", backend_options={...})``.
+
+    All of them are optional. Networking defaults to the region's default VPC and one of its
+    subnets; the image to a current public image; instance types to the cheapest that fit
+    ``worker_cpu``/``worker_memory``/``worker_gpu`` (and the scheduler's values).
+    """
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    #: Cloud clusters are reachable over the network, so TLS is on unless ``security=False``.
+    TLS_BY_DEFAULT: ClassVar[bool] = True
+
+    region: str | None = Field(
+        default=None,
+        alias="region_name",
+        validation_alias=AliasChoices("region", "region_name"),
+        description=(
+            "AWS region, e.g. 'us-east-2' (also accepted as 'region_name'). Default: the region "
+            "of 'zone' when a zone name is given, else boto3's own resolution (AWS_REGION, "
+            f"AWS_DEFAULT_REGION, the profile's region), else '{DEFAULT_REGION}'."
+        ),
+    )
+    zone: str | None = Field(
+        default=None,
+        description=(
+            "Availability zone by name, e.g. 'us-east-2a'; sets the region when 'region' is not "
+            "given. Default: any zone of the region (the subnet's zone when 'subnet_id' is given)."
+        ),
+    )
+    vpc_id: str | None = Field(
+        default=None,
+        description="VPC to launch into ('vpc-...'). Default: the region's default VPC.",
+    )
+    subnet_id: str | None = Field(
+        default=None,
+        description=(
+            "Subnet to launch into ('subnet-...'). Default: a default subnet of the VPC (in "
+            "'zone' when given)."
+        ),
+    )
+    security_group_ids: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Extra security groups ('sg-...') attached to every instance, in addition to the "
+            "cluster's own group (which admits 'allow_ingress_from' and the cluster itself)."
+        ),
+    )
+    ami: str | None = Field(
+        default=None,
+        description=(
+            "Machine image: an AMI id ('ami-...') or an SSM parameter ('resolve:ssm:/aws/...'). "
+            "Default: a current public image for the instance architecture, resolved at create "
+            "time through the SSM public parameters."
+        ),
+    )
+    instance_types: list[str] | None = Field(
+        default=None,
+        description=(
+            "Instance types to use for scheduler and workers, in order of preference (e.g. "
+            "['m6i.xlarge', 'm7i.xlarge']), instead of choosing from worker_cpu/worker_memory/"
+            "worker_gpu. Default: the cheapest current types that fit."
+        ),
+    )
+    spot_policy: SpotPolicy = Field(
+        default="on-demand",
+        description=(
+            "'on-demand' (default), 'spot' (spot only; fails if none is available) or "
+            "'spot_with_fallback' (spot, and on-demand for what spot cannot supply)."
+        ),
+    )
+    key_name: str | None = Field(
+        default=None,
+        description="EC2 key pair to install on the instances, for SSH. Default: none.",
+    )
+    iam_instance_profile: str | None = Field(
+        default=None,
+        description=(
+            "Instance profile (name or ARN) for the nodes. Default: the plugin's own "
+            "least-privilege node profile, created on first use."
+        ),
+    )
+    tags: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra tags put on every resource of the cluster (instances, volumes, groups).",
+    )
+    allow_ingress_from: str | None = Field(
+        default=None,
+        description=(
+            "Network (CIDR, e.g. '203.0.113.7/32'; a bare address means /32) allowed to reach the "
+            "scheduler and dashboard. Default: this client's public address, detected at create "
+            "time. '0.0.0.0/0' opens them to everyone and is used only when given."
+        ),
+    )
+    use_public_ip: bool = Field(
+        default=True,
+        description=(
+            "Give instances public addresses and connect through them. False: private addresses "
+            "only (the client must be inside the VPC or connected to it)."
+        ),
+    )
+    root_volume_gib: int = Field(
+        default=50,
+        description="Size of each instance's root volume in GiB (at least 8).",
+    )
+    endpoint_url: str | None = Field(
+        default=None,
+        description=(
+            "An EC2-compatible endpoint instead of AWS, e.g. the offline simulator "
+            "('http://127.0.0.1:PORT'); also used for SSM, S3, IAM and STS."
+        ),
+    )
+
+    def resolve_region(self, session: Any | None = None) -> str:
+        """The region to use: ``region``, else the boto3 session's, else ``DEFAULT_REGION``.
+
+        ``session`` is a ``boto3.session.Session`` (a fresh default one when None, which reads
+        AWS_REGION, AWS_DEFAULT_REGION and the profile's configuration).
+        """
+        if self.region:
+            return self.region
+        if session is None:
+            import boto3  # imported here: `import coiled` must not import boto3
+
+            session = boto3.session.Session()
+        return session.region_name or DEFAULT_REGION
+
+    # -- validators -------------------------------------------------------------------------
+
+    @field_validator("region")
+    @classmethod
+    def _region(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        v = v.strip().lower()
+        if not _REGION.match(v):
+            raise ValueError(f"{v!r} is not an AWS region name; expected e.g. 'us-east-1' or 'eu-west-2'")
+        return v
+
+    @field_validator("zone")
+    @classmethod
+    def _zone(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        v = v.strip().lower()
+        if not _ZONE.match(v):
+            raise ValueError(f"{v!r} is not an availability zone name; expected e.g. 'us-east-1a'")
+        return v
+
+    @field_validator("vpc_id")
+    @classmethod
+    def _vpc(cls, v: str | None) -> str | None:
+        return _resource_id(v, "vpc", "VPC")
+
+    @field_validator("subnet_id")
+    @classmethod
+    def _subnet(cls, v: str | None) -> str | None:
+        return _resource_id(v, "subnet", "subnet")
+
+    @field_validator("security_group_ids")
+    @classmethod
+    def _groups(cls, v: list[str]) -> list[str]:
+        ids = [_resource_id(g, "sg", "security group") for g in v]
+        return list(dict.fromkeys(i for i in ids if i))
+
+    @field_validator("ami")
+    @classmethod
+    def _ami(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        v = v.strip()
+        if v.startswith("resolve:ssm:") and len(v) > len("resolve:ssm:"):
+            return v
+        return _resource_id(v, "ami", "machine image (AMI)")
+
+    @field_validator("instance_types")
+    @classmethod
+    def _instance_types(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return None
+        names = [t.strip().lower() for t in v]
+        if not names:
+            raise ValueError("must name at least one instance type (e.g. ['m6i.xlarge']), or be left out")
+        for name in names:
+            if not _INSTANCE_TYPE.match(name):
+                raise ValueError(f"{name!r} is not an EC2 instance type name; expected e.g. 'm6i.xlarge'")
+        return list(dict.fromkeys(names))
+
+    @field_validator("spot_policy", mode="before")
+    @classmethod
+    def _spot_policy(cls, v: Any) -> Any:
+        if isinstance(v, str) and v.strip().lower() in _SPOT_SPELLINGS:
+            return _SPOT_SPELLINGS[v.strip().lower()]
+        raise ValueError(f"{v!r} is not a spot policy; use 'on-demand', 'spot' or 'spot_with_fallback'")
+
+    @field_validator("key_name", "iam_instance_profile")
+    @classmethod
+    def _non_empty(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("must not be empty; leave it out for the default")
+        return v.strip() if v is not None else None
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, v: dict[str, str]) -> dict[str, str]:
+        for key, value in v.items():
+            if not 1 <= len(key) <= 128:
+                raise ValueError(f"tag key {key!r} must be 1 to 128 characters long")
+            if key.lower().startswith("aws:"):
+                raise ValueError(f"tag key {key!r} uses the reserved prefix 'aws:'")
+            if len(value) > 256:
+                raise ValueError(f"the value of tag {key!r} is longer than 256 characters")
+        return v
+
+    @field_validator("allow_ingress_from")
+    @classmethod
+    def _cidr(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        try:
+            network = ipaddress.ip_network(v.strip(), strict=False)
+        except ValueError:
+            raise ValueError(
+                f"{v!r} is not a network in CIDR notation; give e.g. '203.0.113.7/32' (one address) "
+                "or '0.0.0.0/0' (everyone)"
+            ) from None
+        return str(network)
+
+    @field_validator("root_volume_gib")
+    @classmethod
+    def _root_volume(cls, v: int) -> int:
+        if v < 8:
+            raise ValueError(f"must be at least 8 (GiB) to hold the image and the software environment, not {v}")
+        if v > 16384:
+            raise ValueError(f"must be at most 16384 (GiB, the largest EBS volume), not {v}")
+        return v
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _endpoint(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        v = v.strip().rstrip("/")
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"{v!r} is not an endpoint URL; expected e.g. 'http://127.0.0.1:5000'")
+        return v
+
+    @model_validator(mode="after")
+    def _zone_in_region(self) -> AWSOptions:
+        match = _ZONE.match(self.zone) if self.zone else None
+        if match is not None:
+            zone_region = match.group(1)
+            if self.region is None:
+                self.region = zone_region
+            elif zone_region != self.region:
+                raise ValueError(f"zone {self.zone!r} is not in region {self.region!r}")
+        return self

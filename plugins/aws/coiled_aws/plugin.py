@@ -1,0 +1,516 @@
+"""Hook implementations of the ``aws`` backend: Dask clusters on EC2.
+
+A cluster is what EC2 says it is: instances, a security group, a launch template, a node role
+and SSM parameters, all tagged ``coiled:cluster=<name>``. ``describe`` and ``list_clusters``
+read those tags; nothing depends on a file on the client. Each node runs the node agent from its
+boot script (see :mod:`coiled_aws.bootstrap`) and powers itself off when the agent ends.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from coiled_core import hookimpl
+from coiled_core.errors import ClusterSpecError, ProvisionError
+from coiled_core.node.addresses import loopback_mode, map_address
+from coiled_core.node.bundle import AGENT_REQUIREMENTS, agent_bundle
+from coiled_core.node.config import lifecycle_settings
+from coiled_core.records import ClusterRecord, ClusterState, WorkerRecord
+from coiled_core.spec import ClusterSpec
+
+from coiled_aws import artifacts, bootstrap, launch, network
+from coiled_aws.options import AWSOptions
+from coiled_aws.session import AWS
+
+TAG_CLUSTER = "coiled:cluster"
+TAG_ROLE = "coiled:role"
+TAG_OWNER = "coiled:owner"
+TAG_CREATED = "coiled:created-at"
+TAG_EXPIRES = "coiled:expires-at"
+LIVE_STATES = ["pending", "running", "shutting-down", "stopping", "stopped"]
+#: Workers are named after their instance, so scale-down knows which machine to stop.
+WORKER_PREFIX = "{cluster}-"
+#: A name claim that never became a cluster is stale after this long.
+CLAIM_SECONDS = 1800
+
+
+@hookimpl
+def backend_options_model() -> type[AWSOptions]:
+    return AWSOptions
+
+
+# -- helpers ----------------------------------------------------------------------------------
+def _aws(options: AWSOptions | dict) -> AWS:
+    return AWS(options if isinstance(options, AWSOptions) else AWSOptions.model_validate(options or {}))
+
+
+def _record_options(record: ClusterRecord) -> AWSOptions:
+    return AWSOptions.model_validate(record.spec.get("backend_options") or {})
+
+
+def _tags(spec: ClusterSpec, options: AWSOptions, role: str | None = None) -> list[dict]:
+    now = datetime.now(timezone.utc)
+    try:
+        owner = getpass.getuser()
+    except Exception:
+        owner = "unknown"
+    tags = {
+        **options.tags,
+        "Name": f"{spec.name}-{role}" if role else spec.name,
+        TAG_CLUSTER: spec.name,
+        TAG_OWNER: owner,
+        TAG_CREATED: now.isoformat(timespec="seconds"),
+        TAG_EXPIRES: (now + timedelta(seconds=spec.cluster_timeout)).isoformat(timespec="seconds")
+        if spec.cluster_timeout
+        else "never",
+    }
+    if role:
+        tags[TAG_ROLE] = role
+    return [{"Key": k, "Value": v} for k, v in tags.items()]
+
+
+def _software(spec: ClusterSpec):
+    from coiled_core.software import default_software_spec, get_software_info
+
+    return get_software_info(spec.software) if spec.software else default_software_spec()
+
+
+def _resolve_ami(aws: AWS, options: AWSOptions) -> str:
+    """``ami``, else the current Amazon Linux 2023 image from SSM's public parameters."""
+    if options.ami:
+        return options.ami
+    from botocore.exceptions import ClientError
+
+    name = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
+    try:
+        return aws.client("ssm").get_parameter(Name=name)["Parameter"]["Value"]
+    except ClientError:
+        pass
+    images = aws.ec2.describe_images(Owners=["amazon"], Filters=[{"Name": "architecture", "Values": ["x86_64"]}])["Images"]
+    if not images:
+        raise ClusterSpecError(f"backend_options: no current public image found in {aws.region}; give ami='ami-...'")
+    return sorted(images, key=lambda i: i.get("CreationDate", ""))[-1]["ImageId"]
+
+
+def _instance_types(aws: AWS, options: AWSOptions, cpu: int, memory: int, gpus: int, what: str = "worker") -> list[str]:
+    from coiled_aws.instance_types import choose_instance_types, describe_instance_types, named_instance_types
+
+    known = describe_instance_types(aws.ec2, aws.region)
+    if options.instance_types and what == "worker":
+        return [t.name for t in named_instance_types(known, options.instance_types)]
+    return [t.name for t in choose_instance_types(known, cpu, memory, gpus, what=what, region=aws.region)]
+
+
+def _client_address(instance: dict, port: int, scheme: str) -> str:
+    """How the client reaches a node: its public address if it has one, else its private one
+    (mapped to loopback by the offline simulator)."""
+    ip = instance.get("PrivateIpAddress")
+    if instance.get("PublicIpAddress") and not loopback_mode():
+        ip = instance["PublicIpAddress"]
+    return map_address(f"{scheme}://{ip}:{port}")
+
+
+def _instances(aws: AWS, name: str | None, states: list[str] = LIVE_STATES) -> list[dict]:
+    filters = [{"Name": "instance-state-name", "Values": states}]
+    filters.append({"Name": f"tag:{TAG_CLUSTER}", "Values": [name]} if name else {"Name": "tag-key", "Values": [TAG_CLUSTER]})
+    found = []
+    for reservation in aws.ec2.describe_instances(Filters=filters)["Reservations"]:
+        found.extend(reservation["Instances"])
+    return found
+
+
+def _tag(instance: dict, key: str) -> str | None:
+    return next((t["Value"] for t in instance.get("Tags", []) if t["Key"] == key), None)
+
+
+def _spec_parameter(name: str) -> str:
+    return f"{artifacts.PARAMETER_PREFIX}/{name}/spec"
+
+
+def _claim_parameter(name: str) -> str:
+    return f"{artifacts.PARAMETER_PREFIX}/{name}/claim"
+
+
+# -- node configs and boot scripts --------------------------------------------------------------
+class _Boot:
+    """Renders boot scripts for one cluster (both waves and later scale-ups)."""
+
+    def __init__(self, aws: AWS, spec: ClusterSpec, options: AWSOptions):
+        self.aws, self.spec, self.options = aws, spec, options
+        self.software = _software(spec)
+        bucket = artifacts.ensure_bucket(aws)
+        bundle = agent_bundle(Path.home() / ".cache" / "coiled" / "aws")
+        self.bundle_url = artifacts.upload_once(aws, bucket, f"agent/{bundle.name}", bundle)
+        self.bucket = bucket
+
+    def _base(self) -> dict[str, Any]:
+        config: dict[str, Any] = {
+            "cluster_name": self.spec.name,
+            "host": None,  # the node's private address (or its loopback one, offline)
+            "environ": self.spec.environ,
+            "lifecycle": lifecycle_settings(self.spec),
+            "log_upload": {
+                "bucket": self.bucket,
+                "key": f"logs/{self.spec.name}/{{instance_id}}.log",
+                "region": self.aws.region,
+                "file": "node.log",
+            },
+        }
+        if self.spec.security:
+            config["tls_ssm"] = {"region": self.aws.region, "prefix": artifacts.tls_prefix(self.spec.name)}
+        return config
+
+    def scheduler(self) -> dict[str, Any]:
+        return {
+            **self._base(),
+            "scheduler": {
+                "class": self.spec.scheduler_class,
+                "options": dict(self.spec.scheduler_options),
+                "port": network.SCHEDULER_PORT,
+                "dashboard_port": network.DASHBOARD_PORT,
+            },
+        }
+
+    def worker(self, scheduler_address: str, memory_limit: int | None) -> dict[str, Any]:
+        return {
+            **self._base(),
+            "scheduler_address": scheduler_address,
+            "workers": {
+                "class": self.spec.worker_class,
+                "count": 1,
+                "name_prefix": WORKER_PREFIX.format(cluster=self.spec.name),
+                "name_from_instance": True,
+                "nthreads": self.spec.worker_cpu,
+                "memory_limit": memory_limit or self.spec.worker_memory,
+                "gpus_per_worker": self.spec.worker_gpu,
+                "gpu_devices": list(range(self.spec.worker_gpu)),
+                "options": self.spec.worker_options,
+            },
+        }
+
+    def script(self, node_config: dict[str, Any]) -> str:
+        software = self.software
+        requirements = [*(software.pip or []), *AGENT_REQUIREMENTS, "boto3"]
+        return bootstrap.render(
+            self.spec.name,
+            node_config,
+            requirements,
+            software.python,
+            software.spec_hash()[:24],
+            self.bundle_url,
+            container=software.container,
+        )
+
+
+def _worker_memory_limit(aws: AWS, instance_type: str) -> int | None:
+    from coiled_aws.instance_types import describe_instance_types, worker_memory_limit
+
+    for info in describe_instance_types(aws.ec2, aws.region):
+        if info.name == instance_type:
+            return worker_memory_limit(info)
+    return None
+
+
+def _launch_workers(aws: AWS, boot: _Boot, request_base: dict[str, Any], types: list[str], count: int, scheduler_address: str) -> list[str]:
+    spec, options = boot.spec, boot.options
+    memory_limit = _worker_memory_limit(aws, types[0])
+    request = launch.LaunchRequest(
+        user_data=boot.script(boot.worker(scheduler_address, memory_limit)), tags=_tags(spec, options, "worker"), **request_base
+    )
+    if options.spot_policy == "spot_with_fallback":
+        template = launch.launch_template(aws.ec2, f"coiled-{spec.name}-{int(time.time())}", request)
+        return launch.create_fleet(aws.ec2, request, template, types, count)
+    instances = launch.run_instances(aws.ec2, request, types, count, spot=options.spot_policy == "spot")
+    return [i["InstanceId"] for i in instances]
+
+
+# -- hooks ------------------------------------------------------------------------------------
+@hookimpl
+def claim_name(name: str, options: AWSOptions) -> bool:
+    """An SSM parameter created with ``Overwrite=False`` is the atomic claim."""
+    from botocore.exceptions import ClientError
+
+    aws = _aws(options)
+    ssm = aws.client("ssm")
+    value = json.dumps({"state": "claimed", "expires": time.time() + CLAIM_SECONDS})
+    for _ in range(3):
+        try:
+            ssm.put_parameter(Name=_claim_parameter(name), Value=value, Type="String", Overwrite=False)
+            return True
+        except ClientError as e:
+            if e.response["Error"]["Code"] != "ParameterAlreadyExists":
+                raise
+        current = json.loads(ssm.get_parameter(Name=_claim_parameter(name))["Parameter"]["Value"])
+        live = any(_tag(i, TAG_ROLE) == "scheduler" for i in _instances(aws, name, ["pending", "running"]))
+        stale = not live and (current.get("state") == "provisioned" or current.get("expires", 0) < time.time())
+        if not stale:
+            return False
+        ssm.delete_parameter(Name=_claim_parameter(name))
+    return False
+
+
+@hookimpl
+def provision(spec: ClusterSpec, options: AWSOptions) -> ClusterRecord:
+    aws = _aws(options)
+    aws.account_id  # credentials, before anything exists
+    # Everything that can be wrong with the request is found before anything is created.
+    worker_types = _instance_types(aws, options, spec.worker_cpu, spec.worker_memory, spec.worker_gpu)
+    scheduler_types = _instance_types(aws, options, spec.scheduler_cpu, spec.scheduler_memory, 0, what="scheduler")
+    ami = _resolve_ami(aws, options)
+    cidr = network.client_cidr(options)
+    placement = network.find_placement(aws.ec2, options)
+
+    step = "preparing artifacts"
+    try:
+        boot = _Boot(aws, spec, options)
+        step = "creating the security group"
+        group_id = network.create_security_group(aws.ec2, placement, spec.name, cidr, _tags(spec, options))
+        step = "creating the node role"
+        profile = options.iam_instance_profile or artifacts.create_node_profile(aws, spec.name, _tags(spec, options))
+        step = "storing secrets"
+        aws.client("ssm").put_parameter(
+            Name=_spec_parameter(spec.name), Value=spec.model_dump_json(), Type="String", Overwrite=True
+        )
+        if spec.security:
+            from coiled_core.security import ClusterTLS
+            from coiled_core.store import Store
+
+            material = ClusterTLS.load(Store(), spec.name)
+            if material is None:
+                raise ProvisionError("the store holds no TLS material for this cluster")
+            node_tls = {**material.to_node_config("scheduler"), **material.to_node_config("worker")}
+            artifacts.put_tls(aws, spec.name, node_tls, _tags(spec, options))
+        base = {
+            "ami": ami,
+            "subnet_id": placement.subnet_id,
+            "security_group_ids": [group_id, *options.security_group_ids],
+            "instance_profile": profile,
+            "key_name": options.key_name,
+            "root_volume_gib": options.root_volume_gib,
+            "use_public_ip": options.use_public_ip,
+        }
+        step = "launching the scheduler"
+        scheduler_ip = network.free_private_address(aws.ec2, placement)
+        scheme = "tls" if spec.security else "tcp"
+        scheduler_address = f"{scheme}://{scheduler_ip}:{network.SCHEDULER_PORT}"
+        request = launch.LaunchRequest(
+            user_data=boot.script(boot.scheduler()), tags=_tags(spec, options, "scheduler"), private_ip=scheduler_ip, **base
+        )
+        launch.run_instances(aws.ec2, request, scheduler_types, 1, spot=False)
+        # Same wave: the workers know the scheduler's address before it has booted.
+        if spec.n_workers:
+            step = f"launching {spec.n_workers} workers"
+            _launch_workers(aws, boot, base, worker_types, spec.n_workers, scheduler_address)
+        aws.client("ssm").put_parameter(
+            Name=_claim_parameter(spec.name), Value=json.dumps({"state": "provisioned"}), Type="String", Overwrite=True
+        )
+    except Exception as error:
+        _delete_everything(aws, spec.name)
+        if isinstance(error, (ProvisionError, ClusterSpecError)):
+            raise ProvisionError(f"{step} failed: {error}") from error
+        raise ProvisionError(f"{step} failed: {type(error).__name__}: {error}") from error
+    record = describe(spec.name, options)
+    assert record is not None
+    return record
+
+
+@hookimpl
+def describe(name: str, options: AWSOptions) -> ClusterRecord | None:
+    aws = _aws(options)
+    instances = _instances(aws, name, LIVE_STATES + ["terminated"])
+    if not instances:
+        return None
+    schedulers = [i for i in instances if _tag(i, TAG_ROLE) == "scheduler"]
+    live_schedulers = [i for i in schedulers if i["State"]["Name"] != "terminated"]
+    scheduler = (live_schedulers or schedulers or [None])[0]
+    state = {
+        "pending": ClusterState.starting,
+        "running": ClusterState.running,
+        "shutting-down": ClusterState.stopping,
+        "stopping": ClusterState.stopping,
+        "stopped": ClusterState.stopping,
+        "terminated": ClusterState.stopped,
+    }[scheduler["State"]["Name"]] if scheduler else ClusterState.stopped
+    spec: dict[str, Any] = {}
+    try:
+        spec = json.loads(aws.client("ssm").get_parameter(Name=_spec_parameter(name))["Parameter"]["Value"])
+    except Exception:
+        pass
+    scheme = "tls" if spec.get("security") else "tcp"
+    workers = [
+        WorkerRecord(name=f"{WORKER_PREFIX.format(cluster=name)}{i['InstanceId']}", backend_ids={"instance_id": i["InstanceId"]})
+        for i in instances
+        if _tag(i, TAG_ROLE) == "worker" and i["State"]["Name"] in ("pending", "running")
+    ]
+    return ClusterRecord(
+        name=name,
+        backend="aws",
+        state=state,
+        scheduler_address=_client_address(scheduler, network.SCHEDULER_PORT, scheme) if scheduler else None,
+        dashboard_url=(_client_address(scheduler, network.DASHBOARD_PORT, "http") + "/status") if scheduler else None,
+        workers=workers,
+        created_at=_tag(scheduler, TAG_CREATED) if scheduler else datetime.now(timezone.utc),
+        spec=spec,
+        backend_ids={
+            "region": aws.region,
+            "scheduler_instance_id": scheduler["InstanceId"] if scheduler else None,
+            "scheduler_private_ip": scheduler.get("PrivateIpAddress") if scheduler else None,
+        },
+    )
+
+
+@hookimpl
+def scale(record: ClusterRecord, n_workers: int, retired: list[str]) -> ClusterRecord:
+    options = _record_options(record)
+    aws = _aws(options)
+    by_name = {w.name: w.backend_ids["instance_id"] for w in record.workers}
+    doomed = [by_name[n] for n in retired if n in by_name]
+    if doomed:
+        aws.ec2.terminate_instances(InstanceIds=doomed)
+    missing = n_workers - (len(record.workers) - len(doomed))
+    if missing > 0:
+        spec = ClusterSpec.model_validate(record.spec)
+        placement = network.find_placement(aws.ec2, options)
+        group_ids = [
+            g["GroupId"]
+            for g in aws.ec2.describe_security_groups(Filters=[{"Name": f"tag:{TAG_CLUSTER}", "Values": [record.name]}])[
+                "SecurityGroups"
+            ]
+        ]
+        boot = _Boot(aws, spec, options)
+        base = {
+            "ami": _resolve_ami(aws, options),
+            "subnet_id": placement.subnet_id,
+            "security_group_ids": [*group_ids, *options.security_group_ids],
+            "instance_profile": options.iam_instance_profile or artifacts.node_role_name(record.name),
+            "key_name": options.key_name,
+            "root_volume_gib": options.root_volume_gib,
+            "use_public_ip": options.use_public_ip,
+        }
+        scheme = "tls" if spec.security else "tcp"
+        private = f"{scheme}://{record.backend_ids['scheduler_private_ip']}:{network.SCHEDULER_PORT}"
+        types = _instance_types(aws, options, spec.worker_cpu, spec.worker_memory, spec.worker_gpu)
+        _launch_workers(aws, boot, base, types, missing, private)
+    updated = describe(record.name, options)
+    if updated is None:
+        raise ProvisionError(f"cluster {record.name!r} disappeared while scaling")
+    return updated
+
+
+def _wait_terminated(aws: AWS, instance_ids: list[str], timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while instance_ids and time.monotonic() < deadline:
+        reservations = aws.ec2.describe_instances(InstanceIds=instance_ids)["Reservations"]
+        states = [i["State"]["Name"] for r in reservations for i in r["Instances"]]
+        if all(s == "terminated" for s in states):
+            return
+        time.sleep(1)
+    if instance_ids:
+        raise ProvisionError(f"instances {instance_ids} did not terminate within {timeout:g}s")
+
+
+def _delete_everything(aws: AWS, name: str) -> list[str]:
+    """Terminate every instance of ``name`` and delete everything else tagged with it."""
+    from botocore.exceptions import ClientError
+
+    deleted = []
+    ids = [i["InstanceId"] for i in _instances(aws, name)]
+    if ids:
+        aws.ec2.terminate_instances(InstanceIds=ids)
+        _wait_terminated(aws, ids)
+        deleted.append(f"terminated {len(ids)} instance(s) of {name!r}")
+    tag_filter = [{"Name": f"tag:{TAG_CLUSTER}", "Values": [name]}]
+    for template in aws.ec2.describe_launch_templates(Filters=tag_filter).get("LaunchTemplates", []):
+        aws.ec2.delete_launch_template(LaunchTemplateId=template["LaunchTemplateId"])
+        deleted.append(f"deleted launch template {template['LaunchTemplateName']}")
+    for group in aws.ec2.describe_security_groups(Filters=tag_filter)["SecurityGroups"]:
+        for attempt in range(30):  # interfaces of terminated instances take a moment to go
+            try:
+                aws.ec2.delete_security_group(GroupId=group["GroupId"])
+                deleted.append(f"deleted security group {group['GroupId']}")
+                break
+            except ClientError as e:
+                if e.response["Error"]["Code"] != "DependencyViolation" or attempt == 29:
+                    raise
+                time.sleep(2)
+    if artifacts.delete_tls(aws, name):
+        deleted.append(f"deleted TLS parameters of {name!r}")
+    if artifacts.delete_node_profile(aws, name):
+        deleted.append(f"deleted node role of {name!r}")
+    ssm = aws.client("ssm")
+    for parameter in (_spec_parameter(name), _claim_parameter(name)):
+        try:
+            ssm.delete_parameter(Name=parameter)
+        except ClientError:
+            pass
+    return deleted
+
+
+@hookimpl
+def teardown(record: ClusterRecord) -> ClusterRecord:
+    aws = _aws(_record_options(record))
+    _delete_everything(aws, record.name)
+    left = _instances(aws, record.name)
+    groups = aws.ec2.describe_security_groups(Filters=[{"Name": f"tag:{TAG_CLUSTER}", "Values": [record.name]}])["SecurityGroups"]
+    if left or groups:
+        raise ProvisionError(f"teardown of {record.name!r} left {len(left)} instance(s) and {len(groups)} security group(s)")
+    return record.model_copy(update={"state": ClusterState.stopped, "workers": []})
+
+
+@hookimpl
+def dashboard_url(record: ClusterRecord) -> str | None:
+    return record.dashboard_url
+
+
+@hookimpl
+def list_clusters(options: AWSOptions) -> list[ClusterRecord]:
+    aws = _aws(options)
+    names = sorted({_tag(i, TAG_CLUSTER) for i in _instances(aws, None)} - {None})
+    records = (describe(name, options) for name in names)
+    return [r for r in records if r is not None]
+
+
+@hookimpl
+def logs(record: ClusterRecord, tail: int | None) -> dict[str, str]:
+    aws = _aws(_record_options(record))
+    return artifacts.read_logs(aws, artifacts.bucket_name(aws), record.name, tail)
+
+
+@hookimpl
+def gc(options: AWSOptions) -> list[str]:
+    """Delete what clusters without a live scheduler left behind, and clusters past expiry."""
+    aws = _aws(options)
+    removed: list[str] = []
+    now = datetime.now(timezone.utc)
+    by_cluster: dict[str, list[dict]] = {}
+    for instance in _instances(aws, None):
+        by_cluster.setdefault(_tag(instance, TAG_CLUSTER) or "", []).append(instance)
+    for name, instances in by_cluster.items():
+        expires = _tag(instances[0], TAG_EXPIRES)
+        expired = bool(expires and expires != "never" and datetime.fromisoformat(expires) < now)
+        scheduler_alive = any(_tag(i, TAG_ROLE) == "scheduler" and i["State"]["Name"] in ("pending", "running") for i in instances)
+        if expired or not scheduler_alive:
+            removed += _delete_everything(aws, name)
+    groups = aws.ec2.describe_security_groups(Filters=[{"Name": "tag-key", "Values": [TAG_CLUSTER]}])["SecurityGroups"]
+    for group in groups:
+        name = next((t["Value"] for t in group.get("Tags", []) if t["Key"] == TAG_CLUSTER), None)
+        if name and name not in by_cluster and not _being_created(aws, name):
+            removed += _delete_everything(aws, name)
+    return removed
+
+
+def _being_created(aws: AWS, name: str) -> bool:
+    """Whether a live claim says some process is creating ``name`` right now."""
+    from botocore.exceptions import ClientError
+
+    try:
+        claim = json.loads(aws.client("ssm").get_parameter(Name=_claim_parameter(name))["Parameter"]["Value"])
+    except ClientError:
+        return False
+    return claim.get("state") == "claimed" and claim.get("expires", 0) > time.time()
+

@@ -1,0 +1,225 @@
+"""Offline EC2: moto on 127.0.0.1 plus a runner that boots user data as local processes."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from coiled_aws.offline import (
+    ERROR_TAG,
+    RUNNER_ENV,
+    OfflineEC2,
+    default_max_instances,
+    loopback_address,
+    reap_orphans,
+)
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def state(ec2: Any, instance_id: str) -> str:
+    reply = ec2.describe_instances(InstanceIds=[instance_id])
+    return reply["Reservations"][0]["Instances"][0]["State"]["Name"]
+
+
+def run(ec2: Any, script: str, count: int = 1) -> list[dict[str, Any]]:
+    image = ec2.describe_images()["Images"][0]["ImageId"]
+    reply = ec2.run_instances(ImageId=image, InstanceType="t3.micro", MinCount=count, MaxCount=count, UserData=script)
+    return reply["Instances"]
+
+
+def gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def marked_processes(runner_pid: int | None = None) -> list[psutil.Process]:
+    """Live processes started by a runner in this test process (or in ``runner_pid``'s)."""
+    prefix = f"{runner_pid or os.getpid()}:"
+    found = []
+    for p in psutil.process_iter():
+        try:
+            if p.environ().get(RUNNER_ENV, "").startswith(prefix) and p.status() != psutil.STATUS_ZOMBIE:
+                found.append(p)
+        except psutil.Error:
+            pass
+    return found
+
+
+@pytest.fixture(scope="class")
+def offline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OfflineEC2]:
+    """One simulated EC2 for the tests of a class, which do not mind each other's instances
+    (moto's first calls after a reset take a second or two)."""
+    with OfflineEC2(workdir=tmp_path_factory.mktemp("ec2"), poll_interval=0.1, kill_grace=1.0) as sim:
+        yield sim
+
+
+@pytest.fixture
+def ec2(offline: OfflineEC2) -> Any:
+    return offline.client("ec2")
+
+
+def test_loopback_address() -> None:
+    assert loopback_address("10.0.1.25") == "127.0.1.25"
+    assert loopback_address("172.31.40.7") == "127.31.40.7"
+    with pytest.raises(ValueError):
+        loopback_address("fe80::1")
+    assert default_max_instances() >= 8
+
+
+class TestSharedCloud:
+    """Boot, environment, termination and power-off on one simulated EC2."""
+
+    def test_environ_and_endpoint(self, offline: OfflineEC2) -> None:
+        env = offline.environ()
+        assert env["AWS_ENDPOINT_URL"] == offline.endpoint_url
+        assert offline.endpoint_url.startswith("http://127.0.0.1:")
+        assert env["AWS_ACCESS_KEY_ID"] == env["AWS_SECRET_ACCESS_KEY"] == "testing"
+        assert env["AWS_DEFAULT_REGION"] == "us-east-1"
+        assert env["DASK_COILED__LOOPBACK_ADDRESSES"] == "true"
+        with pytest.raises(RuntimeError, match="already runs"):
+            OfflineEC2().start()
+
+    def test_boot_env_and_termination(
+        self, offline: OfflineEC2, ec2: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        out = tmp_path / "out"
+        out.mkdir()
+        monkeypatch.setenv("COILED_TEST_UNRELATED", "leaked")
+        read_fd, write_fd = os.pipe()
+        os.set_inheritable(write_fd, True)  # an inheritable descriptor the instances must not get
+        fields = (
+            "$COILED_INSTANCE_ID $COILED_NODE_HOST $COILED_PRIVATE_IP $COILED_OFFLINE"
+            " ${COILED_TEST_UNRELATED:-unset} $AWS_ENDPOINT_URL $AWS_DEFAULT_REGION $COILED_ENV_CACHE $COILED_NODE_ROOT"
+            f" $(test -e /proc/$$/fd/{write_fd} && echo fd-leaked || echo fd-closed)"
+        )
+        script = f'#!/bin/bash\necho "{fields}" >> {out}/"$COILED_INSTANCE_ID"\nsleep 1000\n'
+        try:
+            launched = run(ec2, script, count=2)
+            ids = [i["InstanceId"] for i in launched]
+            private = {i["InstanceId"]: i["PrivateIpAddress"] for i in launched}
+            wait_for(lambda: all((out / i).exists() for i in ids), what="both boot scripts")
+        finally:
+            os.close(read_fd)
+            os.close(write_fd)
+        time.sleep(0.5)  # a second boot would show up as a second line by now
+
+        for iid in ids:
+            lines = (out / iid).read_text().splitlines()
+            assert len(lines) == 1, lines  # booted exactly once
+            got_id, host, ip, flag, unrelated, endpoint, region, cache, root, fd = lines[0].split()
+            assert got_id == iid and ip == private[iid]
+            assert host == loopback_address(ip) and host.startswith("127.")
+            assert not host.startswith(("10.", "172."))
+            assert (flag, unrelated, endpoint, region) == ("1", "unset", offline.endpoint_url, "us-east-1")
+            assert cache == str(offline.env_cache) and Path(cache).is_dir()
+            assert fd == "fd-closed"
+            inst = offline.instances[iid]
+            assert root == str(inst.directory) and inst.directory.name == iid
+            assert inst.status == "running" and inst.node_host == host
+            assert os.getsid(inst.pid) == inst.pid  # its own session
+
+        victim, survivor = ids
+        procs = {iid: [psutil.Process(offline.instances[iid].pid)] for iid in ids}
+        for iid in ids:
+            leader = procs[iid][0]
+            procs[iid] += wait_for(lambda leader=leader: leader.children(), what="sleep child")
+        ec2.terminate_instances(InstanceIds=[victim])
+        wait_for(lambda: all(gone(p.pid) for p in procs[victim]), what="the terminated instance's processes to die")
+        assert offline.instances[victim].status == "stopped"
+        assert all(not gone(p.pid) for p in procs[survivor])
+        assert state(ec2, survivor) == "running"
+        assert offline.errors == []
+
+    def test_power_off_terminates_instance(self, offline: OfflineEC2, ec2: Any) -> None:
+        (plain,) = run(ec2, "#!/bin/sh\necho booted\nexit 3\n")
+        # A script written for a real machine: leaves a daemon behind and calls shutdown.
+        (daemon,) = run(ec2, "sleep 1000 &\necho $! > daemon.pid\nshutdown -h now\nsleep 1000\n")
+        for iid in (plain["InstanceId"], daemon["InstanceId"]):
+            wait_for(lambda iid=iid: state(ec2, iid) == "terminated", what="terminated after power-off")
+        record = offline.instances[plain["InstanceId"]]
+        assert record.status == "powered-off" and record.returncode == 3
+        assert "booted" in record.log() and "powered off" in record.log()
+        daemon_pid = int((offline.instances[daemon["InstanceId"]].directory / "daemon.pid").read_text())
+        wait_for(lambda: gone(daemon_pid), what="the daemon left behind to be killed")
+
+
+def test_too_many_instances_are_refused(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    with OfflineEC2(workdir=tmp_path / "ec2", max_instances=1, poll_interval=0.1, kill_grace=1.0) as sim:
+        ec2 = sim.client("ec2")
+        ids = [i["InstanceId"] for i in run(ec2, f"touch {out}/$COILED_INSTANCE_ID\nsleep 1000\n", count=2)]
+        refused = wait_for(lambda: [i for i in ids if state(ec2, i) == "terminated"], what="a refusal")
+        assert len(refused) == 1
+        (bad,) = refused
+        (good,) = set(ids) - {bad}
+        assert state(ec2, good) == "running"
+        assert (out / good).exists() and not (out / bad).exists()
+        assert len(sim.errors) == 1 and bad in sim.errors[0]
+        assert "at most 1 simulated instances" in sim.errors[0] and "max_instances" in sim.errors[0]
+        assert sim.instances[bad].status == "refused"
+        assert "at most 1" in sim.instances[bad].log()
+        tags = ec2.describe_instances(InstanceIds=[bad])["Reservations"][0]["Instances"][0]["Tags"]
+        assert any(t["Key"] == ERROR_TAG and "at most 1" in t["Value"] for t in tags)
+
+
+def test_stop_leaves_no_process(tmp_path: Path) -> None:
+    sim = OfflineEC2(workdir=tmp_path / "ec2", poll_interval=0.1, kill_grace=1.0).start()
+    host, port = sim.endpoint_url.removeprefix("http://").split(":")
+    ec2 = sim.client("ec2")
+    # Each instance also starts a process in a session of its own, out of the instance's group.
+    ids = [i["InstanceId"] for i in run(ec2, "setsid sleep 1000 &\nsleep 1000\n", count=2)]
+    wait_for(lambda: len(marked_processes()) >= 6, what="the instances' processes")
+    pids = [p.pid for p in marked_processes()]
+    assert {sim.instances[i].pid for i in ids} <= set(pids)
+    sim.stop()
+    assert all(gone(pid) for pid in pids)
+    assert marked_processes() == []
+    with pytest.raises(OSError):
+        socket.create_connection((host, int(port)), timeout=1).close()
+    sim.stop()  # idempotent
+
+
+def test_reap_orphans_of_a_dead_runner() -> None:
+    """Processes whose runner died (say, SIGKILL) are killed by the next start; others are not."""
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    me = psutil.Process()
+    markers = {
+        "orphan": f"{dead.pid}:0.000:x",
+        "alive": f"{me.pid}:{me.create_time():.3f}:y",
+    }
+    procs = {
+        name: subprocess.Popen(["sleep", "1000"], env={**os.environ, RUNNER_ENV: marker})
+        for name, marker in markers.items()
+    }
+    try:
+        wait_for(lambda: marked_processes() and marked_processes(dead.pid), what="marked processes")
+        assert reap_orphans(grace=1.0) >= 1
+        assert procs["orphan"].poll() is not None  # killed (and reaped by psutil)
+        assert procs["alive"].poll() is None
+    finally:
+        for p in procs.values():
+            p.kill()
+            p.wait()

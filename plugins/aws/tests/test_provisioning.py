@@ -1,0 +1,148 @@
+"""AWS provisioning details on the offline EC2: what is created, how it is secured, and that a
+fault at any step leaves nothing behind."""
+
+import base64
+
+import botocore.client
+import pytest
+from botocore.exceptions import ClientError
+
+from coiled_core.errors import CoiledError, ProvisionError
+from coiled_core.plugins import load_backend
+from coiled_core.spec import resolve_cluster_spec
+
+from coiled_aws.bootstrap import USER_DATA_LIMIT
+
+pytestmark = pytest.mark.usefixtures("offline_ec2")
+
+OPTIONS = {"region": "us-east-1", "allow_ingress_from": "127.0.0.1/32"}
+
+
+def _spec(name, **extra):
+    values = {"name": name, "n_workers": 2, "worker_cpu": 1, "worker_memory": "2 GiB", "security": False}
+    values.update(extra)
+    return resolve_cluster_spec({**values, "backend_options": OPTIONS})
+
+
+def _tagged(simulator, name):
+    ec2 = simulator.client("ec2", "us-east-1")
+    tag = [{"Name": "tag:coiled:cluster", "Values": [name]}]
+    instances = [
+        i
+        for r in ec2.describe_instances(Filters=tag)["Reservations"]
+        for i in r["Instances"]
+        if i["State"]["Name"] != "terminated"
+    ]
+    groups = ec2.describe_security_groups(Filters=tag)["SecurityGroups"]
+    params = simulator.client("ssm", "us-east-1").get_parameters_by_path(Path=f"/coiled/{name}", Recursive=True)["Parameters"]
+    return instances, groups, params
+
+
+@pytest.fixture
+def backend():
+    backend = load_backend("aws")
+    return backend, backend.validate_options(OPTIONS)
+
+
+def test_resources_are_tagged_secured_and_small(offline_ec2, backend):
+    backend, options = backend
+    from coiled_core.security import ClusterTLS
+    from coiled_core.store import Store
+
+    spec = _spec("provision-details", security=True)
+    ClusterTLS.generate(spec.name).save(Store(), spec.name)
+    record = backend.provision(spec, options)
+    try:
+        instances, groups, params = _tagged(offline_ec2, spec.name)
+        assert len(instances) == 3 and len(groups) == 1
+        for instance in instances:
+            tags = {t["Key"]: t["Value"] for t in instance["Tags"]}
+            assert {"coiled:cluster", "coiled:owner", "coiled:created-at", "coiled:expires-at", "coiled:role"} <= set(tags)
+        roles = sorted(next(t["Value"] for t in i["Tags"] if t["Key"] == "coiled:role") for i in instances)
+        assert roles == ["scheduler", "worker", "worker"]
+        # The scheduler and dashboard ports admit the client's range only; the rest is in-group.
+        permissions = groups[0]["IpPermissions"]
+        public = [p for p in permissions if p.get("IpRanges")]
+        assert public[0]["FromPort"] == 8786 and public[0]["ToPort"] == 8787
+        assert [r["CidrIp"] for r in public[0]["IpRanges"]] == ["127.0.0.1/32"]
+        # Private keys live in SSM as SecureStrings, never in user data.
+        ec2 = offline_ec2.client("ec2", "us-east-1")
+        for instance in instances:
+            data = ec2.describe_instance_attribute(InstanceId=instance["InstanceId"], Attribute="userData")
+            script = base64.b64decode(data["UserData"]["Value"]).decode()
+            assert "PRIVATE KEY" not in script
+            assert len(script.encode()) < USER_DATA_LIMIT
+            behaviour = ec2.describe_instance_attribute(
+                InstanceId=instance["InstanceId"], Attribute="instanceInitiatedShutdownBehavior"
+            )
+            assert behaviour["InstanceInitiatedShutdownBehavior"]["Value"] == "terminate"
+        tls = [p for p in params if "/tls/" in p["Name"]]
+        assert tls and all(p["Type"] == "SecureString" for p in tls)
+    finally:
+        backend.teardown(record)
+    assert _tagged(offline_ec2, spec.name) == ([], [], [])
+
+
+def test_scale_down_terminates_exactly_the_retired_workers(offline_ec2, backend):
+    backend, options = backend
+    record = backend.provision(_spec("scale-exact", n_workers=3), options)
+    try:
+        doomed = record.workers[1].name
+        after = backend.scale(record, 2, [doomed])
+        assert sorted(w.name for w in after.workers) == sorted(w.name for w in record.workers if w.name != doomed)
+        grown = backend.scale(after, 4, [])
+        assert len(grown.workers) == 4
+    finally:
+        backend.teardown(record)
+
+
+STEPS = [
+    ("ec2", "CreateSecurityGroup"),
+    ("iam", "CreateRole"),
+    ("ssm", "PutParameter"),
+    ("ec2", "RunInstances"),  # the scheduler
+    ("ec2", "RunInstances#2"),  # the workers
+]
+
+
+@pytest.mark.parametrize("service, operation", STEPS, ids=[op for _, op in STEPS])
+def test_a_fault_at_any_step_leaves_nothing(offline_ec2, backend, monkeypatch, service, operation):
+    backend, options = backend
+    name = f"fault-{operation.lower().replace('#', '-')}"
+    operation, _, nth = operation.partition("#")
+    seen = {"count": 0}
+    original = botocore.client.BaseClient._make_api_call
+
+    def failing(self, operation_name, api_params):
+        if self.meta.service_model.service_name == service and operation_name == operation:
+            seen["count"] += 1
+            if seen["count"] == int(nth or 1):
+                raise ClientError({"Error": {"Code": "InternalError", "Message": "injected fault"}}, operation_name)
+        return original(self, operation_name, api_params)
+
+    monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", failing)
+    with pytest.raises(ProvisionError, match="injected fault"):
+        backend.provision(_spec(name), options)
+    monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", original)
+    assert _tagged(offline_ec2, name) == ([], [], [])
+
+
+def test_missing_credentials_fail_before_anything(monkeypatch, backend):
+    backend, options = backend
+    for variable in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    with pytest.raises(CoiledError, match="no AWS credentials"):
+        backend.provision(_spec("no-credentials"), options)
+
+
+def test_undetectable_client_address_asks_for_allow_ingress_from(monkeypatch, backend):
+    import coiled_aws.network as network
+
+    backend, _ = backend
+    monkeypatch.setattr(network, "PUBLIC_ADDRESS_URL", "http://127.0.0.1:9/unreachable")
+    options = backend.validate_options({"region": "us-east-1"})
+    with pytest.raises(CoiledError, match="allow_ingress_from"):
+        backend.provision(_spec("no-ingress"), options)
