@@ -81,6 +81,9 @@ class SoftwareEnvironmentNotFoundError(CoiledError, LookupError):
 MIN_DISTRIBUTED_VERSION = Version("2.23.0")
 
 #: Packages whose versions must match between client and cluster (``python`` included).
+#: Also in the default environment, though a version mismatch there is harmless.
+DEFAULT_EXTRAS: tuple[str, ...] = ("bokeh", "pyarrow")
+
 CLUSTER_PACKAGES: tuple[str, ...] = (
     "python",
     "dask",
@@ -678,11 +681,13 @@ def default_software_spec() -> SoftwareEnvironment:
     """The environment a remote backend runs when ``software`` is not given: the client's own.
 
     A pip spec named ``coiled/default`` pinning (``==``) the client's installed dask,
-    distributed, cloudpickle, msgpack, tornado, toolz, numpy and pandas (any not installed are
-    left out), for the client's ``major.minor`` Python, so client and cluster match. Not stored.
+    distributed, cloudpickle, msgpack, tornado, toolz, numpy and pandas, plus what the
+    reference's default environment promises besides (bokeh for the dashboard, pyarrow for
+    dask.dataframe); any not installed are left out. For the client's ``major.minor`` Python,
+    so client and cluster match. Not stored.
     """
     pins = []
-    for package in CLUSTER_PACKAGES:
+    for package in (*CLUSTER_PACKAGES, *DEFAULT_EXTRAS):
         if package == "python":
             continue
         version = _installed_version(package)

@@ -385,7 +385,7 @@ def test_default_software_spec_pins_client_versions():
     assert env.name == "coiled/default" and env.kind == "pip" and env.python == PYTHON
     expected = [
         f"{p}=={importlib.metadata.version(p)}"
-        for p in ("dask", "distributed", "cloudpickle", "msgpack", "tornado", "toolz", "numpy", "pandas")
+        for p in ("dask", "distributed", "cloudpickle", "msgpack", "tornado", "toolz", "numpy", "pandas", "bokeh", "pyarrow")
     ]
     assert env.pip == expected
 
