@@ -146,3 +146,41 @@ def test_undetectable_client_address_asks_for_allow_ingress_from(monkeypatch, ba
     options = backend.validate_options({"region": "us-east-1"})
     with pytest.raises(CoiledError, match="allow_ingress_from"):
         backend.provision(_spec("no-ingress"), options)
+
+
+def test_capacity_error_falls_back_to_the_next_instance_type(offline_ec2, backend, monkeypatch):
+    backend, options = backend
+    original = botocore.client.BaseClient._make_api_call
+    tried = []
+
+    def short_of_capacity(self, operation_name, api_params):
+        if operation_name == "RunInstances":
+            tried.append(api_params["InstanceType"])
+            if len(tried) == 2:  # the workers' first choice has no capacity
+                raise ClientError({"Error": {"Code": "InsufficientInstanceCapacity", "Message": "none left"}}, operation_name)
+        return original(self, operation_name, api_params)
+
+    monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", short_of_capacity)
+    record = backend.provision(_spec("capacity-fallback"), options)
+    monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", original)
+    try:
+        assert len(tried) == 3 and tried[1] != tried[2]
+        assert len(record.workers) == 2
+    finally:
+        backend.teardown(record)
+
+
+@pytest.mark.parametrize("policy", ["spot", "spot_with_fallback"])
+def test_spot_policies_launch_all_workers_in_one_call(offline_ec2, backend, policy):
+    backend, _ = backend
+    options = backend.validate_options({**OPTIONS, "spot_policy": policy})
+    spec = resolve_cluster_spec(
+        {"name": f"market-{policy.replace('_', '-')}", "n_workers": 3, "worker_cpu": 1, "worker_memory": "2 GiB",
+         "security": False, "backend_options": options.model_dump()}
+    )
+    record = backend.provision(spec, options)
+    try:
+        assert len(record.workers) == 3
+    finally:
+        backend.teardown(record)
+    assert _tagged(offline_ec2, spec.name) == ([], [], [])
