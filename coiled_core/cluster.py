@@ -269,7 +269,7 @@ class Cluster(DistributedCluster):
         self._progress.start()
         self._set_phase("checking for an existing cluster")
         try:
-            await asyncio.wait_for(self._start_and_wait(), self.spec.timeout)
+            await self._run_with_deadline(self._start_and_wait(), self.spec.timeout)
         except BaseException as error:
             self._progress.stop(success=False, error=error)
             await self._clean_up_failed_start()
@@ -288,6 +288,18 @@ class Cluster(DistributedCluster):
         self._progress.stop(success=True)
         if self.created:
             _live_clusters.add(self)
+
+    @staticmethod
+    async def _run_with_deadline(coroutine, timeout: float) -> None:
+        """Like ``asyncio.wait_for``, but never waits more than a few seconds past ``timeout``:
+        distributed's comms can swallow a cancellation, and wait_for would then wait for ever."""
+        task = asyncio.ensure_future(coroutine)
+        done, _ = await asyncio.wait([task], timeout=timeout)
+        if task in done:
+            return task.result()
+        task.cancel()
+        await asyncio.wait([task], timeout=5)  # let it unwind if it can, but not for ever
+        raise asyncio.TimeoutError()
 
     def _set_phase(self, phase: str) -> None:
         self._phase = phase
@@ -429,16 +441,27 @@ class Cluster(DistributedCluster):
             callback.start()
         self.status = Status.running
 
+    @staticmethod
+    async def _bounded(coroutine, timeout: float) -> Any:
+        """Await ``coroutine`` for at most ``timeout`` seconds. Unlike ``asyncio.wait_for``, never
+        wait for a cancelled call to unwind (distributed's comms may swallow the cancellation)."""
+        task = asyncio.ensure_future(coroutine)
+        done, _ = await asyncio.wait([task], timeout=timeout)
+        if task not in done:
+            task.cancel()
+            raise asyncio.TimeoutError()
+        return task.result()
+
     async def _refresh_scheduler_info(self, timeout: float = 10) -> None:
         with suppress(Exception):
-            self.scheduler_info = SchedulerInfo(await asyncio.wait_for(self.scheduler_comm.identity(), timeout))
+            self.scheduler_info = SchedulerInfo(await self._bounded(self.scheduler_comm.identity(), timeout))
 
     async def _warn_on_version_mismatch(self) -> None:
         """Attaching from another environment: name the packages whose versions differ."""
         from coiled_core.software import client_versions, version_mismatches
 
         try:
-            reported = await asyncio.wait_for(self.scheduler_comm.versions(), 10)
+            reported = await self._bounded(self.scheduler_comm.versions(), 10)
         except Exception:
             logger.debug("could not read the versions of cluster %r", self.name, exc_info=True)
             return
@@ -454,7 +477,7 @@ class Cluster(DistributedCluster):
     async def _heartbeat(self) -> None:
         """Tell the cluster this object is alive: it counts as a client for the no-client timeout."""
         with suppress(Exception):
-            await asyncio.wait_for(self.scheduler_comm.coiled_heartbeat(), 10)
+            await self._bounded(self.scheduler_comm.coiled_heartbeat(), 10)
 
     async def _check_still_starting(self, workers_needed: int = 0) -> None:
         """Raise, with the log tail, if the backend says the cluster (or too many of its
@@ -478,7 +501,8 @@ class Cluster(DistributedCluster):
         next_check = time.monotonic() + 1.0
         while True:
             try:
-                self.scheduler_info = SchedulerInfo(await asyncio.wait_for(self.scheduler_comm.identity(), 2))
+                self.scheduler_info = SchedulerInfo(await self._bounded(self.scheduler_comm.identity(), 2))
+                await self._heartbeat()  # count as a client from the first moment
                 return
             except Exception:
                 pass

@@ -574,7 +574,9 @@ def _imported_sdks(code: str, tmp_path: Path) -> str:
 
 def test_sdk_stubs_would_be_noticed(tmp_path):
     # The check below can fail: importing an SDK shows up in its output.
-    assert _imported_sdks("import sys, boto3, kubernetes", tmp_path) == "['boto3', 'kubernetes']"
+    # (With the aws plugin installed, the real boto3 may come along with botocore.)
+    noticed = _imported_sdks("import sys, boto3, kubernetes", tmp_path)
+    assert "'boto3'" in noticed and "'kubernetes'" in noticed
 
 
 def test_listing_backends_does_not_import_cloud_sdks(tmp_path):

@@ -241,6 +241,7 @@ class NodeAgent:
         cluster_timeout = self.lifecycle.get("cluster_timeout")
         grace = self.lifecycle.get("heartbeat_grace") or 15.0
         started = time.monotonic()
+        seen_a_client = False
         while not self.stopping.is_set():
             await asyncio.sleep(0.5)
             now = time.monotonic()
@@ -249,7 +250,10 @@ class NodeAgent:
             elif no_client_timeout:
                 if self._has_clients() or now - self.last_heartbeat < grace:
                     self.last_client_seen = now
-                elif now - self.last_client_seen > no_client_timeout:
+                    seen_a_client = True
+                # Until a client has connected once, allow at least a minute: the creator may
+                # still be waiting for the other nodes to boot before it connects.
+                elif now - self.last_client_seen > (no_client_timeout if seen_a_client else max(no_client_timeout, 60.0)):
                     self.stop(f"no-client-timeout: no client for {no_client_timeout:g}s")
 
     async def watch_scheduler(self) -> None:

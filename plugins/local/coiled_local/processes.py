@@ -119,7 +119,9 @@ def wait_for_scheduler(directory: Path, process: subprocess.Popen, deadline: flo
     while True:
         state = read_json(directory / STATE_FILE)
         if state and state.get("state") == "error":
-            raise ProvisionError(f"the scheduler failed to start:\n{log_tail(directory)}")
+            # The scheduler starts first: with its address known, it was the workers that failed.
+            what = "the workers failed to start" if state.get("scheduler_address") else "the scheduler failed to start"
+            raise ProvisionError(f"{what}:\n{log_tail(directory, 60)}")
         if state and state.get("scheduler_address"):
             return state
         if process.poll() is not None:
