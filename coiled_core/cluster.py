@@ -15,9 +15,9 @@ from contextlib import suppress
 from typing import TYPE_CHECKING, Any
 
 from distributed.core import Status, rpc
-from distributed.security import Security
 from distributed.deploy.cluster import Cluster as DistributedCluster
 from distributed.objects import SchedulerInfo
+from distributed.security import Security
 from distributed.utils import Log
 from tornado.ioloop import IOLoop, PeriodicCallback
 
@@ -52,39 +52,6 @@ def teardown_cluster(backend: Backend, record: ClusterRecord) -> ClusterRecord:
     final = backend.teardown(record)
     delete_tls(Store(), record.name)
     return final
-
-
-def tls_from_security(security: Security) -> ClusterTLS:
-    """Per-role PEMs from a user's ``distributed.Security`` (paths or PEM text), to hand to nodes."""
-
-    def pem(value: str | None) -> bytes:
-        if not value:
-            return b""
-        if "\n" in value:
-            return value.encode()
-        with open(value, "rb") as f:
-            return f.read()
-
-    def pair(role: str) -> tuple[bytes, bytes]:
-        cert = getattr(security, f"tls_{role}_cert", None) or security.tls_client_cert
-        key = getattr(security, f"tls_{role}_key", None) or security.tls_client_key
-        if not cert:
-            raise ClusterSpecError(f"security: the given Security has no certificate for the {role}")
-        return pem(cert), pem(key) if key else pem(cert)  # a combined cert+key file serves both
-
-    if not security.tls_ca_file:
-        raise ClusterSpecError("security: the given Security has no tls_ca_file")
-    parts = {role: pair(role) for role in ("scheduler", "worker", "client")}
-    return ClusterTLS(
-        ca_cert=pem(security.tls_ca_file),
-        ca_key=b"",
-        scheduler_cert=parts["scheduler"][0],
-        scheduler_key=parts["scheduler"][1],
-        worker_cert=parts["worker"][0],
-        worker_key=parts["worker"][1],
-        client_cert=parts["client"][0],
-        client_key=parts["client"][1],
-    )
 
 
 def _resolve_wait_for_workers(value: Any, n_workers: int) -> int:
@@ -382,7 +349,7 @@ class Cluster(DistributedCluster):
         if not enabled:
             return
         if self._user_security is not None:
-            material = tls_from_security(self._user_security)
+            material = ClusterTLS.from_security(self._user_security)
         else:
             material = ClusterTLS.generate(self.name)
         material.save(Store(), self.name)

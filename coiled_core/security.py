@@ -31,7 +31,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Literal, Mapping
 if TYPE_CHECKING:  # pragma: no cover - imports for type checkers only
     from distributed import Security
 
-    from coiled_core.store import Store
+from coiled_core.errors import ClusterSpecError
+from coiled_core.store import Store
 
 #: The Dask roles a cluster issues certificates for.
 Role = Literal["scheduler", "worker", "client"]
@@ -259,9 +260,13 @@ class ClusterTLS:
             .sign(ca_key, hashes.SHA256())
         )
         leaves = {role: _issue_leaf(ca_cert, ca_key, f"{role}.{cluster_name}", hosts) for role in ROLES}
+        return cls._from_parts(_cert_pem(ca_cert), _key_pem(ca_key), leaves)
+
+    @classmethod
+    def _from_parts(cls, ca_cert: bytes, ca_key: bytes, leaves: Mapping[str, tuple[bytes, bytes]]) -> ClusterTLS:
         return cls(
-            ca_cert=_cert_pem(ca_cert),
-            ca_key=_key_pem(ca_key),
+            ca_cert=ca_cert,
+            ca_key=ca_key,
             scheduler_cert=leaves["scheduler"][0],
             scheduler_key=leaves["scheduler"][1],
             worker_cert=leaves["worker"][0],
@@ -269,6 +274,30 @@ class ClusterTLS:
             client_cert=leaves["client"][0],
             client_key=leaves["client"][1],
         )
+
+    @classmethod
+    def from_security(cls, security: Security) -> ClusterTLS:
+        """Per-role PEMs from a user's own ``distributed.Security`` (file paths or PEM text),
+        so the nodes can be handed them. The CA key is unknown: no further certificates."""
+
+        def pem(value: str | None) -> bytes:
+            if not value:
+                return b""
+            if "\n" in value:
+                return value.encode()
+            with open(value, "rb") as f:
+                return f.read()
+
+        def pair(role: str) -> tuple[bytes, bytes]:
+            cert = getattr(security, f"tls_{role}_cert", None) or security.tls_client_cert
+            key = getattr(security, f"tls_{role}_key", None) or security.tls_client_key
+            if not cert:
+                raise ClusterSpecError(f"security: the given Security has no certificate for the {role}")
+            return pem(cert), pem(key) if key else pem(cert)  # a combined cert+key file serves both
+
+        if not security.tls_ca_file:
+            raise ClusterSpecError("security: the given Security has no tls_ca_file")
+        return cls._from_parts(pem(security.tls_ca_file), b"", {role: pair(role) for role in ROLES})
 
     def issue(self, common_name: str, hosts: Iterable[str] = ()) -> tuple[bytes, bytes]:
         """A further certificate and key (PEM) signed by this cluster's CA.
