@@ -488,7 +488,7 @@ class Cluster(DistributedCluster):
             if time.monotonic() > next_check:
                 await self._check_still_starting(workers_needed=n)
                 next_check = time.monotonic() + 1.0
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.05)
 
     async def _clean_up_failed_start(self) -> None:
         if self._adaptive is not None:
