@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import sys
-import threading
 import uuid
 from pathlib import Path
 
@@ -14,72 +12,20 @@ import psutil
 import pytest
 from click.testing import CliRunner
 
-import coiled
 from coiled_core import cli
-from coiled_core.errors import ClusterNotFoundError
 from coiled_core.records import ClusterState
 from coiled_core.testing import wait_until
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 COILED_SCRIPT = os.path.join(os.path.dirname(sys.executable), "coiled")
-SMALL = {"n_workers": 1, "worker_cpu": 1, "worker_memory": "1 GiB"}
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-def start_detached(name: str) -> str:
-    """Create a real local cluster that outlives its Cluster object (closed, not shut down)."""
-    cluster = coiled.Cluster(name=name, shutdown_on_close=False, **SMALL)
-    cluster.close()
-    return name
-
-
-def delete_quietly(name: str) -> None:
-    try:
-        coiled.delete_cluster(name)
-    except ClusterNotFoundError:
-        pass
-
-
-def running(pid: int | None) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except (psutil.NoSuchProcess, TypeError, ValueError):
-        return False
-
-
-def record_of(name: str):
-    (record,) = [r for r in coiled.list_clusters() if r.name == name]
-    return record
-
-
-@contextlib.contextmanager
-def reaping(pid: int):
-    """Reap ``pid`` (an agent this process started) once it exits, while the block runs.
-
-    Stopped by another process, the agent stays a zombie until this process (its parent) reaps
-    it, and the local backend's ``stop_agent`` would wait its 20 s grace period for it.
-    """
-    stop = threading.Event()
-
-    def reap() -> None:
-        while not stop.is_set():
-            try:
-                if os.waitpid(pid, os.WNOHANG)[0]:
-                    return
-            except ChildProcessError:
-                return
-            stop.wait(0.05)
-
-    thread = threading.Thread(target=reap, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
+from local_clusters import (  # noqa: E402
+    delete_quietly,
+    reaping,
+    record_of,
+    running,
+    start_detached,
+    unique,
+)
 
 
 def invoke(*args: str, code: int = 0):
