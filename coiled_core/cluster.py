@@ -301,10 +301,9 @@ class Cluster(DistributedCluster):
         if self.created:
             self._set_phase(f"waiting for {self._wait_for_workers_count} of {self.spec.n_workers} workers")
             await self._wait_for_joined_workers(self._wait_for_workers_count)
-            fresh = await asyncio.to_thread(self.backend.describe, self.name, self.backend_options)
-            if fresh is not None:
-                self.record = fresh
-                self._update_workers()
+            # Having waited for every worker, wait for the node to say so too.
+            waited_for_all = self._wait_for_workers_count >= self.spec.n_workers
+            await self._refresh_record_once_running(patience=5.0 if waited_for_all else 0.0)
         self._log(f"Cluster {self.name!r} is running; dashboard: {self.dashboard_link}")
 
     async def _create_or_attach(self) -> ClusterRecord:
@@ -480,7 +479,8 @@ class Cluster(DistributedCluster):
 
     async def _wait_for_joined_workers(self, n: int) -> None:
         """Wait for ``n`` workers, checking the backend so that a failed start is seen quickly."""
-        next_check = time.monotonic() + 1.0
+        started = time.monotonic()
+        next_check = started + 1.0
         while len(self.scheduler_info["workers"]) < n:
             self._progress.workers(len(self.scheduler_info["workers"]))
             # Short: a scheduler that died must not hold up the check on the backend below.
@@ -488,7 +488,26 @@ class Cluster(DistributedCluster):
             if time.monotonic() > next_check:
                 await self._check_still_starting(workers_needed=n)
                 next_check = time.monotonic() + 1.0
-            await asyncio.sleep(0.05)
+            # Local workers join within a second or two: ask often then, and gently afterwards
+            # (each answer lists every worker, which for a large cloud cluster is not small).
+            await asyncio.sleep(0.01 if time.monotonic() - started < 3 else 0.1)
+
+    async def _refresh_record_once_running(self, patience: float) -> None:
+        """Read the backend's record again, now that the workers waited for have joined.
+
+        The node reports "running" a moment after its workers register with the scheduler
+        (its nannies see their workers' first message after the scheduler does): wait up to
+        ``patience`` seconds for that, so ``cluster.state`` says running when ``Cluster()`` returns.
+        """
+        deadline = time.monotonic() + patience
+        while True:
+            fresh = await asyncio.to_thread(self.backend.describe, self.name, self.backend_options)
+            if fresh is not None:
+                self.record = fresh
+                self._update_workers()
+            if fresh is None or fresh.state is not ClusterState.starting or time.monotonic() > deadline:
+                return
+            await asyncio.sleep(0.01)
 
     async def _clean_up_failed_start(self) -> None:
         if self._adaptive is not None:

@@ -2,8 +2,8 @@
 
 ``python -m coiled_core.node CONFIG.json`` imports distributed once and then runs, in this
 process, the configured scheduler class and worker classes. Nannies fork their worker processes
-from it (multiprocessing method ``fork``), so a node pays for one interpreter start and one
-``import distributed``, not one per worker. The agent owns the life of its node:
+from a copy of it made before it starts any thread (:mod:`coiled_core.node.zygote`), so a node
+pays for one interpreter start and one ``import distributed``, not one per worker. The agent owns the life of its node:
 
 - the scheduler's idle timeout ends the cluster, and when the scheduler ends the workers end;
 - worker-only nodes start at the same time as the scheduler and retry until it answers;
@@ -51,6 +51,8 @@ class NodeAgent:
         self.scheduler = None
         self.scheduler_address: str | None = map_address(config.get("scheduler_address"))
         self.dashboard_url: str | None = None
+        #: Adds the scheduler's dashboard while workers start (see coiled_core.node.dashboard).
+        self.dashboard_added: asyncio.Task | None = None
         self.workers: dict[str, Any] = {}
         self.next_worker_index: int = 0
         self.state = "starting"
@@ -113,7 +115,18 @@ class NodeAgent:
         if self.security["scheduler"] is not None:
             options.setdefault("security", self.security["scheduler"])
             options.setdefault("protocol", "tls")
+        from coiled_core.node.dashboard import (
+            DeferredDashboard,
+            can_add_dashboard_later,
+        )
+
+        dashboard_later = can_add_dashboard_later(cls, options)
+        if dashboard_later:
+            options["dashboard"] = False  # its HTTP server still starts, on dashboard_address
         self.scheduler = await cls(**options)
+        if dashboard_later:
+            dashboard = DeferredDashboard(self.scheduler, options.get("http_prefix", "/"))
+            self.dashboard_added = asyncio.ensure_future(dashboard.add())
         self.scheduler_address = self.scheduler.address
         dashboard = getattr(self.scheduler, "services", {}).get("dashboard")
         port = getattr(dashboard, "port", None) or getattr(getattr(self.scheduler, "http_server", None), "port", None)
@@ -292,6 +305,8 @@ class NodeAgent:
                 await self.unless_stopped(self.start_scheduler())
                 if self.stopping.is_set():
                     return 0
+                if self.dashboard_added is not None:
+                    background.append(self.dashboard_added)
                 self.write_state()
                 background.append(asyncio.ensure_future(self.enforce_lifetime()))
             elif self.scheduler_address:
@@ -418,6 +433,45 @@ def _worker_pid(worker: Any) -> int | None:
     return os.getpid()
 
 
+def _prepare_worker_processes(config: dict[str, Any]):
+    """Choose how nannies start worker processes, and for ``forkserver`` start a warm one.
+
+    Forking the preloaded agent is what makes a node start fast (see DESIGN.md); forking it
+    from the agent's own threads can hang the child (see :mod:`coiled_core.node.zygote`), so by
+    default workers are forked from a copy of the agent made before it starts any thread.
+    Returns the warm fork server, or ``None``.
+    """
+    import dask.config
+    from distributed.nanny import WorkerProcess
+
+    # A nanny polls for its new worker's first message every 50 ms; a node that starts its
+    # workers at once would wait up to that long for nothing.
+    WorkerProcess._init_msg_interval = 0.005
+    method = config.get("multiprocessing_method", "forkserver")
+    dask.config.set({"distributed.worker.multiprocessing-method": method})
+    if method != "forkserver" or not config.get("workers"):
+        return None
+    import distributed.utils
+    from distributed import Nanny
+    from distributed.utils import import_term
+
+    from coiled_core.node.zygote import start_warm_fork_server
+
+    # What every worker process needs, imported once here and inherited by each fork.
+    worker_class = import_term(config["workers"].get("class") or "distributed.Nanny")
+    if not (isinstance(worker_class, type) and issubclass(worker_class, Nanny)):
+        return None  # workers run in this process: nothing is forked
+    if (config.get("lifecycle") or {}).get("watchdog_timeout"):
+        import coiled_core.node.watchdog  # noqa: F401  (the workers' preload)
+    # distributed would otherwise import every optional package it knows of into the agent,
+    # for a fork server of its own that the warm one replaces.
+    distributed.utils._forkserver_preload_set = True
+    server = start_warm_fork_server()
+    if server is None:
+        logger.warning("the agent already runs threads; workers start from a standard fork server")
+    return server
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
@@ -435,15 +489,16 @@ def main(argv: list[str] | None = None) -> int:
         os.environ[TIMEOUT_VARIABLE] = str(lifecycle["watchdog_timeout"])
         os.environ[FIRST_CONTACT_VARIABLE] = str(lifecycle.get("first_contact_timeout") or "")
 
-    import dask.config
-
-    # Forking the preloaded agent is what makes a node start fast (see DESIGN.md).
-    dask.config.set({"distributed.worker.multiprocessing-method": config.get("multiprocessing_method", "fork")})
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s - %(name)s - %(levelname)s - %(message)s"))
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
-    code = asyncio.run(NodeAgent(config).run())
+    fork_server = _prepare_worker_processes(config)
+    try:
+        code = asyncio.run(NodeAgent(config).run())
+    finally:
+        if fork_server is not None:
+            fork_server.stop()
     # Everything is closed. Exit at once: multiprocessing's exit handlers can block on the
     # queues of a worker process that was killed, which would keep a finished node alive.
     logging.shutdown()

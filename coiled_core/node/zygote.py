@@ -1,0 +1,108 @@
+"""A warm fork server, forked from the node agent before the agent starts any thread.
+
+Nannies start their worker processes with multiprocessing. Forking the agent itself (method
+``fork``) copies a process whose other threads may hold a lock at that instant: most often the
+lock of a module that the agent's event loop is importing lazily, and a worker that then imports
+that module waits for ever, before it registers. Python's own remedy, method ``forkserver``,
+starts a fresh interpreter that must import distributed again (half a second of CPU or more, on
+the critical path of every node).
+
+This module keeps both the speed and the safety: while the agent is still single-threaded and
+has imported what workers need, it forks one copy of itself that runs multiprocessing's fork
+server loop, and installs that copy as the running fork server. Every worker process is then
+forked from a quiet, already warm process. (Forking the copy earlier, to import in parallel with
+the agent, measured slower on two cores: the two imports compete for them.) If the copy dies, multiprocessing starts a standard
+fork server in its place, so workers can still start.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from multiprocessing import forkserver, resource_tracker
+
+
+@dataclass
+class WarmForkServer:
+    """The fork server this agent started: its process and the private directory of its socket."""
+
+    pid: int
+    directory: str
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Ask the server to exit (it does once every process it forked has exited) and clean up.
+
+        Waits at most ``timeout`` seconds: a worker that is stuck must not keep the agent alive.
+        """
+        server = forkserver._forkserver
+        if server._forkserver_pid == self.pid and server._forkserver_alive_fd is not None:
+            os.close(server._forkserver_alive_fd)
+            server._forkserver_alive_fd = None
+            server._forkserver_pid = None
+            server._forkserver_address = None
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                finished, _ = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if finished or time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def start_warm_fork_server() -> WarmForkServer | None:
+    """Fork the fork server from this process, now; ``None`` if this process already has threads.
+
+    Call it after importing what worker processes need and before starting any thread, and set
+    ``distributed.worker.multiprocessing-method`` to ``forkserver`` so that nannies use it.
+    """
+    if threading.active_count() != 1:
+        # Forking now is exactly what this module avoids; multiprocessing will start a standard
+        # (cold, but safe) fork server when the first worker starts.
+        return None
+    # The socket lives in a directory only this user can enter: whoever can connect to a fork
+    # server can run code as this user.
+    # Every process start through a fork server needs multiprocessing's resource tracker, a
+    # small fresh interpreter: start it now, in parallel with the agent's own start.
+    resource_tracker.ensure_running()
+    directory = tempfile.mkdtemp(prefix="coiled-node-")
+    address = os.path.join(directory, "forkserver")
+    listener = socket.socket(socket.AF_UNIX)
+    try:
+        listener.bind(address)
+        os.chmod(address, 0o600)
+        listener.listen()
+        # Every process that may ask for a fork holds the write end; EOF tells the server to exit.
+        alive_r, alive_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the fork server
+            code = 1
+            try:
+                os.close(alive_w)
+                forkserver.main(listener.fileno(), alive_r, preload=[])
+                code = 0
+            except SystemExit:
+                code = 0
+            finally:
+                # The server outlives an agent that was killed (it exits once that agent's
+                # workers have): it removes its socket itself.
+                shutil.rmtree(directory, ignore_errors=True)
+                os._exit(code)
+        os.close(alive_r)
+    except BaseException:
+        listener.close()
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
+    listener.close()
+    server = forkserver._forkserver
+    server._forkserver_address = address
+    server._forkserver_alive_fd = alive_w
+    server._forkserver_pid = pid
+    return WarmForkServer(pid=pid, directory=directory)
