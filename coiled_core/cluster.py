@@ -500,6 +500,7 @@ class Cluster(DistributedCluster):
         ``patience`` seconds for that, so ``cluster.state`` says running when ``Cluster()`` returns.
         """
         deadline = time.monotonic() + patience
+        delay = 0.01  # doubling: for a cloud backend each look is an API call
         while True:
             fresh = await asyncio.to_thread(self.backend.describe, self.name, self.backend_options)
             if fresh is not None:
@@ -507,7 +508,8 @@ class Cluster(DistributedCluster):
                 self._update_workers()
             if fresh is None or fresh.state is not ClusterState.starting or time.monotonic() > deadline:
                 return
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, 0.5)
 
     async def _clean_up_failed_start(self) -> None:
         if self._adaptive is not None:

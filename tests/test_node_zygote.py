@@ -9,6 +9,7 @@ server is process-wide state.
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import psutil
 from distributed import Client
@@ -92,6 +93,11 @@ def test_cluster_workers_come_from_the_warm_server():
         assert len(parents) == 1
         (server,) = parents
         assert server.pid != agent.pid and server.ppid() == agent.pid
-    # The server ends with its agent.
+        # Its socket is in a private directory inside the cluster's own state directory.
+        state_dir = Path(cluster.record.backend_ids["directory"])
+        (socket_dir,) = state_dir.glob("coiled-forkserver-*")
+        assert socket_dir.stat().st_mode & 0o777 == 0o700
+    # The server ends with its agent, and removes its socket.
     psutil.wait_procs([server], timeout=30)
     assert not server.is_running() or server.status() == psutil.STATUS_ZOMBIE
+    assert not socket_dir.exists()

@@ -57,11 +57,29 @@ class WarmForkServer:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def start_warm_fork_server() -> WarmForkServer | None:
+#: A Unix socket's path must be shorter than this (108 bytes on Linux, less elsewhere).
+_MAX_SOCKET_PATH = 100
+
+
+def _private_directory(parent: str | None) -> str:
+    """A new directory only this user can enter, short enough to hold the server's socket."""
+    for base in (parent, None, "/tmp"):
+        if base is not None and not os.path.isdir(base):
+            continue
+        directory = tempfile.mkdtemp(prefix="coiled-forkserver-", dir=base)
+        if len(os.path.join(directory, "forkserver")) < _MAX_SOCKET_PATH:
+            return directory
+        os.rmdir(directory)
+    raise OSError("no directory has a path short enough for the fork server's socket")
+
+
+def start_warm_fork_server(parent: str | None = None) -> WarmForkServer | None:
     """Fork the fork server from this process, now; ``None`` if this process already has threads.
 
     Call it after importing what worker processes need and before starting any thread, and set
-    ``distributed.worker.multiprocessing-method`` to ``forkserver`` so that nannies use it.
+    ``distributed.worker.multiprocessing-method`` to ``forkserver`` so that nannies use it. Its
+    socket goes in a new private directory under ``parent`` (the node's state directory, which
+    its backend cleans up), or under the temporary directory.
     """
     if threading.active_count() != 1:
         # Forking now is exactly what this module avoids; multiprocessing will start a standard
@@ -72,7 +90,7 @@ def start_warm_fork_server() -> WarmForkServer | None:
     # Every process start through a fork server needs multiprocessing's resource tracker, a
     # small fresh interpreter: start it now, in parallel with the agent's own start.
     resource_tracker.ensure_running()
-    directory = tempfile.mkdtemp(prefix="coiled-node-")
+    directory = _private_directory(parent)
     address = os.path.join(directory, "forkserver")
     listener = socket.socket(socket.AF_UNIX)
     try:

@@ -574,6 +574,8 @@ class OfflineEC2:
         path.chmod(0o700)
         argv = [str(path)] if script.startswith(b"#!") else ["bash", str(path)]
 
+        temporary = directory / "tmp"
+        temporary.mkdir(mode=0o700, exist_ok=True)
         env = {name: os.environ[name] for name in self.inherit_env if name in os.environ}
         env.update(self.environ())
         env.update(
@@ -586,6 +588,8 @@ class OfflineEC2:
             COILED_ENV_CACHE=str(self.env_cache),
             COILED_INSTANCE_DIR=str(directory),
             COILED_NODE_ROOT=str(directory),
+            # The instance's own /tmp: what its processes leave there stays with its directory.
+            TMPDIR=str(temporary),
         )
         env.update(self.extra_env)
         env["PATH"] = os.pathsep.join(p for p in (str(self.workdir / "bin"), env.get("PATH", os.defpath)) if p)
