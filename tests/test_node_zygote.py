@@ -95,7 +95,7 @@ def test_cluster_workers_come_from_the_warm_server():
         assert server.pid != agent.pid and server.ppid() == agent.pid
         # Its socket is in a private directory inside the cluster's own state directory.
         state_dir = Path(cluster.record.backend_ids["directory"])
-        (socket_dir,) = state_dir.glob("coiled-forkserver-*")
+        (socket_dir,) = state_dir.glob("coiled-fs-*")
         assert socket_dir.stat().st_mode & 0o777 == 0o700
     # The server ends with its agent, and removes its socket.
     psutil.wait_procs([server], timeout=30)

@@ -66,8 +66,8 @@ def _private_directory(parent: str | None) -> str:
     for base in (parent, None, "/tmp"):
         if base is not None and not os.path.isdir(base):
             continue
-        directory = tempfile.mkdtemp(prefix="coiled-forkserver-", dir=base)
-        if len(os.path.join(directory, "forkserver")) < _MAX_SOCKET_PATH:
+        directory = tempfile.mkdtemp(prefix="coiled-fs-", dir=base)
+        if len(os.path.join(directory, "fs")) < _MAX_SOCKET_PATH:
             return directory
         os.rmdir(directory)
     raise OSError("no directory has a path short enough for the fork server's socket")
@@ -91,7 +91,7 @@ def start_warm_fork_server(parent: str | None = None) -> WarmForkServer | None:
     # small fresh interpreter: start it now, in parallel with the agent's own start.
     resource_tracker.ensure_running()
     directory = _private_directory(parent)
-    address = os.path.join(directory, "forkserver")
+    address = os.path.join(directory, "fs")
     listener = socket.socket(socket.AF_UNIX)
     try:
         listener.bind(address)
