@@ -466,7 +466,12 @@ def _prepare_worker_processes(config: dict[str, Any]):
     # distributed would otherwise import every optional package it knows of into the agent,
     # for a fork server of its own that the warm one replaces.
     distributed.utils._forkserver_preload_set = True
-    server = start_warm_fork_server(config.get("state_dir"))
+    try:
+        server = start_warm_fork_server(config.get("state_dir"))
+    except Exception:
+        # It leans on multiprocessing's internals; the standard fork server is just as safe.
+        logger.warning("no warm fork server; workers start from a standard one", exc_info=True)
+        return None
     if server is None:
         logger.warning("the agent already runs threads; workers start from a standard fork server")
     return server

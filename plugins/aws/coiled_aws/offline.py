@@ -26,7 +26,8 @@ Two parts, started and stopped together by :class:`OfflineEC2`:
     - ``COILED_ENV_CACHE``: a directory shared by all instances for software environments built
       from the same spec (see below);
     - ``COILED_INSTANCE_DIR`` and ``COILED_NODE_ROOT``: the instance's work directory (also the
-      working directory), where the boot script keeps its files instead of ``/opt/coiled``.
+      working directory), where the boot script keeps its files instead of ``/opt/coiled``;
+    - ``TMPDIR``: ``tmp`` in that directory, the instance's own temporary directory.
 
     ``PATH`` starts with a directory holding ``poweroff``, ``shutdown`` and ``halt`` commands
     that power the simulated instance off (they touch ``$COILED_INSTANCE_DIR/poweroff`` and end
