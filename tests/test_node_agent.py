@@ -118,3 +118,18 @@ def test_bad_scheduler_class_reports_error(tmp_path, processes):
     assert node.wait(60) == 1
     assert read_state(tmp_path, "bad")["state"] == "error"
     assert "no_such_module" in (tmp_path / "bad" / "agent.log").read_text()
+
+
+def test_bad_worker_class_reports_error(tmp_path, processes):
+    node = start_agent(
+        tmp_path,
+        "badworker",
+        {
+            "scheduler": {"class": "distributed.Scheduler", "options": {}},
+            "workers": {"class": "no_such_module.Nanny", "count": 1, "nthreads": 1},
+        },
+    )
+    processes.append(node)
+    assert node.wait(60) == 1
+    assert read_state(tmp_path, "badworker")["state"] == "error"
+    assert "no_such_module" in (tmp_path / "badworker" / "agent.log").read_text()

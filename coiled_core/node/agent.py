@@ -3,7 +3,8 @@
 ``python -m coiled_core.node CONFIG.json`` imports distributed once and then runs, in this
 process, the configured scheduler class and worker classes. Nannies fork their worker processes
 from a copy of it made before it starts any thread (:mod:`coiled_core.node.zygote`), so a node
-pays for one interpreter start and one ``import distributed``, not one per worker. The agent owns the life of its node:
+pays for one interpreter start and one ``import distributed``, not one per worker. The agent
+owns the life of its node:
 
 - the scheduler's idle timeout ends the cluster, and when the scheduler ends the workers end;
 - worker-only nodes start at the same time as the scheduler and retry until it answers;
@@ -458,7 +459,10 @@ def _prepare_worker_processes(config: dict[str, Any]):
     from coiled_core.node.zygote import start_warm_fork_server
 
     # What every worker process needs, imported once here and inherited by each fork.
-    worker_class = import_term(config["workers"].get("class") or "distributed.Nanny")
+    try:
+        worker_class = import_term(config["workers"].get("class") or "distributed.Nanny")
+    except Exception:
+        return None  # starting the workers reports it, as a failed start of the node
     if not (isinstance(worker_class, type) and issubclass(worker_class, Nanny)):
         return None  # workers run in this process: nothing is forked
     if (config.get("lifecycle") or {}).get("watchdog_timeout"):
