@@ -85,11 +85,11 @@ def start_warm_fork_server(parent: str | None = None) -> WarmForkServer | None:
         # Forking now is exactly what this module avoids; multiprocessing will start a standard
         # (cold, but safe) fork server when the first worker starts.
         return None
-    # The socket lives in a directory only this user can enter: whoever can connect to a fork
-    # server can run code as this user.
     # Every process start through a fork server needs multiprocessing's resource tracker, a
     # small fresh interpreter: start it now, in parallel with the agent's own start.
     resource_tracker.ensure_running()
+    # The socket lives in a directory only this user can enter: whoever can connect to a fork
+    # server can run code as this user.
     directory = _private_directory(parent)
     address = os.path.join(directory, "fs")
     listener = socket.socket(socket.AF_UNIX)
