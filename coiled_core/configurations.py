@@ -38,14 +38,19 @@ import datetime
 import difflib
 import json
 import math
-import re
 import warnings
 from collections.abc import Mapping
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from coiled_core.accounts import default_account
+from coiled_core.accounts import (
+    ACCOUNT_PATTERN,
+    NAME_PATTERN,
+    close_names,
+    default_account,
+    stored_names,
+)
 from coiled_core.errors import ClusterSpecError, CoiledError
 from coiled_core.spec import SPEC_KEYWORDS, resolve_cluster_spec
 from coiled_core.store import Store
@@ -98,9 +103,7 @@ _BUILTIN_DEFAULT_VALUES: dict[str, Any] = {
 #: Version of the stored JSON document.
 _FORMAT = 1
 _PREFIX = "configurations"
-_SUFFIX = ".json"
-_ACCOUNT_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
-_NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
+
 _NAME_HELP = (
     "use 'account/name' or 'name': an account of up to 63 letters, digits, '-' and '_', and a name of "
     "up to 128 letters, digits, '.', '-' and '_', each starting with a letter or digit "
@@ -150,7 +153,7 @@ def _builtin_default() -> ClusterConfiguration:
 
 
 def _check_account(account: Any) -> str:
-    if not isinstance(account, str) or not _ACCOUNT_PATTERN.match(account.lower()):
+    if not isinstance(account, str) or not ACCOUNT_PATTERN.match(account.lower()):
         raise ClusterSpecError(
             f"{account!r} is not a valid account name; use up to 63 letters, digits, '-' and '_', "
             "starting with a letter or digit"
@@ -166,14 +169,14 @@ def normalize_configuration_name(name: str) -> str:
     if not isinstance(name, str):
         raise ClusterSpecError(f"configuration: {name!r} is not a valid configuration name; {_NAME_HELP}")
     account, sep, short = name.lower().rpartition("/")
-    if (sep and not _ACCOUNT_PATTERN.match(account)) or not _NAME_PATTERN.match(short):
+    if (sep and not ACCOUNT_PATTERN.match(account)) or not NAME_PATTERN.match(short):
         raise ClusterSpecError(f"configuration: {name!r} is not a valid configuration name; {_NAME_HELP}")
     return f"{account if sep else default_account()}/{short}"
 
 
 def _key(full_name: str) -> str:
     account, _, short = full_name.partition("/")
-    return f"{_PREFIX}/{account}/{short}{_SUFFIX}"
+    return f"{_PREFIX}/{account}/{short}.json"
 
 
 # -- values ----------------------------------------------------------------------------------
@@ -269,27 +272,10 @@ def _load(store: Store, full_name: str) -> ClusterConfiguration | None:
     return None if data is None else _parse(full_name, data)
 
 
-def _stored_names(store: Store, account: str | None = None) -> list[str]:
-    accounts = [account] if account is not None else [a for a in store.list(_PREFIX) if _ACCOUNT_PATTERN.match(a)]
-    names = []
-    for acct in accounts:
-        for filename in store.list(f"{_PREFIX}/{acct}"):
-            # Skips files being written (``<name>.json.tmp-<pid>``) and anything foreign.
-            short = filename[: -len(_SUFFIX)]
-            if filename.endswith(_SUFFIX) and _NAME_PATTERN.match(short):
-                names.append(f"{acct}/{short}")
-    return names
-
-
 def _not_found(store: Store, full_name: str, given: str) -> ConfigurationNotFoundError:
-    known = sorted(set(_stored_names(store)) | {BUILTIN_DEFAULT})
-    by_short: dict[str, list[str]] = {}
-    for known_name in known:
-        by_short.setdefault(known_name.partition("/")[2], []).append(known_name)
-    close = difflib.get_close_matches(full_name, known, n=3, cutoff=0.6)
-    for short in difflib.get_close_matches(full_name.partition("/")[2], list(by_short), n=3, cutoff=0.6):
-        close += [n for n in by_short[short] if n not in close]
-    hint = f"; did you mean {', '.join(repr(n) for n in close[:3])}?" if close else ""
+    known = sorted(set(stored_names(store, _PREFIX)) | {BUILTIN_DEFAULT})
+    close = close_names(full_name, known)
+    hint = f"; did you mean {', '.join(repr(n) for n in close)}?" if close else ""
     shown = repr(full_name) if given.lower() == full_name else f"{given!r} ({full_name!r})"
     return ConfigurationNotFoundError(f"no cluster configuration is named {shown}{hint}")
 
@@ -367,7 +353,7 @@ def list_cluster_configurations(account: str | None = None) -> list[ClusterConfi
     found: list[ClusterConfiguration] = []
     if account is None or acct == "coiled":
         found.append(_builtin_default())
-    for full_name in _stored_names(store, acct):
+    for full_name in stored_names(store, _PREFIX, acct):
         if full_name == BUILTIN_DEFAULT:
             continue
         try:

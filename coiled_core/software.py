@@ -28,7 +28,6 @@ packaging and yaml at module level; dask config and the store are imported when 
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import importlib.metadata
 import json
@@ -47,7 +46,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from coiled_core.accounts import default_account
+from coiled_core.accounts import close_names, default_account, stored_names
 from coiled_core.errors import CoiledError
 
 __all__ = [
@@ -714,17 +713,6 @@ def _store():
     return Store()
 
 
-def _stored_names(store) -> list[str]:
-    names = []
-    for account in store.list(STORE_PREFIX):
-        for filename in store.list(f"{STORE_PREFIX}/{account}"):
-            if filename.endswith(".json"):
-                full = f"{account}/{filename[: -len('.json')]}"
-                if FULL_NAME_PATTERN.match(full):
-                    names.append(full)
-    return names
-
-
 def _load(store, full_name: str) -> SoftwareEnvironment | None:
     data = store.read(_key(full_name))
     if data is None:
@@ -739,11 +727,8 @@ def _load(store, full_name: str) -> SoftwareEnvironment | None:
 
 
 def _not_found(name: str, full_name: str, store) -> SoftwareEnvironmentNotFoundError:
-    known = sorted(set(_stored_names(store)) | set(BUILTIN_ENVIRONMENTS))
-    short = full_name.split("/", 1)[1]
-    same_short = [k for k in known if k.split("/", 1)[1] == short and k != full_name]
-    close = difflib.get_close_matches(full_name, known, n=3, cutoff=0.6)
-    suggestions = list(dict.fromkeys(same_short + close))[:3]
+    known = sorted(set(stored_names(store, STORE_PREFIX)) | set(BUILTIN_ENVIRONMENTS))
+    suggestions = close_names(full_name, known)
     hint = f"; did you mean {' or '.join(map(repr, suggestions))}?" if suggestions else ""
     shown = name if name.strip().lower() == full_name else f"{name} ({full_name})"
     return SoftwareEnvironmentNotFoundError(f"no software environment named {shown!r}{hint}")
@@ -815,7 +800,7 @@ def list_software_environments(account: str | None = None) -> list[SoftwareEnvir
             raise SoftwareEnvironmentError(f"{account!r} is not a valid account name")
     store = _store()
     envs: dict[str, SoftwareEnvironment] = {}
-    for full_name in _stored_names(store):
+    for full_name in stored_names(store, STORE_PREFIX):
         if account is not None and full_name.split("/", 1)[0] != account:
             continue
         try:
