@@ -23,7 +23,7 @@ from coiled_core.node.config import lifecycle_settings
 from coiled_core.records import ClusterRecord, ClusterState, WorkerRecord
 from coiled_core.spec import ClusterSpec
 
-from coiled_aws import artifacts, bootstrap, launch, network
+from coiled_aws import artifacts, bootstrap, iam, launch, network, parameters
 from coiled_aws.options import AWSOptions
 from coiled_aws.session import AWS
 
@@ -128,14 +128,6 @@ def _tag(instance: dict, key: str) -> str | None:
     return next((t["Value"] for t in instance.get("Tags", []) if t["Key"] == key), None)
 
 
-def _spec_parameter(name: str) -> str:
-    return f"{artifacts.PARAMETER_PREFIX}/{name}/spec"
-
-
-def _claim_parameter(name: str) -> str:
-    return f"{artifacts.PARAMETER_PREFIX}/{name}/claim"
-
-
 # -- node configs and boot scripts --------------------------------------------------------------
 class _Boot:
     """Renders boot scripts for one cluster (both waves and later scale-ups)."""
@@ -162,7 +154,7 @@ class _Boot:
             },
         }
         if self.spec.security:
-            config["tls_ssm"] = {"region": self.aws.region, "prefix": artifacts.tls_prefix(self.spec.name)}
+            config["tls_ssm"] = {"region": self.aws.region, "prefix": parameters.tls_prefix(self.spec.name)}
         return config
 
     def scheduler(self) -> dict[str, Any]:
@@ -240,17 +232,17 @@ def claim_name(name: str, options: AWSOptions) -> bool:
     value = json.dumps({"state": "claimed", "expires": time.time() + CLAIM_SECONDS})
     for _ in range(3):
         try:
-            ssm.put_parameter(Name=_claim_parameter(name), Value=value, Type="String", Overwrite=False)
+            ssm.put_parameter(Name=parameters.claim_parameter(name), Value=value, Type="String", Overwrite=False)
             return True
         except ClientError as e:
             if e.response["Error"]["Code"] != "ParameterAlreadyExists":
                 raise
-        current = json.loads(ssm.get_parameter(Name=_claim_parameter(name))["Parameter"]["Value"])
+        current = json.loads(ssm.get_parameter(Name=parameters.claim_parameter(name))["Parameter"]["Value"])
         live = any(_tag(i, TAG_ROLE) == "scheduler" for i in _instances(aws, name, ["pending", "running"]))
         stale = not live and (current.get("state") == "provisioned" or current.get("expires", 0) < time.time())
         if not stale:
             return False
-        ssm.delete_parameter(Name=_claim_parameter(name))
+        ssm.delete_parameter(Name=parameters.claim_parameter(name))
     return False
 
 
@@ -271,10 +263,10 @@ def provision(spec: ClusterSpec, options: AWSOptions) -> ClusterRecord:
         step = "creating the security group"
         group_id = network.create_security_group(aws.ec2, placement, spec.name, cidr, _tags(spec, options))
         step = "creating the node role"
-        profile = options.iam_instance_profile or artifacts.create_node_profile(aws, spec.name, _tags(spec, options))
+        profile = options.iam_instance_profile or iam.create_node_profile(aws, spec.name, _tags(spec, options))
         step = "storing secrets"
         aws.client("ssm").put_parameter(
-            Name=_spec_parameter(spec.name), Value=spec.model_dump_json(), Type="String", Overwrite=True
+            Name=parameters.spec_parameter(spec.name), Value=spec.model_dump_json(), Type="String", Overwrite=True
         )
         if spec.security:
             from coiled_core.security import ClusterTLS
@@ -284,7 +276,7 @@ def provision(spec: ClusterSpec, options: AWSOptions) -> ClusterRecord:
             if material is None:
                 raise ProvisionError("the store holds no TLS material for this cluster")
             node_tls = {**material.to_node_config("scheduler"), **material.to_node_config("worker")}
-            artifacts.put_tls(aws, spec.name, node_tls, _tags(spec, options))
+            parameters.put_tls(aws, spec.name, node_tls, _tags(spec, options))
         base = {
             "ami": ami,
             "subnet_id": placement.subnet_id,
@@ -307,7 +299,7 @@ def provision(spec: ClusterSpec, options: AWSOptions) -> ClusterRecord:
             step = f"launching {spec.n_workers} workers"
             _launch_workers(aws, boot, base, worker_types, spec.n_workers, scheduler_address)
         aws.client("ssm").put_parameter(
-            Name=_claim_parameter(spec.name), Value=json.dumps({"state": "provisioned"}), Type="String", Overwrite=True
+            Name=parameters.claim_parameter(spec.name), Value=json.dumps({"state": "provisioned"}), Type="String", Overwrite=True
         )
     except Exception as error:
         _delete_everything(aws, spec.name)
@@ -338,7 +330,7 @@ def describe(name: str, options: AWSOptions) -> ClusterRecord | None:
     }[scheduler["State"]["Name"]] if scheduler else ClusterState.stopped
     spec: dict[str, Any] = {}
     try:
-        spec = json.loads(aws.client("ssm").get_parameter(Name=_spec_parameter(name))["Parameter"]["Value"])
+        spec = json.loads(aws.client("ssm").get_parameter(Name=parameters.spec_parameter(name))["Parameter"]["Value"])
     except Exception:
         pass
     scheme = "tls" if spec.get("security") else "tcp"
@@ -387,7 +379,7 @@ def scale(record: ClusterRecord, n_workers: int, retired: list[str]) -> ClusterR
             "ami": _resolve_ami(aws, options),
             "subnet_id": placement.subnet_id,
             "security_group_ids": [*group_ids, *options.security_group_ids],
-            "instance_profile": options.iam_instance_profile or artifacts.node_role_name(record.name),
+            "instance_profile": options.iam_instance_profile or iam.node_role_name(record.name),
             "key_name": options.key_name,
             "root_volume_gib": options.root_volume_gib,
             "use_public_ip": options.use_public_ip,
@@ -438,12 +430,12 @@ def _delete_everything(aws: AWS, name: str) -> list[str]:
                 if e.response["Error"]["Code"] != "DependencyViolation" or attempt == 29:
                     raise
                 time.sleep(2)
-    if artifacts.delete_tls(aws, name):
+    if parameters.delete_tls(aws, name):
         deleted.append(f"deleted TLS parameters of {name!r}")
-    if artifacts.delete_node_profile(aws, name):
+    if iam.delete_node_profile(aws, name):
         deleted.append(f"deleted node role of {name!r}")
     ssm = aws.client("ssm")
-    for parameter in (_spec_parameter(name), _claim_parameter(name)):
+    for parameter in (parameters.spec_parameter(name), parameters.claim_parameter(name)):
         try:
             ssm.delete_parameter(Name=parameter)
         except ClientError:
@@ -509,7 +501,7 @@ def _being_created(aws: AWS, name: str) -> bool:
     from botocore.exceptions import ClientError
 
     try:
-        claim = json.loads(aws.client("ssm").get_parameter(Name=_claim_parameter(name))["Parameter"]["Value"])
+        claim = json.loads(aws.client("ssm").get_parameter(Name=parameters.claim_parameter(name))["Parameter"]["Value"])
     except ClientError:
         return False
     return claim.get("state") == "claimed" and claim.get("expires", 0) > time.time()
