@@ -42,7 +42,7 @@ def default_account() -> str:
     """
     account = config.get("account")
     if account is not None:
-        if not isinstance(account, str) or not ACCOUNT_PATTERN.match(account.lower()):
+        if not isinstance(account, str) or not ACCOUNT_PATTERN.fullmatch(account.lower()):
             raise ClusterSpecError(
                 f"dask config 'coiled.account' is {account!r}, which is not a valid account name; use up to "
                 "63 letters, digits, '-' and '_', starting with a letter or digit"
@@ -61,12 +61,12 @@ def stored_names(store: Store, prefix: str, account: str | None = None) -> list[
     Only ``account`` when given. Anything else under ``prefix`` (a file being written,
     ``<name>.json.tmp-<pid>``, or a foreign one) is skipped.
     """
-    accounts = [account] if account is not None else [a for a in store.list(prefix) if _STORED_ACCOUNT.match(a)]
+    accounts = [account] if account is not None else [a for a in store.list(prefix) if _STORED_ACCOUNT.fullmatch(a)]
     names = []
     for acct in accounts:
         for filename in store.list(f"{prefix}/{acct}"):
             short = filename[: -len(".json")]
-            if filename.endswith(".json") and _STORED_NAME.match(short):
+            if filename.endswith(".json") and _STORED_NAME.fullmatch(short):
                 names.append(f"{acct}/{short}")
     return names
 

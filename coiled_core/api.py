@@ -61,7 +61,7 @@ def _resolve(backend: str | None, backend_options: Mapping[str, Any] | None) -> 
 
 
 def _check_name(name: Any) -> str:
-    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
         # No backend can hold such a cluster; refusing here also keeps odd names (paths, globs)
         # away from the backends.
         raise ClusterNotFoundError(

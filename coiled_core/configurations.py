@@ -153,7 +153,7 @@ def _builtin_default() -> ClusterConfiguration:
 
 
 def _check_account(account: Any) -> str:
-    if not isinstance(account, str) or not ACCOUNT_PATTERN.match(account.lower()):
+    if not isinstance(account, str) or not ACCOUNT_PATTERN.fullmatch(account.lower()):
         raise ClusterSpecError(
             f"{account!r} is not a valid account name; use up to 63 letters, digits, '-' and '_', "
             "starting with a letter or digit"
@@ -169,7 +169,7 @@ def normalize_configuration_name(name: str) -> str:
     if not isinstance(name, str):
         raise ClusterSpecError(f"configuration: {name!r} is not a valid configuration name; {_NAME_HELP}")
     account, sep, short = name.lower().rpartition("/")
-    if (sep and not ACCOUNT_PATTERN.match(account)) or not NAME_PATTERN.match(short):
+    if (sep and not ACCOUNT_PATTERN.fullmatch(account)) or not NAME_PATTERN.fullmatch(short):
         raise ClusterSpecError(f"configuration: {name!r} is not a valid configuration name; {_NAME_HELP}")
     return f"{account if sep else default_account()}/{short}"
 

@@ -151,7 +151,7 @@ class SoftwareEnvironment(BaseModel):
     @field_validator("name")
     @classmethod
     def _full_name(cls, v: str) -> str:
-        if not FULL_NAME_PATTERN.match(v):
+        if not FULL_NAME_PATTERN.fullmatch(v):
             raise ValueError(f"{v!r} is not a full software environment name ('account/name')")
         return v
 
@@ -234,7 +234,7 @@ def resolve_name(name: str) -> str:
         raise SoftwareEnvironmentError(f"{name!r} is not a valid software environment name; use 'account/name' or 'name'")
     text = name.strip().lower()
     full = text if "/" in text else f"{default_account()}/{text}"
-    if not FULL_NAME_PATTERN.match(full) or len(full) > _MAX_NAME_LENGTH:
+    if not FULL_NAME_PATTERN.fullmatch(full) or len(full) > _MAX_NAME_LENGTH:
         raise SoftwareEnvironmentError(
             f"{name!r} is not a valid software environment name; use 'account/name' or 'name' with letters, "
             "digits, '-' and '_' (and '.' in the name), starting with a letter or digit "
@@ -623,21 +623,21 @@ def _container_image(image: Any) -> str:
     if re.search(r"\s", ref) or len(ref) > 512:
         raise bad
     rest, _, digest = ref.partition("@")
-    if "@" in ref and not _DIGEST.match(digest):
+    if "@" in ref and not _DIGEST.fullmatch(digest):
         raise bad
     slash = rest.rfind("/")
     colon = rest.rfind(":")
     if colon > slash:
         rest, tag = rest[:colon], rest[colon + 1 :]
-        if not _TAG.match(tag):
+        if not _TAG.fullmatch(tag):
             raise bad
     parts = rest.split("/")
     first = parts[0]
     if len(parts) > 1 and ("." in first or ":" in first or first == "localhost" or first.startswith("[")):
-        if not _DOMAIN.match(first):
+        if not _DOMAIN.fullmatch(first):
             raise bad
         parts = parts[1:]
-    if not parts or not all(_PATH_COMPONENT.match(p) for p in parts) or len("/".join(parts)) > 255:
+    if not parts or not all(_PATH_COMPONENT.fullmatch(p) for p in parts) or len("/".join(parts)) > 255:
         raise bad
     return ref
 
@@ -796,7 +796,7 @@ def list_software_environments(account: str | None = None) -> list[SoftwareEnvir
     """
     if account is not None:
         account = account.strip().lower()
-        if not _ACCOUNT_PATTERN.match(account):
+        if not _ACCOUNT_PATTERN.fullmatch(account):
             raise SoftwareEnvironmentError(f"{account!r} is not a valid account name")
     store = _store()
     envs: dict[str, SoftwareEnvironment] = {}

@@ -202,7 +202,7 @@ class ClusterSpec(BaseModel):
     @field_validator("name", mode="before")
     @classmethod
     def _name(cls, v: Any) -> str:
-        if not isinstance(v, str) or not NAME_PATTERN.match(v):
+        if not isinstance(v, str) or not NAME_PATTERN.fullmatch(v):
             raise ValueError(
                 f"{v!r} is not a valid cluster name; use 1 to 63 lowercase letters, digits and "
                 "hyphens, starting and ending with a letter or digit (e.g. 'production')"
@@ -269,14 +269,14 @@ class ClusterSpec(BaseModel):
     def _account_name(cls, v: Any) -> str | None:
         if v is None:
             return None
-        if not isinstance(v, str) or not ACCOUNT_NAME_PATTERN.match(v):
+        if not isinstance(v, str) or not ACCOUNT_NAME_PATTERN.fullmatch(v):
             raise ValueError(f"{v!r} is not a valid name; use 'account/name' or 'name' (e.g. 'examples/scaling-xgboost')")
         return v
 
     @field_validator("worker_class", "scheduler_class", mode="before")
     @classmethod
     def _class_name(cls, v: Any) -> str:
-        if not isinstance(v, str) or not DOTTED_NAME_PATTERN.match(v):
+        if not isinstance(v, str) or not DOTTED_NAME_PATTERN.fullmatch(v):
             raise ValueError(f"{v!r} is not an importable class path; use 'module.Class' (e.g. 'distributed.Nanny')")
         return v
 
@@ -303,7 +303,7 @@ class ClusterSpec(BaseModel):
         if not isinstance(v, Mapping):
             raise ValueError(f"must be a mapping of variable names to strings, not {v!r}")
         for key, value in v.items():
-            if not isinstance(key, str) or not ENV_NAME_PATTERN.match(key):
+            if not isinstance(key, str) or not ENV_NAME_PATTERN.fullmatch(key):
                 raise ValueError(f"{key!r} is not a valid environment variable name")
             if not isinstance(value, str):
                 raise ValueError(f"value of {key!r} must be a string, not {value!r}")

@@ -303,6 +303,12 @@ BAD_INPUTS = [
     ({"name": "Bad Name!"}, "name", ["'Bad Name!'", "lowercase letters"]),
     ({"name": "-leading-hyphen"}, "name", ["lowercase letters"]),
     ({"name": "x" * 64}, "name", ["63"]),
+    # Patterns match the whole string: a trailing newline would break boot scripts and paths.
+    ({"name": "prod\n"}, "name", ["lowercase letters"]),
+    ({"software": "coiled/env\n"}, "software", ["account/name"]),
+    ({"configuration": "coiled/conf\n"}, "configuration", ["account/name"]),
+    ({"environ": {"A\n": "x"}}, "environ", ["variable name"]),
+    ({"worker_class": "distributed.Nanny\n"}, "worker_class", ["module.Class"]),
     ({"software": "not a valid/name/x"}, "software", ["account/name"]),
     ({"configuration": "a/b/c"}, "configuration", ["account/name"]),
     ({"shutdown_on_close": "yes"}, "shutdown_on_close", ["True, False or None", "'yes'"]),

@@ -178,7 +178,7 @@ class AWSOptions(BaseModel):
         if v is None:
             return None
         v = v.strip().lower()
-        if not _REGION.match(v):
+        if not _REGION.fullmatch(v):
             raise ValueError(f"{v!r} is not an AWS region name; expected e.g. 'us-east-1' or 'eu-west-2'")
         return v
 
@@ -188,7 +188,7 @@ class AWSOptions(BaseModel):
         if v is None:
             return None
         v = v.strip().lower()
-        if not _ZONE.match(v):
+        if not _ZONE.fullmatch(v):
             raise ValueError(f"{v!r} is not an availability zone name; expected e.g. 'us-east-1a'")
         return v
 
@@ -227,7 +227,7 @@ class AWSOptions(BaseModel):
         if not names:
             raise ValueError("must name at least one instance type (e.g. ['m6i.xlarge']), or be left out")
         for name in names:
-            if not _INSTANCE_TYPE.match(name):
+            if not _INSTANCE_TYPE.fullmatch(name):
                 raise ValueError(f"{name!r} is not an EC2 instance type name; expected e.g. 'm6i.xlarge'")
         return list(dict.fromkeys(names))
 
