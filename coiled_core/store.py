@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import uuid
 from typing import Iterator
 
 from coiled_core import config
@@ -41,14 +42,21 @@ class Store:
         return posixpath.join(self.root, *parts)
 
     def write(self, key: str, data: bytes, private: bool = False) -> None:
-        """Write ``data`` at ``key``; ``private`` makes a local file readable by its owner only."""
+        """Write ``data`` at ``key``, atomically: readers see the old bytes or the new, never part.
+
+        ``private`` (for keys and certificates) makes a local file readable by its owner only
+        from the moment it exists, in a directory only its owner can enter. Object stores have
+        no such modes: who may read a shared store is the bucket's policy (see the README).
+        """
         path = self._path(key)
+        if self._is_local:
+            _write_local_file(path, data, private)
+            return
+        # A temporary name unique to this call: two threads of one process may write one key.
+        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
         self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
-        tmp = f"{path}.tmp-{os.getpid()}"
         with self.fs.open(tmp, "wb") as f:
             f.write(data)
-        if private and self._is_local:
-            os.chmod(tmp, 0o600)
         self.fs.mv(tmp, path)
 
     def read(self, key: str) -> bytes | None:
@@ -78,3 +86,50 @@ class Store:
     def local_path(self, key: str) -> str | None:
         """A file-system path for ``key`` when the store is local (for TLS files), else None."""
         return self._path(key) if self._is_local else None
+
+
+def _make_private_dirs(directory: str) -> None:
+    """Create ``directory`` and its missing parents, each enterable by this user only."""
+    missing = []
+    while not os.path.isdir(directory):
+        missing.append(directory)
+        parent = os.path.dirname(directory)
+        if parent == directory:
+            break
+        directory = parent
+    for path in reversed(missing):
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            pass
+
+
+def _write_local_file(path: str, data: bytes, private: bool) -> None:
+    """Write a file of the local store through a unique temporary name, synced, then renamed."""
+    directory = os.path.dirname(path)
+    _make_private_dirs(directory)
+    if private:
+        # The directory holding a key is this user's alone, whatever made it before.
+        os.chmod(directory, 0o700)
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex}")
+    # Created with its final mode: never readable by others, not even for a moment.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if private else 0o644)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    # The rename itself is durable only once the directory is synced.
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
