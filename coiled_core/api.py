@@ -89,6 +89,16 @@ def _describe_or_raise(backend: Backend, options: BaseModel, name: str) -> Clust
     raise ClusterNotFoundError(f"no cluster named {name!r} on backend {backend.name!r}{hint}")
 
 
+def teardown_cluster(backend: Backend, record: ClusterRecord) -> ClusterRecord:
+    """Tear a cluster down through its backend, then delete the TLS material the store keeps for it."""
+    from coiled_core import credentials
+    from coiled_core.store import Store
+
+    final = backend.teardown(record)
+    credentials.delete(Store(), record.name)
+    return final
+
+
 def list_clusters(backend: str | None = None, backend_options: Mapping[str, Any] | None = None) -> list[ClusterRecord]:
     """Every cluster the backend knows of, live or recently stopped.
 
@@ -125,7 +135,7 @@ def delete_cluster(
     """
     loaded, options = _resolve(backend, backend_options)
     record = _describe_or_raise(loaded, options, name)
-    return loaded.teardown(record)
+    return teardown_cluster(loaded, record)
 
 
 def cluster_logs(
@@ -157,18 +167,27 @@ def cluster_logs(
 def gc(backend: str | None = None, backend_options: Mapping[str, Any] | None = None) -> list[str]:
     """Delete what dead clusters left behind on the backend; live clusters are never touched.
 
+    Besides the backend's own leftovers, this deletes the TLS material the store keeps for
+    clusters of this backend that have ended, when this user made them on this machine (see
+    :func:`coiled_core.credentials.sweep`).
+
     Parameters:
         backend, backend_options: as for :func:`list_clusters`.
 
     Returns:
         One line per thing deleted, for the user (empty if there was nothing to delete).
     """
+    from coiled_core import credentials
+    from coiled_core.store import Store
+
     loaded, options = _resolve(backend, backend_options)
-    return list(loaded.gc(options))
+    removed = list(loaded.gc(options))
+    return removed + credentials.sweep(Store(), loaded, options)
 
 
 __all__ = [
     "PluginEntry",
+    "teardown_cluster",
     "cluster_logs",
     "delete_cluster",
     "gc",

@@ -24,7 +24,7 @@ from tornado.ioloop import IOLoop, PeriodicCallback
 from coiled_core import config
 from coiled_core.errors import ClusterSpecError, CoiledError, ProvisionError
 from coiled_core.progress import StartProgress
-from coiled_core.security import ClusterTLS, delete_tls
+from coiled_core.security import ClusterTLS
 from coiled_core.states import ClusterState
 from coiled_core.store import Store
 
@@ -49,9 +49,9 @@ _live_clusters: weakref.WeakSet[Cluster] = weakref.WeakSet()
 
 def teardown_cluster(backend: Backend, record: ClusterRecord) -> ClusterRecord:
     """Tear a cluster down and delete what the core keeps for it (its TLS material)."""
-    final = backend.teardown(record)
-    delete_tls(Store(), record.name)
-    return final
+    from coiled_core.api import teardown_cluster as teardown
+
+    return teardown(backend, record)
 
 
 def _resolve_wait_for_workers(value: Any, n_workers: int) -> int:
@@ -193,6 +193,12 @@ class Cluster(DistributedCluster):
             get_software_info(spec.software)  # an unknown name fails here, with close matches
         self.backend: Backend = load_backend(spec.backend)
         self.backend_options = self.backend.validate_options(spec.backend_options)
+        if spec.security is False and getattr(self.backend_options, "TLS_REQUIRED", False):
+            raise ClusterSpecError(
+                f"security: False is refused by backend {spec.backend!r} with these backend_options: "
+                "the cluster would be reachable from other machines without TLS, so anyone there could "
+                "run code on it; leave security unset (TLS is then on) or bind to a loopback address"
+            )
         self.spec: ClusterSpec = spec.model_copy(update={"backend_options": self.backend_options.model_dump(mode="json")})
         self._wait_for_workers_count = _resolve_wait_for_workers(wait_for_workers, spec.n_workers)
         #: Keywords the caller gave explicitly (attaching warns if they differ from the cluster's).
@@ -333,7 +339,13 @@ class Cluster(DistributedCluster):
         self._provisioning = asyncio.ensure_future(
             asyncio.to_thread(self.backend.provision, self.spec, self.backend_options)
         )
-        return await asyncio.shield(self._provisioning)
+        record = await asyncio.shield(self._provisioning)
+        if self.spec.security:
+            # The nodes have theirs now: the store keeps only what a client needs.
+            from coiled_core import credentials
+
+            await asyncio.to_thread(credentials.keep_client_only, Store(), self.name)
+        return record
 
     def _prepare_tls(self) -> None:
         """Make and store this cluster's TLS material when TLS is on, before anything boots.
@@ -343,7 +355,8 @@ class Cluster(DistributedCluster):
         """
         enabled = self.spec.security
         if enabled is None:
-            enabled = getattr(self.backend.options_model(), "TLS_BY_DEFAULT", True)
+            # The options may decide (a property), e.g. on for a cluster reachable from other machines.
+            enabled = getattr(self.backend_options, "TLS_BY_DEFAULT", True)
         self.spec = self.spec.model_copy(update={"security": bool(enabled)})
         if not enabled:
             return
@@ -351,7 +364,9 @@ class Cluster(DistributedCluster):
             material = ClusterTLS.from_security(self._user_security)
         else:
             material = ClusterTLS.generate(self.name)
-        material.save(Store(), self.name)
+        from coiled_core import credentials
+
+        credentials.save_for_start(Store(), self.name, material, self.spec.backend, self.spec.backend_options)
         self.security = self._user_security or material.to_security("client")
 
     def _connection_args(self) -> dict[str, Any]:

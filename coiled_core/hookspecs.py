@@ -48,7 +48,12 @@ class BackendSpec:
 
         Returns:
             A pydantic ``BaseModel`` subclass whose fields all have defaults, so that
-            ``backend_options={}`` is valid.
+            ``backend_options={}`` is valid. Two optional attributes of the model (class
+            attributes, or properties when they depend on the options) tell the core about TLS:
+            ``TLS_BY_DEFAULT`` (default True) is used when the user leaves ``security`` unset,
+            and ``TLS_REQUIRED`` (default False) makes ``security=False`` a ``ClusterSpecError``
+            before anything is created; set it when the cluster would be reachable from other
+            machines, where a Dask scheduler without TLS runs code for anyone.
 
         Example::
 

@@ -337,6 +337,11 @@ class ClusterTLS:
         ``{**tls.to_node_config("scheduler"), **tls.to_node_config("worker")}``.
         """
         cert, key = self.cert_and_key(role)
+        if not cert or not key:
+            raise ValueError(
+                f"no {role} certificate and key: once a cluster has started, the store keeps only "
+                "the client's (its nodes hold their own)"
+            )
         return {"ca_cert": self.ca_cert.decode(), f"{role}_cert": cert.decode(), f"{role}_key": key.decode()}
 
     # -- persistence --------------------------------------------------------------------------
@@ -360,15 +365,19 @@ class ClusterTLS:
         files = self._files()
         ca_cert = files.pop(_CA_CERT)
         for name, data in files.items():
-            store.write(f"{prefix}/{name}", data, private=True)
+            if data:  # a user's own Security brings no CA key
+                store.write(f"{prefix}/{name}", data, private=True)
         store.write(f"{prefix}/{_CA_CERT}", ca_cert, private=True)
 
     @classmethod
     def load(cls, store: Store, cluster_name: str) -> ClusterTLS | None:
         """The TLS material saved for ``cluster_name``, or None if there is none.
 
-        Raises ``ValueError`` if some of it is missing: a partial set cannot be used and must not
-        be silently replaced by a new CA, which would lock out the running cluster.
+        Once a cluster is running the store keeps only what a client needs (the CA certificate
+        and the client's certificate and key, see :mod:`coiled_core.credentials`); the other
+        fields are then empty and :meth:`to_node_config` refuses the node roles. Raises
+        ``ValueError`` if the client's part is incomplete: a partial set cannot be used and must
+        not be silently replaced by a new CA, which would lock out the running cluster.
         """
         prefix = _tls_prefix(cluster_name)
         ca_cert = store.read(f"{prefix}/{_CA_CERT}")
@@ -382,15 +391,22 @@ class ClusterTLS:
         missing = []
         for field, name in names.items():
             data = store.read(f"{prefix}/{name}")
-            if data is None:
+            if data is None and field.startswith("client_"):
                 missing.append(name)
-            else:
-                values[field] = data
+            values[field] = data or b""
         if missing:
             raise ValueError(
                 f"TLS material of cluster {cluster_name!r} in the store is incomplete: missing {missing}"
             )
         return cls(**values)
+
+
+def tls_files(roles: Iterable[str] = ROLES) -> list[str]:
+    """File names under ``clusters/<name>/tls/`` of the CA and of the certificates of ``roles``."""
+    names = [_CA_CERT, _CA_KEY]
+    for role in roles:
+        names += [f"{role}.pem", f"{role}-key.pem"]
+    return names
 
 
 def delete_tls(store: Store, cluster_name: str) -> None:

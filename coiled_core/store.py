@@ -88,7 +88,7 @@ class Store:
         return self._path(key) if self._is_local else None
 
 
-def _make_private_dirs(directory: str) -> None:
+def make_private_dirs(directory: str) -> None:
     """Create ``directory`` and its missing parents, each enterable by this user only."""
     missing = []
     while not os.path.isdir(directory):
@@ -107,7 +107,7 @@ def _make_private_dirs(directory: str) -> None:
 def _write_local_file(path: str, data: bytes, private: bool) -> None:
     """Write a file of the local store through a unique temporary name, synced, then renamed."""
     directory = os.path.dirname(path)
-    _make_private_dirs(directory)
+    make_private_dirs(directory)
     if private:
         # The directory holding a key is this user's alone, whatever made it before.
         os.chmod(directory, 0o700)

@@ -24,8 +24,10 @@ import asyncio
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
+import threading
 import time
 from typing import Any
 
@@ -64,6 +66,7 @@ class NodeAgent:
         self.last_heartbeat = float("-inf")
         self.security = {role: self._security(role) for role in ("scheduler", "worker")}
         self.last_client_seen = time.monotonic()
+        self._reported_pids: dict[str, int | None] = {}
 
     def _security(self, role: str):
         tls = self.config.get("tls")
@@ -98,10 +101,28 @@ class NodeAgent:
             "updated_at": time.time(),
         }
         path = os.path.join(self.state_dir, STATE_FILE)
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(data, f)
-        os.replace(tmp, path)
+        # Unique per call (the event loop and a thread may both report), readable by this user
+        # only: the report holds the cluster's spec and its environ.
+        tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump(data, f)
+            os.replace(tmp, path)
+        except OSError:
+            # A full disk must not stop the node from shutting down: reporting is best effort.
+            logger.warning("could not write %s", path, exc_info=True)
+        self._reported_pids = self._worker_pids()
+
+    def _worker_pids(self) -> dict[str, int | None]:
+        return {name: _worker_pid(w) for name, w in self.workers.items()}
+
+    async def report_worker_restarts(self, interval: float = 1.0) -> None:
+        """Report again when a nanny has restarted a worker: its pid changed."""
+        while True:
+            await asyncio.sleep(interval)
+            if self._worker_pids() != self._reported_pids:
+                self.write_state()
 
     # -- scheduler -------------------------------------------------------------------------
     async def start_scheduler(self) -> None:
@@ -124,7 +145,10 @@ class NodeAgent:
         dashboard_later = can_add_dashboard_later(cls, options)
         if dashboard_later:
             options["dashboard"] = False  # its HTTP server still starts, on dashboard_address
-        self.scheduler = await cls(**options)
+        security = self.security["scheduler"]
+        with dashboard_tls(security, self.state_dir):
+            scheduler = cls(**options)  # the HTTP server (and its TLS context) is made here
+        self.scheduler = await scheduler
         if dashboard_later:
             dashboard = DeferredDashboard(self.scheduler, options.get("http_prefix", "/"))
             self.dashboard_added = asyncio.ensure_future(dashboard.add())
@@ -132,7 +156,8 @@ class NodeAgent:
         dashboard = getattr(self.scheduler, "services", {}).get("dashboard")
         port = getattr(dashboard, "port", None) or getattr(getattr(self.scheduler, "http_server", None), "port", None)
         if port:
-            self.dashboard_url = f"http://{self.host}:{port}/status"
+            scheme = "https" if security is not None else "http"
+            self.dashboard_url = f"{scheme}://{self.host}:{port}/status"
         handlers = getattr(self.scheduler, "handlers", None)
         if handlers is not None:
             handlers[HEARTBEAT_HANDLER] = self.handle_heartbeat
@@ -300,6 +325,8 @@ class NodeAgent:
         uploader = LogUploader(self.config["log_upload"]) if self.config.get("log_upload") else None
         if uploader is not None:
             background.append(asyncio.ensure_future(uploader.run()))
+        if self.config.get("log_file") and self.config.get("log_max_bytes"):
+            background.append(asyncio.ensure_future(self.rotate_log_periodically()))
         try:
             self.write_state()
             if self.config.get("scheduler"):
@@ -318,6 +345,7 @@ class NodeAgent:
                 await self.unless_stopped(self.start_workers(len(names) if names else workers["count"], names))
             self.state = "running"
             self.write_state()
+            background.append(asyncio.ensure_future(self.report_worker_restarts()))
             if uploader is not None:
                 await asyncio.to_thread(uploader.upload)  # the start-up log, at once
             await self.wait_until_done()
@@ -332,12 +360,33 @@ class NodeAgent:
             if self.state != "error":
                 self.state = "stopping"
             self.write_state()
-            await self.shutdown()
+            try:
+                await self.shutdown()
+            except BaseException:
+                logger.exception("closing the scheduler and workers failed")
+            self.remove_on_end()
             if self.state != "error":
                 self.state = "stopped"
             self.write_state()
             if uploader is not None:
                 uploader.upload()
+
+    def remove_on_end(self) -> None:
+        """Delete what the launcher asked to go with the node (e.g. the store's copy of the
+        cluster's credentials), while the node still counts as live: a new cluster of the same
+        name cannot have been created in the meantime."""
+        for path in self.config.get("remove_on_end") or []:
+            try:
+                shutil.rmtree(path)
+            except FileNotFoundError:
+                pass
+            except OSError:
+                logger.warning("could not delete %s", path, exc_info=True)
+
+    async def rotate_log_periodically(self, interval: float = 5.0) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            await asyncio.to_thread(rotate_log, self.config["log_file"], self.config["log_max_bytes"])
 
     async def unless_stopped(self, coroutine) -> None:
         """Run ``coroutine`` unless the node is told to stop first (workers may wait for ever
@@ -427,6 +476,67 @@ class LogUploader:
             await asyncio.sleep(self.settings.get("interval", 10))
 
 
+def rotate_log(path: str, max_bytes: int) -> bool:
+    """Past ``max_bytes``, copy the log to ``<path>.1`` (replacing an older one) and empty it.
+
+    Copy-and-truncate, because every process of the node writes to this file through a
+    descriptor it inherited (opened for appending, so writes go on at the new end). Returns
+    whether the log was rotated.
+    """
+    try:
+        if os.path.getsize(path) <= max_bytes:
+            return False
+        rotated = f"{path}.1"
+        tmp = f"{rotated}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as target, open(path, "rb") as source:
+            shutil.copyfileobj(source, target)
+        os.replace(tmp, rotated)
+        os.truncate(path, 0)
+        return True
+    except OSError:
+        logger.warning("could not rotate %s", path, exc_info=True)
+        return False
+
+
+class dashboard_tls:
+    """While the scheduler is made, let its dashboard serve HTTPS with the scheduler's own
+    certificate (when the cluster uses TLS).
+
+    distributed reads the dashboard's certificate from files named in dask config; they live in
+    a private temporary directory only until the scheduler's HTTP server has loaded them.
+    """
+
+    def __init__(self, security: Any, state_dir: str | None):
+        self.security, self.state_dir = security, state_dir
+        self.directory: str | None = None
+        self.config: Any = None
+
+    def __enter__(self) -> None:
+        if self.security is None:
+            return
+        import tempfile
+
+        import dask.config
+
+        self.directory = tempfile.mkdtemp(prefix=".dashboard-tls-", dir=self.state_dir)  # mode 0700
+        paths = {}
+        for name, pem in (("cert", self.security.tls_scheduler_cert), ("key", self.security.tls_scheduler_key)):
+            paths[name] = os.path.join(self.directory, f"{name}.pem")
+            fd = os.open(paths[name], os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(pem)
+        self.config = dask.config.set(
+            {"distributed.scheduler.dashboard.tls.cert": paths["cert"], "distributed.scheduler.dashboard.tls.key": paths["key"]}
+        )
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.config is not None:
+            self.config.__exit__(None, None, None)
+        if self.directory is not None:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+
 def _worker_pid(worker: Any) -> int | None:
     process = getattr(worker, "process", None)  # a Nanny's WorkerProcess
     if process is not None:
@@ -488,6 +598,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     with open(argv[0]) as f:
         config = json.load(f)
+    if config.get("tls_file"):
+        # The node's keys, handed over in a file of their own: read once, then deleted, so that
+        # they are not left on disk after the node has ended.
+        with open(config["tls_file"]) as f:
+            config["tls"] = json.load(f)
+        os.unlink(config["tls_file"])
     # Environment first, so that DASK_* variables in `environ` reach dask's config.
     os.environ.update(config.get("environ") or {})
     lifecycle = config.get("lifecycle") or {}

@@ -45,6 +45,29 @@ def wait_until(condition, timeout: float = 60.0, interval: float = 0.1, message:
         time.sleep(interval)
 
 
+def dashboard_ssl_context(cluster) -> Any:
+    """An SSL context that trusts ``cluster``'s own CA, for its HTTPS dashboard (None without TLS).
+
+    The certificate names the node's addresses as the backend knew them, not necessarily the one
+    the client reaches it at, so the chain is verified but not the host name.
+    """
+    if cluster.security is None:
+        return None
+    import ssl
+
+    ca = cluster.security.tls_ca_file
+    context = ssl.create_default_context(cadata=ca) if "-----BEGIN" in ca else ssl.create_default_context(cafile=ca)
+    context.check_hostname = False
+    return context
+
+
+def stored_credentials(name: str) -> list[str]:
+    """The files the store keeps for cluster ``name``'s TLS material."""
+    from coiled_core.store import Store
+
+    return list(Store().list(f"clusters/{name}/tls"))
+
+
 class BackendContract:
     """Contract tests every backend must pass. Subclass and fill in the class attributes."""
 
@@ -96,7 +119,9 @@ class BackendContract:
         wait_until(gone, timeout, interval=0.25, message=f"cluster {name!r} to end by itself")
         # What a cluster that ended itself may leave costs nothing (a cloud security group or
         # role, a local state directory); `coiled cluster gc` removes it.
-        backend.gc(options)
+        from coiled_core.api import gc
+
+        gc(self.backend, self.backend_options)
         return last[0]
 
     def run_python(self, code: str, *args: str, env: dict[str, str] | None = None, **popen: Any) -> subprocess.Popen:
@@ -176,9 +201,14 @@ class BackendContract:
     def test_dashboard_answers(self, cluster):
         link = cluster.dashboard_link
         assert link.startswith("http")
-        with urllib.request.urlopen(link, timeout=30) as response:
+        with urllib.request.urlopen(link, timeout=30, context=dashboard_ssl_context(cluster)) as response:
             assert response.status == 200
             assert b"Dask" in response.read()
+        if cluster.security is not None:
+            # With TLS on, the dashboard speaks HTTPS only.
+            assert link.startswith("https://")
+            with pytest.raises(OSError):
+                urllib.request.urlopen(link.replace("https://", "http://", 1), timeout=30).read()
 
     def test_logs(self, cluster):
         logs = cluster.backend.logs(cluster.record, None)
@@ -316,6 +346,16 @@ class BackendContract:
         cluster.close()
         self.wait_until_gone(record.name, 60)
         self.assert_nothing_left(record)
+
+    def test_credentials_end_with_the_cluster(self):
+        """While it runs, the store keeps only the client's credentials; none once it has ended."""
+        cluster = self.make_cluster(security=True, cluster_timeout="5s", shutdown_on_close=False, wait_for_workers=0)
+        record = cluster.record
+        assert sorted(stored_credentials(record.name)) == ["ca.pem", "client-key.pem", "client.pem"]
+        cluster.close()
+        self.wait_until_gone(record.name, 60)
+        self.assert_nothing_left(record)
+        assert stored_credentials(record.name) == []
 
     def test_workers_of_a_frozen_scheduler_end(self):
         with dask.config.set({"coiled.watchdog-timeout": "2s"}):

@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 import psutil
 from dask.utils import format_bytes
 
-from coiled_core import hookimpl
+from coiled_core import credentials, hookimpl
 from coiled_core.errors import ProvisionError
 from coiled_core.node.agent import START_WORKERS_HANDLER, STOP_WORKERS_HANDLER
 from coiled_core.node.config import lifecycle_settings
@@ -62,15 +62,24 @@ def _tls(name: str) -> ClusterTLS:
     return material
 
 
+def _node_tls(spec: ClusterSpec) -> dict[str, str] | None:
+    """The scheduler's and workers' TLS material, which the agent reads once and deletes."""
+    if not spec.security:
+        return None
+    material = _tls(spec.name)
+    return {**material.to_node_config("scheduler"), **material.to_node_config("worker")}
+
+
 def _node_config(spec: ClusterSpec, options: LocalOptions, directory, gpus: list[str]) -> dict:
     scheduler_options = dict(spec.scheduler_options)
-    tls = None
+    # When the cluster ends by itself, its agent deletes the credentials the store keeps for it.
+    remove_on_end = []
     if spec.security:
-        # Read from the store by the node agent's own config file, which only this user can read.
-        material = _tls(spec.name)
-        tls = {**material.to_node_config("scheduler"), **material.to_node_config("worker")}
+        store_directory = credentials.local_directory(Store(), spec.name)
+        if store_directory:
+            remove_on_end.append(store_directory)
     return {
-        "tls": tls,
+        "remove_on_end": remove_on_end,
         "cluster_name": spec.name,
         "state_dir": str(directory),
         "host": options.host,
@@ -111,7 +120,11 @@ def provision(spec: ClusterSpec, options: LocalOptions) -> ClusterRecord:
         )
     directory = processes.cluster_dir(options, spec.name)
     node_config = _node_config(spec, options, directory, gpus)
-    process = processes.launch_agent(directory, node_config, {**spec.environ, **extra_environ}, python=str(python))
+    tls = _node_tls(spec)
+    processes.prepare_directory(directory, spec.name)
+    process = processes.launch_agent(
+        directory, node_config, {**spec.environ, **extra_environ}, python=str(python), tls=tls
+    )
     try:
         processes.wait_for_scheduler(directory, process, time.monotonic() + spec.timeout)
     except BaseException:
@@ -175,8 +188,6 @@ def teardown(record: ClusterRecord) -> ClusterRecord:
     directory = processes.cluster_dir(_options(record), record.name)
     current = processes.record_from_directory(record.name, directory) or record
     processes.stop_agent(directory, current.backend_ids.get("pid"))
-    for stray in processes.stray_processes(directory):
-        stray.kill()
     processes.release_claim(_options(record), record.name)
     final = processes.record_from_directory(record.name, directory) or current
     return final.model_copy(update={"state": ClusterState.stopped})
@@ -204,12 +215,14 @@ def gc(options: LocalOptions) -> list[str]:
     if not root.is_dir():
         return removed
     for directory in sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")):
+        if not processes.is_marked(directory):
+            continue  # not made by this backend: never touched
         record = processes.record_from_directory(directory.name, directory)
         if record is not None and record.state.is_live:
             continue
         if record is None and processes.claim_dir(options, directory.name).is_dir():
             continue  # being created right now: its agent has not reported yet
-        for stray in processes.stray_processes(directory):
+        for stray in processes.cluster_processes(directory):
             stray.kill()
             removed.append(f"killed process {stray.pid} left by cluster {directory.name!r}")
         shutil.rmtree(directory, ignore_errors=True)

@@ -4,12 +4,26 @@ Each cluster has a directory ``<root>/<name>/`` holding ``node.json`` (the node 
 ``agent.json`` (what the agent reports) and ``agent.log`` (everything its processes print). The
 process table is the source of truth for liveness: a cluster is live only while its agent process
 exists and is the agent of that directory.
+
+What is ours, exactly. The backend only ever deletes or kills what it can prove it made:
+
+- A cluster directory is the backend's only if it holds the marker file ``.coiled-cluster``,
+  written when the directory was created. gc deletes marked directories only, and creating a
+  cluster over an existing unmarked directory is refused (a user's ``directory`` option may
+  point anywhere).
+- A cluster's processes are those whose environment carries the cluster's launch token
+  (``COILED_LOCAL_LAUNCH``, a random value recorded in ``launch.json``): the agent and everything
+  it forks or starts inherit it, and nothing else has it. Command lines and working directories
+  are never used to pick processes to kill.
+- The directory, its files and the logs are readable by this user only: they hold the cluster's
+  ``environ`` and, briefly, its TLS keys (``tls.json``, which the agent deletes once read).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -24,11 +38,21 @@ from coiled_core import config
 from coiled_core.errors import ProvisionError
 from coiled_core.node.agent import STATE_FILE
 from coiled_core.records import ClusterRecord, ClusterState, WorkerRecord
+from coiled_core.store import make_private_dirs
 
 from coiled_local.options import LocalOptions
 
 CONFIG_FILE = "node.json"
 LOG_FILE = "agent.log"
+#: Written when the backend creates a cluster directory: only marked directories are deleted.
+MARKER_FILE = ".coiled-cluster"
+#: The launch token the cluster's processes carry in their environment.
+LAUNCH_FILE = "launch.json"
+#: The node's TLS material, for the agent to read and delete at start.
+TLS_FILE = "tls.json"
+LAUNCH_VARIABLE = "COILED_LOCAL_LAUNCH"
+#: The agent log is rotated (copied to agent.log.1, then emptied) past this size.
+LOG_MAX_BYTES = 50 * 2**20
 
 
 def state_root(options: LocalOptions) -> Path:
@@ -53,18 +77,27 @@ def read_json(path: Path) -> dict[str, Any] | None:
 
 
 def agent_process(directory: Path, pid: int | None) -> psutil.Process | None:
-    """The live agent process of ``directory``, or None (also guards against a reused pid)."""
+    """The live agent process of ``directory``, or None.
+
+    It must be ``python -m coiled_core.node <directory>/node.json`` (that exact path as its
+    last argument) and carry the cluster's launch token, so a reused pid, or a ``tail -f`` of a
+    file in the directory, is never taken for it.
+    """
     if not pid:
         return None
     try:
         proc = psutil.Process(pid)
         if proc.status() == psutil.STATUS_ZOMBIE:
             return None
-        if str(directory / CONFIG_FILE) in proc.cmdline():
-            return proc
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        pass
-    return None
+        cmdline = proc.cmdline()
+        if cmdline[-3:] != ["-m", "coiled_core.node", str(directory / CONFIG_FILE)]:
+            return None
+        token = (read_json(directory / LAUNCH_FILE) or {}).get("token")
+        if token and proc.environ().get(LAUNCH_VARIABLE) != token:
+            return None
+        return proc
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return None
 
 
 def log_tail(directory: Path, lines: int = 20) -> str:
@@ -89,29 +122,75 @@ def detect_gpus() -> list[str]:
     return [str(i) for i, line in enumerate(out.splitlines()) if line.startswith("GPU ")]
 
 
-def launch_agent(
-    directory: Path, node_config: dict[str, Any], environ: dict[str, str], python: str = sys.executable
-) -> subprocess.Popen:
-    """Start a detached node agent: its own session, so it outlives the creating process."""
-    if directory.exists():
-        shutil.rmtree(directory)
-    directory.mkdir(parents=True)
-    config_path = directory / CONFIG_FILE
-    # May hold private keys: readable by this user only, from its creation on.
-    fd = os.open(config_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+def is_marked(directory: Path) -> bool:
+    """Whether ``directory`` is a cluster directory this backend created."""
+    return (directory / MARKER_FILE).is_file() and not (directory / MARKER_FILE).is_symlink()
+
+
+def _write_private(path: Path, data: str) -> None:
+    """Create ``path`` readable by this user only from its first byte; it must not exist."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
-        json.dump(node_config, f, indent=1)
-    with open(directory / LOG_FILE, "ab") as log:
-        return subprocess.Popen(
+        f.write(data)
+
+
+def prepare_directory(directory: Path, name: str) -> None:
+    """A fresh, marked, owner-only directory for cluster ``name``.
+
+    A directory left by an earlier cluster of this name (marked) is replaced; anything else at
+    that path is refused, since it is not the backend's to delete.
+    """
+    if directory.is_symlink() or (directory.exists() and not is_marked(directory)):
+        raise ProvisionError(
+            f"{directory} exists and was not made by the local backend (it has no {MARKER_FILE} "
+            "file), so it is left untouched; choose another cluster name or backend_options "
+            "'directory', or move that directory away"
+        )
+    if directory.exists():
+        for process in cluster_processes(directory):  # the earlier cluster's, should any be left
+            _kill(process)
+        shutil.rmtree(directory)
+    make_private_dirs(str(directory.parent))
+    directory.mkdir(mode=0o700)
+    _write_private(directory / MARKER_FILE, json.dumps({"cluster": name, "created_at": time.time()}))
+
+
+def launch_agent(
+    directory: Path,
+    node_config: dict[str, Any],
+    environ: dict[str, str],
+    python: str = sys.executable,
+    tls: dict[str, str] | None = None,
+) -> subprocess.Popen:
+    """Start a detached node agent: its own session, so it outlives the creating process.
+
+    ``directory`` must have been made by :func:`prepare_directory`. ``tls`` (PEM strings) goes to
+    a file of its own that the agent deletes once it has read it.
+    """
+    config_path = directory / CONFIG_FILE
+    if tls:
+        _write_private(directory / TLS_FILE, json.dumps(tls))
+        node_config = {**node_config, "tls_file": str(directory / TLS_FILE)}
+    node_config = {**node_config, "log_file": str(directory / LOG_FILE), "log_max_bytes": LOG_MAX_BYTES}
+    _write_private(config_path, json.dumps(node_config, indent=1))
+    # Recorded before the agent exists, so its processes can always be found.
+    token = secrets.token_hex(16)
+    _write_private(directory / LAUNCH_FILE, json.dumps({"token": token}))
+    log_fd = os.open(directory / LOG_FILE, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        process = subprocess.Popen(
             [python, "-m", "coiled_core.node", str(config_path)],
             stdin=subprocess.DEVNULL,
-            stdout=log,
+            stdout=log_fd,
             stderr=subprocess.STDOUT,
-            env={**os.environ, **environ},
+            env={**os.environ, **environ, LAUNCH_VARIABLE: token},
             cwd=directory,
             start_new_session=True,
             close_fds=True,
         )
+    finally:
+        os.close(log_fd)
+    return process
 
 
 def wait_for_scheduler(directory: Path, process: subprocess.Popen, deadline: float) -> dict[str, Any]:
@@ -149,33 +228,56 @@ def _wait_until_exited(proc: psutil.Process, timeout: float) -> bool:
         time.sleep(0.05)
 
 
-def stop_agent(directory: Path, pid: int | None, grace: float = 20.0) -> None:
-    """Stop an agent gracefully (SIGTERM), then kill its whole session if it lingers."""
-    proc = agent_process(directory, pid)
-    if proc is None:
-        return
+def _kill(process: psutil.Process) -> None:
     try:
-        children = proc.children(recursive=True)
-        proc.send_signal(signal.SIGTERM)
+        process.kill()
     except psutil.NoSuchProcess:
-        return
-    alive = [] if _wait_until_exited(proc, grace) else [proc]
-    # The agent's session holds every process it forked; none may outlive it.
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
         pass
-    for p in [*alive, *children]:
+
+
+def cluster_processes(directory: Path) -> list[psutil.Process]:
+    """Every live process of the cluster in ``directory``: those carrying its launch token.
+
+    The token is in the environment the agent was started with, which every process it forks
+    or starts inherits; no other process has it, whatever its command line or working directory.
+    """
+    launch = read_json(directory / LAUNCH_FILE) or {}
+    token = launch.get("token")
+    if not token:
+        return []
+    found = []
+    me = os.getuid()
+    for proc in psutil.process_iter(["uids", "status"]):
         try:
-            p.kill()
+            if proc.info["status"] == psutil.STATUS_ZOMBIE or proc.info["uids"].real != me or proc.pid == os.getpid():
+                continue
+            if proc.environ().get(LAUNCH_VARIABLE) == token:
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def stop_agent(directory: Path, pid: int | None, grace: float = 20.0) -> None:
+    """Stop an agent gracefully (SIGTERM), then kill whatever of its cluster lingers."""
+    proc = agent_process(directory, pid)
+    if proc is not None:
+        try:
+            proc.send_signal(signal.SIGTERM)
         except psutil.NoSuchProcess:
             pass
-    for p in [proc, *children]:
+        _wait_until_exited(proc, grace)
+    # Its workers, or processes their tasks started, must not outlive it.
+    leftovers = cluster_processes(directory)
+    for p in leftovers:
+        _kill(p)
+    for p in [*([proc] if proc is not None else []), *leftovers]:
         _wait_until_exited(p, 5)
-    try:
-        os.waitpid(pid, os.WNOHANG)  # reap it if this process started it
-    except ChildProcessError:
-        pass
+    if pid:
+        try:
+            os.waitpid(pid, os.WNOHANG)  # reap it if this process started it
+        except ChildProcessError:
+            pass
 
 
 def record_from_directory(name: str, directory: Path) -> ClusterRecord | None:
@@ -256,7 +358,7 @@ def release_claim(options: LocalOptions, name: str) -> None:
 def claim(options: LocalOptions, name: str) -> bool:
     """Atomically claim ``name``; take over a stale claim. True if this process won it."""
     claims = state_root(options) / CLAIMS_DIR
-    claims.mkdir(parents=True, exist_ok=True)
+    make_private_dirs(str(claims))
     for _ in range(5):
         try:
             os.mkdir(claims / name)
@@ -266,7 +368,7 @@ def claim(options: LocalOptions, name: str) -> bool:
             release_claim(options, name)
             continue
         me = psutil.Process()
-        (claims / name / "owner.json").write_text(json.dumps({"pid": me.pid, "create_time": me.create_time()}))
+        _write_private(claims / name / "owner.json", json.dumps({"pid": me.pid, "create_time": me.create_time()}))
         return True
     return False
 
@@ -275,15 +377,3 @@ def mark_claim_provisioned(options: LocalOptions, name: str) -> None:
     directory = claim_dir(options, name)
     if directory.is_dir():
         (directory / "provisioned").touch()
-
-
-def stray_processes(directory: Path) -> list[psutil.Process]:
-    """Processes still referring to a cluster directory (e.g. workers whose agent died)."""
-    found = []
-    for proc in psutil.process_iter(["cmdline", "cwd", "status"]):
-        if proc.info["status"] == psutil.STATUS_ZOMBIE:
-            continue
-        cmdline = proc.info["cmdline"] or []
-        if any(str(directory) in arg for arg in cmdline) or proc.info["cwd"] == str(directory):
-            found.append(proc)
-    return found
