@@ -106,14 +106,21 @@ import base64
 import gzip
 import logging
 import os
+import hashlib
+import hmac
+import io
+import json
+import re
+import secrets
 import signal
+import string
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 import uuid
+from datetime import datetime, timezone
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,8 +144,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-ACCESS_KEY = "testing"
-SECRET_KEY = "testing"
 #: Environment variable marking every process the runner started: "<pid>:<create time>:<token>".
 RUNNER_ENV = "COILED_OFFLINE_RUNNER"
 #: Tag set on an instance the runner refused to boot, with the reason.
@@ -169,6 +174,26 @@ echo "offline EC2: $(basename "$0") $*: powering off instance $COILED_INSTANCE_I
 : > "$COILED_INSTANCE_DIR/poweroff"
 kill -TERM 0
 """
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """The access key of one simulated account, made afresh for each run of a simulator.
+
+    The simulator answers only requests signed (AWS Signature V4) with the secret of a key it
+    made, and acts as that key's account; see :class:`OfflineEC2`.
+    """
+
+    account_id: str
+    access_key_id: str
+    secret_access_key: str = field(repr=False)
+
+    @classmethod
+    def generate(cls) -> Credentials:
+        """A new random account id (12 digits) and access key, from :mod:`secrets`."""
+        account_id = str(10**11 + secrets.randbelow(9 * 10**11))
+        key_id = "AKIA" + "".join(secrets.choice(string.ascii_uppercase + string.digits) for _ in range(16))
+        return cls(account_id, key_id, secrets.token_urlsafe(30))
 
 
 def default_max_instances() -> int:
@@ -289,6 +314,11 @@ class OfflineEC2:
         self.reset = reset
         #: Clear messages, one per refused or failed instance ("<instance-id>: <why>").
         self.errors: list[str] = []
+        #: S3 bucket requests that did not say which account must own the bucket
+        #: (``ExpectedBucketOwner``), as "METHOD /path (account ...)"; CreateBucket is not listed.
+        self.s3_requests_without_expected_owner: list[str] = []
+        self._credentials: Credentials | None = None
+        self._keys: dict[str, Credentials] = {}  # every account's key, by access key id
 
         self.workdir: Path | None = None
         self.env_cache: Path | None = None
@@ -313,12 +343,32 @@ class OfflineEC2:
             raise RuntimeError("OfflineEC2 is not started")
         return self._endpoint_url
 
+    @property
+    def credentials(self) -> Credentials:
+        """This run's own account and key (after :meth:`start`): the only account whose
+        instances boot. A new run makes new ones."""
+        if self._credentials is None:
+            raise RuntimeError("OfflineEC2 is not started")
+        return self._credentials
+
+    def add_account(self) -> Credentials:
+        """Another simulated account, with a key of its own, for this run (after :meth:`start`).
+
+        Requests signed with it act in that account: its buckets, its instances. Its instances
+        never boot. Tests use one to own a bucket that the simulator's account must not trust.
+        """
+        credentials = Credentials.generate()
+        with self._lock:
+            self._keys[credentials.access_key_id] = credentials
+        return credentials
+
     def environ(self) -> dict[str, str]:
-        """Environment variables that point a client (boto3, coiled, a child process) here."""
+        """Environment variables that point a client (boto3, coiled, a child process) here,
+        with this run's credentials (:attr:`credentials`)."""
         return {
             "AWS_ENDPOINT_URL": self.endpoint_url,
-            "AWS_ACCESS_KEY_ID": ACCESS_KEY,
-            "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+            "AWS_ACCESS_KEY_ID": self.credentials.access_key_id,
+            "AWS_SECRET_ACCESS_KEY": self.credentials.secret_access_key,
             "AWS_DEFAULT_REGION": self.regions[0],
             "DASK_COILED__LOOPBACK_ADDRESSES": "true",
         }
@@ -329,8 +379,9 @@ class OfflineEC2:
         with self._lock:
             return dict(self._instances)
 
-    def client(self, service: str = "ec2", region: str | None = None) -> Any:
-        """A boto3 client for this endpoint, with the test credentials."""
+    def client(self, service: str = "ec2", region: str | None = None, credentials: Credentials | None = None) -> Any:
+        """A boto3 client for this endpoint, with this run's credentials (or ``credentials``,
+        say another account's from :meth:`add_account`)."""
         import boto3
         import botocore.session
 
@@ -338,8 +389,8 @@ class OfflineEC2:
         botocore_session = botocore.session.Session(session_vars={"profile": (None, None, None, None)})
         return boto3.session.Session(
             botocore_session=botocore_session,
-            aws_access_key_id=ACCESS_KEY,
-            aws_secret_access_key=SECRET_KEY,
+            aws_access_key_id=(credentials or self.credentials).access_key_id,
+            aws_secret_access_key=(credentials or self.credentials).secret_access_key,
             region_name=region or self.regions[0],
         ).client(service, endpoint_url=self.endpoint_url)
 
@@ -389,15 +440,21 @@ class OfflineEC2:
             shim.chmod(0o755)
         me = psutil.Process()
         self._marker = f"{me.pid}:{me.create_time():.3f}:{uuid.uuid4().hex}"
+        if "MOTO_ACCOUNT_ID" in os.environ:
+            # moto would put every request in that account, whoever signed it.
+            raise RuntimeError("unset MOTO_ACCOUNT_ID: the offline simulator keeps its accounts apart")
+        self._credentials = Credentials.generate()
+        with self._lock:
+            self._keys = {self._credentials.access_key_id: self._credentials}
+        if self.reset:
+            # In this process: the gate refuses /moto-api to every caller.
+            from moto.moto_api._internal.models import moto_api_backend
 
-        self._server = _quiet_moto_server()
+            moto_api_backend.reset()
+        self._server = _quiet_moto_server(lambda app: _Gate(app, self._keys, self.s3_requests_without_expected_owner))
         self._server.start()
         host, port = self._server.get_host_and_port()
         self._endpoint_url = f"http://{host}:{port}"
-        if self.reset:
-            request = urllib.request.Request(f"{self._endpoint_url}/moto-api/reset", method="POST")
-            with urllib.request.urlopen(request, timeout=30) as reply:
-                reply.read()
         atexit.register(self.stop)
         if self.run_scripts:
             self._thread = threading.Thread(target=self._run, name="offline-ec2-runner", daemon=True)
@@ -468,6 +525,8 @@ class OfflineEC2:
             try:
                 for page in ec2.get_paginator("describe_instances").paginate():
                     for reservation in page.get("Reservations", []):
+                        if reservation.get("OwnerId") != self.credentials.account_id:
+                            continue  # only this run's own account boots
                         for inst in reservation.get("Instances", []):
                             listed[inst["InstanceId"]] = {**inst, "_region": region}
             except Exception as e:
@@ -733,9 +792,176 @@ class OfflineEC2:
         logger.info("offline EC2: processes of %s killed (%s)", iid, why)
 
 
-def _quiet_moto_server() -> Any:
+# ------------------------------------------------------------------------- authentication
+
+#: How far a request's X-Amz-Date may be from now, as AWS allows.
+_CLOCK_SKEW_SECONDS = 15 * 60
+_AUTHORIZATION = re.compile(
+    r"AWS4-HMAC-SHA256 Credential=(?P<key>[^/,\s]+)/(?P<date>\d{8})/(?P<region>[^/,\s]+)/(?P<service>[^/,\s]+)"
+    r"/aws4_request,\s*SignedHeaders=(?P<signed>[a-z0-9;_.-]+),\s*Signature=(?P<signature>[0-9a-f]{64})"
+)
+
+
+class _Refused(Exception):
+    """A request the gate answers itself, with an AWS-style error."""
+
+    def __init__(self, code: str, message: str, status: str = "403 Forbidden"):
+        super().__init__(message)
+        self.code, self.message, self.status = code, message, status
+
+
+class _Gate:
+    """WSGI middleware in front of moto: only requests signed by a key the simulator made pass.
+
+    moto checks no signature (unless its IAM auth is on, which ``/moto-api`` turns off for
+    anyone), and picks the account from a header any caller can set. The gate verifies each
+    request's Signature V4 against the keys in ``keys`` (access key id -> :class:`Credentials`),
+    then tells moto the key's account (``x-moto-account-id``, replacing the caller's). Unsigned
+    requests, ``/moto-api`` included, are refused.
+
+    It also plays S3's ``ExpectedBucketOwner`` check, which moto ignores: a request carrying
+    ``x-amz-expected-bucket-owner`` for a bucket another account owns is refused with
+    ``AccessDenied``, as S3 does. Bucket requests that do not carry it are noted in
+    ``unchecked`` (CreateBucket cannot carry it).
+    """
+
+    def __init__(self, app: Any, keys: Mapping[str, Credentials], unchecked: list[str]):
+        self.app, self.keys, self.unchecked = app, keys, unchecked
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        body = _read_body(environ)
+        scope = re.search(r"Credential=[^/,\s]*/\d{8}/[^/,\s]+/([^/,\s]+)/", environ.get("HTTP_AUTHORIZATION", ""))
+        service = scope.group(1) if scope else ""  # for the shape of an error reply only
+        try:
+            credentials = self._authenticate(environ, body)
+            environ["HTTP_X_MOTO_ACCOUNT_ID"] = credentials.account_id
+            if service == "s3":
+                self._check_bucket_owner(environ, credentials)
+        except _Refused as refusal:
+            logger.info("offline EC2 refused %s %s: %s", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"), refusal.message)
+            return _error_reply(start_response, environ, service, refusal)
+        return self.app(environ, start_response)
+
+    def _authenticate(self, environ: Mapping[str, Any], body: bytes) -> Credentials:
+        match = _AUTHORIZATION.fullmatch(environ.get("HTTP_AUTHORIZATION", "").strip())
+        if match is None:
+            raise _Refused("MissingAuthenticationToken", "the offline simulator answers only requests signed with its credentials (Signature V4)")
+        credentials = self.keys.get(match["key"])
+        if credentials is None:
+            raise _Refused("InvalidClientTokenId", "the security token included in the request is invalid")
+        headers = _signed_headers(environ, match["signed"].split(";"))
+        timestamp = headers.get("x-amz-date", "")
+        if not timestamp.startswith(match["date"]) or not _fresh(timestamp):
+            raise _Refused("RequestExpired", "the request's X-Amz-Date is missing, does not match its scope, or is not within 15 minutes of now")
+        expected = _signature(environ, body, headers, credentials, match["region"], match["service"])
+        if not hmac.compare_digest(expected, match["signature"]):
+            raise _Refused("SignatureDoesNotMatch", "the request signature does not match")
+        declared = headers.get("x-amz-content-sha256", "")
+        if re.fullmatch(r"[0-9a-f]{64}", declared) and hashlib.sha256(body).hexdigest() != declared:
+            raise _Refused("XAmzContentSHA256Mismatch", "the body does not match its signed sha256", "400 Bad Request")
+        return credentials
+
+    def _check_bucket_owner(self, environ: Mapping[str, Any], credentials: Credentials) -> None:
+        path = environ.get("PATH_INFO", "")
+        bucket, _, key = path.lstrip("/").partition("/")
+        if not bucket:
+            return  # ListBuckets
+        expected = environ.get("HTTP_X_AMZ_EXPECTED_BUCKET_OWNER")
+        if expected is None:
+            creating = environ.get("REQUEST_METHOD") == "PUT" and not key and not environ.get("QUERY_STRING")
+            if not creating:
+                self.unchecked.append(f"{environ.get('REQUEST_METHOD')} {path} (account {credentials.account_id})")
+            return
+        owner = _bucket_owner(bucket)
+        if owner is not None and owner != expected:
+            raise _Refused("AccessDenied", "Access Denied")
+
+
+def _read_body(environ: dict[str, Any]) -> bytes:
+    """The request's body, read once and put back for moto."""
+    length = environ.get("CONTENT_LENGTH") or ""
+    stream = environ["wsgi.input"]
+    if length.isdigit():
+        body = stream.read(int(length))
+    elif environ.get("wsgi.input_terminated"):
+        body = stream.read()
+    else:
+        body = b""
+    environ["wsgi.input"] = io.BytesIO(body)
+    return body
+
+
+def _signed_headers(environ: Mapping[str, Any], names: list[str]) -> dict[str, str]:
+    """The values of the headers the client signed, by lower-case name."""
+    headers = {}
+    for name in names:
+        variable = name.upper().replace("-", "_")
+        value = environ.get(variable if variable in ("CONTENT_TYPE", "CONTENT_LENGTH") else f"HTTP_{variable}")
+        if value is None:
+            raise _Refused("SignatureDoesNotMatch", f"signed header {name!r} is missing")
+        headers[name] = value
+    return headers
+
+
+def _fresh(timestamp: str) -> bool:
+    try:
+        signed_at = datetime.strptime(timestamp, "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
+    except ValueError:
+        return False
+    return abs((datetime.now(timezone.utc) - signed_at).total_seconds()) <= _CLOCK_SKEW_SECONDS
+
+
+def _signature(
+    environ: Mapping[str, Any], body: bytes, headers: dict[str, str], credentials: Credentials, region: str, service: str
+) -> str:
+    """The Signature V4 the client must have sent, computed as botocore computes it."""
+    from botocore.auth import S3SigV4Auth, SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials as BotocoreCredentials
+
+    target = environ.get("RAW_URI") or environ.get("PATH_INFO", "/")
+    if not environ.get("RAW_URI") and environ.get("QUERY_STRING"):
+        target += "?" + environ["QUERY_STRING"]
+    request = AWSRequest(method=environ["REQUEST_METHOD"], url=f"http://{environ.get('HTTP_HOST', '')}{target}", data=body, headers=headers)
+    request.context["timestamp"] = headers["x-amz-date"]
+    signer_class = S3SigV4Auth if service == "s3" else SigV4Auth  # S3 signs its path as sent
+    signer = signer_class(BotocoreCredentials(credentials.access_key_id, credentials.secret_access_key), service, region)
+    canonical = signer.canonical_request(request)
+    return signer.signature(signer.string_to_sign(request, canonical), request)
+
+
+def _bucket_owner(bucket: str) -> str | None:
+    """The account that owns ``bucket`` in moto, or None if there is no such bucket."""
+    from moto.s3.models import s3_backends
+
+    owner = s3_backends.bucket_accounts.get(bucket)
+    return owner[1] if owner else None
+
+
+def _error_reply(start_response: Any, environ: Mapping[str, Any], service: str, refusal: _Refused) -> list[bytes]:
+    """The error as the caller's protocol writes one, so botocore raises a ClientError with its code."""
+    if environ.get("HTTP_X_AMZ_TARGET"):
+        content_type = "application/x-amz-json-1.1"
+        body = json.dumps({"__type": refusal.code, "message": refusal.message}).encode()
+    elif service == "s3":
+        content_type = "application/xml"
+        body = f"<Error><Code>{refusal.code}</Code><Message>{refusal.message}</Message></Error>".encode()
+    else:  # EC2 and the query protocol (IAM, STS) read this shape
+        content_type = "text/xml"
+        body = (
+            f"<Response><Errors><Error><Code>{refusal.code}</Code><Message>{refusal.message}</Message></Error>"
+            f"</Errors><RequestID>{uuid.uuid4()}</RequestID></Response>"
+        ).encode()
+    if environ.get("REQUEST_METHOD") == "HEAD":
+        body = b""
+    start_response(refusal.status, [("Content-Type", content_type), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+def _quiet_moto_server(wrap: Any = None) -> Any:
     """moto's ThreadedMotoServer on 127.0.0.1, port 0, with request logging at debug level only
-    (werkzeug would otherwise print every one of the runner's five describes a second)."""
+    (werkzeug would otherwise print every one of the runner's five describes a second); ``wrap``
+    (a function of the WSGI app) puts middleware in front of moto."""
     from moto import server as moto_server
     from werkzeug.serving import make_server
 
@@ -749,6 +975,8 @@ def _quiet_moto_server() -> Any:
     class Server(moto_server.ThreadedMotoServer):
         def _server_entry(self) -> None:
             app = moto_server.DomainDispatcherApplication(moto_server.create_backend_app)
+            if wrap is not None:
+                app = wrap(app)
             self._server = make_server(self._ip_address, self._port, app, True, request_handler=QuietHandler)
             self._server_ready_event.set()
             self._server.serve_forever()

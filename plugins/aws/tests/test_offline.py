@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import socket
 import subprocess
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
+from botocore.exceptions import ClientError
 from coiled_aws.offline import (
     ERROR_TAG,
     RUNNER_ENV,
+    Credentials,
     OfflineEC2,
     default_max_instances,
     loopback_address,
@@ -94,7 +100,9 @@ class TestSharedCloud:
         env = offline.environ()
         assert env["AWS_ENDPOINT_URL"] == offline.endpoint_url
         assert offline.endpoint_url.startswith("http://127.0.0.1:")
-        assert env["AWS_ACCESS_KEY_ID"] == env["AWS_SECRET_ACCESS_KEY"] == "testing"
+        assert env["AWS_ACCESS_KEY_ID"] == offline.credentials.access_key_id
+        assert env["AWS_SECRET_ACCESS_KEY"] == offline.credentials.secret_access_key
+        assert len(offline.credentials.secret_access_key) >= 40 and offline.credentials.access_key_id != "testing"
         assert env["AWS_DEFAULT_REGION"] == "us-east-1"
         assert env["DASK_COILED__LOOPBACK_ADDRESSES"] == "true"
         with pytest.raises(RuntimeError, match="already runs"):
@@ -162,6 +170,49 @@ class TestSharedCloud:
         assert "booted" in record.log() and "powered off" in record.log()
         daemon_pid = int((offline.instances[daemon["InstanceId"]].directory / "daemon.pid").read_text())
         wait_for(lambda: gone(daemon_pid), what="the daemon left behind to be killed")
+
+    def test_only_this_runs_credentials_get_an_instance_booted(self, offline: OfflineEC2, ec2: Any, tmp_path: Path) -> None:
+        """Anyone on this machine can reach the port: a request not signed with this run's key
+        is refused, and another account's instances never boot."""
+        out = tmp_path / "out"
+        out.mkdir()
+        image = ec2.describe_images()["Images"][0]["ImageId"]
+
+        def launch(client: Any, who: str) -> Any:
+            return client.run_instances(
+                ImageId=image, InstanceType="t3.micro", MinCount=1, MaxCount=1, UserData=f"touch {out}/{who}\n"
+            )
+
+        strangers = {
+            "fixed-key": Credentials("123456789012", "testing", "testing"),
+            "wrong-secret": Credentials(offline.credentials.account_id, offline.credentials.access_key_id, "x" * 40),
+        }
+        for who, credentials in strangers.items():
+            with pytest.raises(ClientError) as refused:
+                launch(offline.client("ec2", credentials=credentials), who)
+            assert refused.value.response["Error"]["Code"] in ("InvalidClientTokenId", "SignatureDoesNotMatch")
+        # Unsigned, naming this run's account, and moto's own API (which could turn auth off).
+        query = urllib.parse.urlencode(
+            {"Action": "RunInstances", "Version": "2016-11-15", "ImageId": image, "MinCount": 1, "MaxCount": 1,
+             "UserData": base64.b64encode(f"touch {out}/unsigned\n".encode()).decode()}
+        ).encode()
+        forged = {"x-moto-account-id": offline.credentials.account_id, "Content-Type": "application/x-www-form-urlencoded"}
+        for path, body in (("/", query), ("/moto-api/reset-auth", b"inf"), ("/moto-api/reset", b"")):
+            request = urllib.request.Request(offline.endpoint_url + path, data=body, headers=forged, method="POST")
+            with pytest.raises(urllib.error.HTTPError) as denied:
+                urllib.request.urlopen(request, timeout=10)
+            assert denied.value.code == 403
+        # Another simulated account may use the API, but its instances are not this run's to boot.
+        other = offline.add_account()
+        (foreign,) = launch(offline.client("ec2", credentials=other), "other-account")["Instances"]
+        # This run's own instance boots: the runner has looked at the API since the others tried.
+        (own,) = launch(ec2, "own")["Instances"]
+        wait_for(lambda: (out / "own").exists(), what="this run's instance to boot")
+        assert sorted(p.name for p in out.iterdir()) == ["own"]
+        assert foreign["InstanceId"] not in offline.instances
+        reservations = ec2.describe_instances()["Reservations"]
+        assert {r["OwnerId"] for r in reservations} == {offline.credentials.account_id}
+        assert foreign["InstanceId"] not in {i["InstanceId"] for r in reservations for i in r["Instances"]}
 
 
 def test_too_many_instances_are_refused(tmp_path: Path) -> None:
