@@ -714,16 +714,33 @@ def _store():
 
 
 def _load(store, full_name: str) -> SoftwareEnvironment | None:
+    """The stored spec of ``full_name``, checked again as on create (None if there is none).
+
+    A shared store is written by others: a spec is not trusted for having been checked when it
+    was made. Its ``container``, which a backend hands to a boot script, must still read as an
+    image reference.
+    """
     data = store.read(_key(full_name))
     if data is None:
         return None
     try:
-        return SoftwareEnvironment.model_validate_json(data)
+        env = SoftwareEnvironment.model_validate_json(data)
     except ValueError as e:
         raise SoftwareEnvironmentError(
             f"the stored spec of software environment {full_name!r} is unreadable ({e.__class__.__name__}); "
             "delete it and create it again"
         ) from None
+    if env.container is not None:
+        try:
+            valid = _container_image(env.container) == env.container
+        except SoftwareEnvironmentError as e:
+            raise SoftwareEnvironmentError(f"the stored spec of software environment {full_name!r} is invalid: {e}") from None
+        if not valid:
+            raise SoftwareEnvironmentError(
+                f"the stored spec of software environment {full_name!r} is invalid: container: {env.container!r} "
+                "has surrounding whitespace"
+            )
+    return env
 
 
 def _not_found(name: str, full_name: str, store) -> SoftwareEnvironmentNotFoundError:

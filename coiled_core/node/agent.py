@@ -444,7 +444,21 @@ def _tls_from_ssm(source: dict[str, Any]) -> dict[str, str]:
 
 
 class LogUploader:
-    """Copies this node's log file to object storage, so logs outlive the machine."""
+    """Copies the tail of this node's log file to object storage, so logs outlive the machine.
+
+    ``settings`` is the node config's ``log_upload``: ``bucket``, ``key`` (``{instance_id}`` is
+    filled in), ``file``, ``region``, ``endpoint_url``, ``interval`` (seconds between looks,
+    default 10) and ``expected_bucket_owner``, the account that must own the bucket: S3 refuses
+    the upload if another account does, so a log never lands in a bucket someone took over.
+
+    An upload happens only when the file changed since the last one (its identity, size or
+    modification time), and sends at most the last :attr:`MAX_BYTES`, read by seeking to them.
+    The agent rotates its log by copying and truncating it in place, so a file that shrank is a
+    change like any other.
+    """
+
+    #: The most of the log's end that one upload sends.
+    MAX_BYTES = 2_000_000
 
     def __init__(self, settings: dict[str, Any]):
         import threading
@@ -453,22 +467,42 @@ class LogUploader:
         # One upload at a time, each reading the file afresh: a slow earlier upload must never
         # land after, and overwrite, the final one.
         self.lock = threading.Lock()
+        self._uploaded: tuple[int, int, int] | None = None  # (inode, size, mtime) last sent
+        self._client: Any = None
+        self._failed = False
 
     def upload(self) -> None:
         with self.lock:
-            self._upload()
+            try:
+                self._upload()
+                self._failed = False
+            except Exception:
+                # Once with its traceback: the warning itself grows the log, and a failing
+                # upload would otherwise add one every interval.
+                logger.log(logging.DEBUG if self._failed else logging.WARNING, "uploading the log failed", exc_info=True)
+                self._failed = True
 
     def _upload(self) -> None:
-        try:
+        with open(self.settings["file"], "rb") as f:
+            stat = os.fstat(f.fileno())
+            version = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+            if version == self._uploaded:
+                return
+            f.seek(max(0, stat.st_size - self.MAX_BYTES))
+            body = f.read(self.MAX_BYTES)
+        key = self.settings["key"].format(instance_id=os.environ.get("COILED_INSTANCE_ID", "node"))
+        owner = self.settings.get("expected_bucket_owner")
+        extra = {"ExpectedBucketOwner": owner} if owner else {}
+        self._s3().put_object(Bucket=self.settings["bucket"], Key=key, Body=body, **extra)
+        # What was read; a write since then changes size or mtime and is sent next time.
+        self._uploaded = version
+
+    def _s3(self) -> Any:
+        if self._client is None:
             import boto3
 
-            with open(self.settings["file"], "rb") as f:
-                body = f.read()[-2_000_000:]
-            key = self.settings["key"].format(instance_id=os.environ.get("COILED_INSTANCE_ID", "node"))
-            client = boto3.client("s3", region_name=self.settings.get("region"), endpoint_url=self.settings.get("endpoint_url"))
-            client.put_object(Bucket=self.settings["bucket"], Key=key, Body=body)
-        except Exception:
-            logger.warning("uploading the log failed", exc_info=True)
+            self._client = boto3.client("s3", region_name=self.settings.get("region"), endpoint_url=self.settings.get("endpoint_url"))
+        return self._client
 
     async def run(self) -> None:
         while True:

@@ -1,50 +1,94 @@
 """The artifact bucket: what nodes download at boot (the agent bundle) and upload (their logs).
 
 - The node agent's code (coiled-core is not on a package index) is uploaded once per content hash
-  to the artifact bucket ``coiled-artifacts-<account>-<region>``; a node downloads it through a
-  presigned URL in its user data, so it needs no AWS tooling to bootstrap.
+  to the artifact bucket ``coiled-artifacts-<account>-<region>`` under ``agent/``. A node fetches
+  it with its own instance role (no URL or key of the client's is in its user data) and runs it
+  only if its sha256 is the one in its user data.
 - Nodes upload their logs to ``logs/<cluster>/<instance-id>.log`` in that bucket, so logs outlive
   the machines.
 - Secrets live in SSM Parameter Store (:mod:`coiled_aws.parameters`) and the node role in IAM
   (:mod:`coiled_aws.iam`).
+
+The bucket's name is predictable, so another account could create it first and wait for nodes to
+run what it puts there. Every S3 call here, the nodes' included, names the account that must own
+the bucket (``ExpectedBucketOwner``); S3 refuses the call if another account owns it, and a bucket
+owned by another account is a :class:`ForeignBucketError` (a
+:class:`~coiled_core.errors.ProvisionError`).
 """
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from coiled_core.errors import ProvisionError
+
 from coiled_aws.session import AWS
 
-#: Presigned URLs in user data must outlive the longest boot (SigV4 allows up to 7 days).
-URL_LIFETIME_SECONDS = 24 * 3600
+
+@dataclass(frozen=True)
+class StoredObject:
+    """An object in the artifact bucket, and what a node needs to fetch and check it."""
+
+    bucket: str
+    key: str
+    #: hex sha256 of its content, as the client uploaded it.
+    sha256: str
+    #: The account that owns the bucket (``ExpectedBucketOwner`` of every call).
+    owner: str
+    region: str
+
+
+class ForeignBucketError(ProvisionError):
+    """The artifact bucket exists but this account does not own it (or may not read it)."""
 
 
 def bucket_name(aws: AWS) -> str:
     return f"coiled-artifacts-{aws.account_id}-{aws.region}"
 
 
+def _foreign_bucket(name: str, account: str) -> ForeignBucketError:
+    return ForeignBucketError(
+        f"the artifact bucket {name!r} exists but is not owned by AWS account {account} (or this account may "
+        "not read it): another account may have taken its name. Nodes would run code from it, so it is not used; "
+        "delete it if it is yours, or ask your administrator"
+    )
+
+
 def ensure_bucket(aws: AWS) -> str:
-    """Create the artifact bucket if it does not exist (idempotent)."""
+    """Create the artifact bucket if it does not exist (idempotent); return its name.
+
+    Raises :class:`ProvisionError` if the bucket exists and another account owns it.
+    """
     from botocore.exceptions import ClientError
 
     s3 = aws.client("s3")
     name = bucket_name(aws)
     try:
-        s3.head_bucket(Bucket=name)
+        s3.head_bucket(Bucket=name, ExpectedBucketOwner=aws.account_id)
         return name
-    except ClientError:
-        pass
+    except ClientError as e:
+        # S3 answers 403 for a bucket another account owns (ExpectedBucketOwner), 404 for none.
+        if _status(e) == 403:
+            raise _foreign_bucket(name, aws.account_id) from e
+        if _status(e) != 404:
+            raise
     kwargs: dict[str, Any] = {"Bucket": name}
     if aws.region != "us-east-1":
         kwargs["CreateBucketConfiguration"] = {"LocationConstraint": aws.region}
     try:
         s3.create_bucket(**kwargs)
     except ClientError as e:
-        if e.response["Error"]["Code"] not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+        code = e.response["Error"]["Code"]
+        if code == "BucketAlreadyExists":  # someone else created it since we looked
+            raise _foreign_bucket(name, aws.account_id) from e
+        if code != "BucketAlreadyOwnedByYou":
             raise
     s3.put_public_access_block(
         Bucket=name,
+        ExpectedBucketOwner=aws.account_id,
         PublicAccessBlockConfiguration={
             "BlockPublicAcls": True,
             "IgnorePublicAcls": True,
@@ -55,18 +99,41 @@ def ensure_bucket(aws: AWS) -> str:
     return name
 
 
-def upload_once(aws: AWS, bucket: str, key: str, path: Path) -> str:
-    """Upload ``path`` at ``key`` unless it is there already; return a presigned GET URL."""
+def _status(error: Any) -> int | None:
+    return error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _stored_sha256(s3: Any, bucket: str, key: str, owner: str) -> str | None:
+    """sha256 of the object's content as S3 holds it now, None if there is no such object."""
     from botocore.exceptions import ClientError
 
-    s3 = aws.client("s3")
     try:
-        s3.head_object(Bucket=bucket, Key=key)
-    except ClientError:
-        s3.upload_file(str(path), bucket, key)
-    return s3.generate_presigned_url(
-        "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=URL_LIFETIME_SECONDS
-    )
+        reply = s3.get_object(Bucket=bucket, Key=key, ExpectedBucketOwner=owner)
+    except ClientError as e:
+        if _status(e) == 403:
+            raise _foreign_bucket(bucket, owner) from e
+        if e.response["Error"]["Code"] in ("NoSuchKey", "404"):
+            return None
+        raise
+    return _sha256(reply["Body"].read())
+
+
+def upload_once(aws: AWS, bucket: str, key: str, path: Path) -> StoredObject:
+    """Make ``key`` hold exactly the bytes of ``path``; return where it is and its sha256.
+
+    An object already at ``key`` is kept only if its content is the same (checked by sha256, not
+    trusted for existing); otherwise it is replaced.
+    """
+    s3 = aws.client("s3")
+    data = Path(path).read_bytes()
+    digest = _sha256(data)
+    if _stored_sha256(s3, bucket, key, aws.account_id) != digest:
+        s3.put_object(Bucket=bucket, Key=key, Body=data, ExpectedBucketOwner=aws.account_id)
+    return StoredObject(bucket=bucket, key=key, sha256=digest, owner=aws.account_id, region=aws.region)
 
 
 def log_key(cluster: str, instance_id: str) -> str:
@@ -74,12 +141,26 @@ def log_key(cluster: str, instance_id: str) -> str:
 
 
 def read_logs(aws: AWS, bucket: str, cluster: str, tail: int | None) -> dict[str, str]:
-    """The uploaded logs of every node of ``cluster``, by instance id."""
+    """The uploaded logs of every node of ``cluster``, by instance id (none if there is no bucket).
+
+    Raises :class:`ForeignBucketError` if another account owns the bucket.
+    """
+    from botocore.exceptions import ClientError
+
     s3 = aws.client("s3")
     logs: dict[str, str] = {}
-    listing = s3.list_objects_v2(Bucket=bucket, Prefix=f"logs/{cluster}/")
+    owner = aws.account_id
+    try:
+        listing = s3.list_objects_v2(Bucket=bucket, Prefix=f"logs/{cluster}/", ExpectedBucketOwner=owner)
+    except ClientError as e:
+        if _status(e) == 403:
+            raise _foreign_bucket(bucket, owner) from e
+        if e.response["Error"]["Code"] == "NoSuchBucket":
+            return logs
+        raise
     for item in listing.get("Contents", []):
-        text = s3.get_object(Bucket=bucket, Key=item["Key"])["Body"].read().decode(errors="replace")
+        reply = s3.get_object(Bucket=bucket, Key=item["Key"], ExpectedBucketOwner=owner)
+        text = reply["Body"].read().decode(errors="replace")
         if tail:
             text = "\n".join(text.splitlines()[-tail:])
         logs[Path(item["Key"]).stem] = text
@@ -88,7 +169,8 @@ def read_logs(aws: AWS, bucket: str, cluster: str, tail: int | None) -> dict[str
 
 def delete_logs(aws: AWS, bucket: str, cluster: str) -> None:
     s3 = aws.client("s3")
-    listing = s3.list_objects_v2(Bucket=bucket, Prefix=f"logs/{cluster}/")
+    owner = aws.account_id
+    listing = s3.list_objects_v2(Bucket=bucket, Prefix=f"logs/{cluster}/", ExpectedBucketOwner=owner)
     keys = [{"Key": item["Key"]} for item in listing.get("Contents", [])]
     if keys:
-        s3.delete_objects(Bucket=bucket, Delete={"Objects": keys})
+        s3.delete_objects(Bucket=bucket, Delete={"Objects": keys}, ExpectedBucketOwner=owner)

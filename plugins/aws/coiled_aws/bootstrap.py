@@ -1,29 +1,48 @@
 """The boot script (EC2 user data) every node runs.
 
 It builds the software environment (a venv of the client's Python version with the spec's pip
-requirements, shared by hash and built under a lock; or a container with docker), downloads the
-node agent's code through a presigned URL, writes the node's config, runs the node agent and
+requirements, shared by hash and built under a lock; or a container with docker), fetches the
+node agent's code from the artifact bucket with the node's own instance role (boto3 from that
+venv; the AMI's ``aws`` CLI for a container), refuses to run it unless its sha256 is the one
+written here (the node then powers off), writes the node's config, runs the node agent and
 powers the machine off when the agent ends; ``InstanceInitiatedShutdownBehavior=terminate``
 makes EC2 delete it. Private keys are not in here: the agent reads them from SSM with the node's
 own role. EC2 caps user data at 16 KB; :func:`render` checks the size.
+
+Every value is put into the script once, shell-quoted, as a variable at its top, and the template
+is rendered in one pass: text inside a value (a cluster name, the node config, a requirement, an
+image name) is never expanded by the shell nor taken for another placeholder.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from typing import Any
+
+from coiled_aws.artifacts import StoredObject
 
 #: EC2's limit on user data.
 USER_DATA_LIMIT = 16 * 1024
 
 _TEMPLATE = r"""#!/bin/bash
-# Dask node of cluster __CLUSTER__ (coiled): software environment, node agent, power-off.
+# A Dask node of a coiled cluster: software environment, node agent, power-off.
 set -u
+CLUSTER=__CLUSTER__
+CONTAINER=__CONTAINER__
+PYTHON_VERSION=__PYTHON__
+ENV_HASH=__ENV_HASH__
+REQUIREMENTS=(__REQUIREMENTS__)
+REGION=__REGION__
+BUCKET=__BUCKET__
+BUCKET_OWNER=__BUCKET_OWNER__
+BUNDLE_KEY=__BUNDLE_KEY__
+BUNDLE_SHA256=__BUNDLE_SHA256__
 ROOT="${COILED_NODE_ROOT:-/opt/coiled}"
 mkdir -p "$ROOT" && cd "$ROOT" || exit 1
 exec >>"$ROOT/node.log" 2>&1
-echo "coiled: booting node of cluster __CLUSTER__"
+echo "coiled: booting node of cluster $CLUSTER"
 
 imds() {
   local token
@@ -42,40 +61,59 @@ cat >"$ROOT/node.json" <<'COILED_NODE_JSON'
 __NODE_JSON__
 COILED_NODE_JSON
 
-fetch() {  # fetch URL FILE, with the interpreter at hand (no AWS tooling needed)
-  "$1" -c 'import sys, urllib.request; urllib.request.urlretrieve(sys.argv[1], sys.argv[2])' "$2" "$3"
+verify_bundle() {  # the agent runs as root: only the bundle the client uploaded may run
+  local actual
+  actual=$(sha256sum "$ROOT/agent.zip" 2>/dev/null | cut -d' ' -f1)
+  if [ "$actual" != "$BUNDLE_SHA256" ]; then
+    echo "coiled: refusing to run the agent bundle s3://$BUCKET/$BUNDLE_KEY: its sha256 is ${actual:-unknown}, expected $BUNDLE_SHA256; powering off"
+    rm -f "$ROOT/agent.zip"
+    power_off 1
+  fi
 }
 
-if [ -n "__CONTAINER__" ]; then
-  PY=$(command -v python3) || power_off 1
-  fetch "$PY" "__BUNDLE_URL__" "$ROOT/agent.zip" || power_off 1
+if [ -n "$CONTAINER" ]; then
+  # No Python environment on the host: the AMI's AWS CLI fetches with the node's role.
+  aws s3api get-object --region "$REGION" --bucket "$BUCKET" --key "$BUNDLE_KEY" \
+    --expected-bucket-owner "$BUCKET_OWNER" "$ROOT/agent.zip" >/dev/null || power_off 1
+  verify_bundle
   docker run --rm --network host -v "$ROOT:$ROOT" -w "$ROOT" -e PYTHONPATH="$ROOT/agent.zip" \
-    -e COILED_INSTANCE_ID -e COILED_NODE_HOST __CONTAINER__ python -m coiled_core.node "$ROOT/node.json"
+    -e COILED_INSTANCE_ID -e COILED_NODE_HOST "$CONTAINER" python -m coiled_core.node "$ROOT/node.json"
   power_off $?
 fi
 
 CACHE="${COILED_ENV_CACHE:-$ROOT/envs}"
-ENV="$CACHE/__ENV_HASH__"
+ENV="$CACHE/$ENV_HASH"
 mkdir -p "$CACHE"
 (
   flock 9
   if [ ! -e "$ENV/.complete" ]; then
     rm -rf "$ENV"
-    PY=$(command -v python__PYTHON__ || command -v python3)
-    if [ "$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')" != "__PYTHON__" ]; then
-      "$PY" -m pip install --quiet --user uv && "$HOME/.local/bin/uv" venv --python __PYTHON__ --seed "$ENV"
+    PY=$(command -v "python$PYTHON_VERSION" || command -v python3)
+    if [ "$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')" != "$PYTHON_VERSION" ]; then
+      "$PY" -m pip install --quiet --user uv && "$HOME/.local/bin/uv" venv --python "$PYTHON_VERSION" --seed "$ENV"
     else
       "$PY" -m venv "$ENV"
     fi
-    "$ENV/bin/python" -m pip install --disable-pip-version-check --no-input __REQUIREMENTS__ && touch "$ENV/.complete"
+    "$ENV/bin/python" -m pip install --disable-pip-version-check --no-input "${REQUIREMENTS[@]}" && touch "$ENV/.complete"
   fi
-) 9>"$CACHE/__ENV_HASH__.lock"
+) 9>"$CACHE/$ENV_HASH.lock"
 [ -e "$ENV/.complete" ] || { echo "coiled: building the software environment failed"; power_off 1; }
 
-fetch "$ENV/bin/python" "__BUNDLE_URL__" "$ROOT/agent.zip" || power_off 1
+# boto3 is in the environment: it fetches with the node's role, from the bucket's owner only.
+"$ENV/bin/python" - "$REGION" "$BUCKET" "$BUNDLE_KEY" "$BUCKET_OWNER" "$ROOT/agent.zip" <<'COILED_FETCH' || power_off 1
+import sys
+import boto3
+region, bucket, key, owner, target = sys.argv[1:]
+reply = boto3.client("s3", region_name=region).get_object(Bucket=bucket, Key=key, ExpectedBucketOwner=owner)
+with open(target, "wb") as f:
+    f.write(reply["Body"].read())
+COILED_FETCH
+verify_bundle
 PYTHONPATH="$ROOT/agent.zip" "$ENV/bin/python" -m coiled_core.node "$ROOT/node.json"
 power_off $?
 """
+
+_PLACEHOLDER = re.compile(r"__([A-Z0-9_]+)__")
 
 
 def render(
@@ -84,19 +122,29 @@ def render(
     requirements: list[str],
     python: str,
     env_hash: str,
-    bundle_url: str,
+    bundle: StoredObject,
     container: str | None = None,
 ) -> str:
-    """The user data of one node. Raises ValueError if it exceeds EC2's 16 KB."""
-    script = (
-        _TEMPLATE.replace("__CLUSTER__", cluster)
-        .replace("__NODE_JSON__", json.dumps(node_config, separators=(",", ":")))
-        .replace("__CONTAINER__", shlex.quote(container) if container else "")
-        .replace("__ENV_HASH__", env_hash)
-        .replace("__PYTHON__", python)
-        .replace("__REQUIREMENTS__", " ".join(shlex.quote(r) for r in requirements))
-        .replace("__BUNDLE_URL__", bundle_url)
-    )
+    """The user data of one node, which runs ``bundle`` (the agent) only if its sha256 matches.
+
+    Raises ValueError if it exceeds EC2's 16 KB.
+    """
+    values = {
+        "CLUSTER": shlex.quote(cluster),
+        "CONTAINER": shlex.quote(container or ""),
+        "PYTHON": shlex.quote(python),
+        "ENV_HASH": shlex.quote(env_hash),
+        "REQUIREMENTS": " ".join(shlex.quote(r) for r in requirements),
+        "REGION": shlex.quote(bundle.region),
+        "BUCKET": shlex.quote(bundle.bucket),
+        "BUCKET_OWNER": shlex.quote(bundle.owner),
+        "BUNDLE_KEY": shlex.quote(bundle.key),
+        "BUNDLE_SHA256": shlex.quote(bundle.sha256),
+        # Inside a quoted heredoc: nothing in it is expanded. JSON is one line, so it cannot hold
+        # the terminator line.
+        "NODE_JSON": json.dumps(node_config, separators=(",", ":")),
+    }
+    script = _PLACEHOLDER.sub(lambda m: values[m.group(1)], _TEMPLATE)
     size = len(script.encode())
     if size > USER_DATA_LIMIT:
         raise ValueError(f"the boot script is {size} bytes, over EC2's {USER_DATA_LIMIT}-byte user data limit")

@@ -135,10 +135,11 @@ class _Boot:
     def __init__(self, aws: AWS, spec: ClusterSpec, options: AWSOptions):
         self.aws, self.spec, self.options = aws, spec, options
         self.software = _software(spec)
-        bucket = artifacts.ensure_bucket(aws)
+        # A bucket another account owns is refused here (ProvisionError), before anything exists.
+        self.bucket = artifacts.ensure_bucket(aws)
         bundle = agent_bundle(Path.home() / ".cache" / "coiled" / "aws")
-        self.bundle_url = artifacts.upload_once(aws, bucket, f"agent/{bundle.name}", bundle)
-        self.bucket = bucket
+        # Nodes fetch it with their own role and run it only if its sha256 is this one.
+        self.bundle = artifacts.upload_once(aws, self.bucket, f"agent/{bundle.name}", bundle)
 
     def _base(self) -> dict[str, Any]:
         config: dict[str, Any] = {
@@ -151,6 +152,8 @@ class _Boot:
                 "key": f"logs/{self.spec.name}/{{instance_id}}.log",
                 "region": self.aws.region,
                 "file": "node.log",
+                # S3 refuses the upload if another account owns the bucket.
+                "expected_bucket_owner": self.aws.account_id,
             },
         }
         if self.spec.security:
@@ -194,7 +197,7 @@ class _Boot:
             requirements,
             software.python,
             software.spec_hash()[:24],
-            self.bundle_url,
+            self.bundle,
             container=software.container,
         )
 
