@@ -4,7 +4,8 @@ Two parts, started and stopped together by :class:`OfflineEC2`:
 
 * **The API**: moto in server mode on ``127.0.0.1`` (a free port). boto3 reaches it through
   ``endpoint_url``, or a child process through ``AWS_ENDPOINT_URL`` (see
-  :meth:`OfflineEC2.environ`). EC2, SSM, S3, IAM and the rest of moto are served.
+  :meth:`OfflineEC2.environ`). EC2, SSM, S3, IAM and the rest of moto are served, behind a gate
+  (see *Credentials*).
 * **The runner**: a thread that polls ``DescribeInstances`` (every ``poll_interval`` seconds, in
   each region of ``regions``) and plays the part of the machines:
 
@@ -48,6 +49,24 @@ Two parts, started and stopped together by :class:`OfflineEC2`:
     and to the instance's ``coiled-offline:error`` tag, and the instance is terminated through the
     API, as a cloud out of capacity would do.
 
+Credentials. Every local user can reach the port, and what the runner boots runs as the
+simulator's owner, so the API is not open. Each run makes its own account and access key
+(:attr:`OfflineEC2.credentials`, random, from :mod:`secrets`; :meth:`OfflineEC2.environ` hands
+them out). In front of moto, a gate answers only requests signed (Signature V4 in the
+``Authorization`` header, within 15 minutes of now) with the secret of a key this run made, and
+acts as that key's account; it refuses unsigned and presigned (query-string) requests and moto's
+own ``/moto-api`` (which could reset the state or turn moto's own checks off) to every caller.
+The runner boots only instances of the run's own account. :meth:`OfflineEC2.add_account` makes
+more accounts, each with a key, for tests that need a second owner (a bucket another account
+took); their instances never boot. What this guarantees: without this run's secret, no one can
+get a process started, nor read or change the simulated cloud. It does not hide the secret from
+whoever can read this user's process environments (the user, root).
+
+The gate also plays one S3 check moto skips: a request with ``x-amz-expected-bucket-owner``
+(boto3's ``ExpectedBucketOwner``) for a bucket another account owns is refused with
+``AccessDenied``, as S3 does. Bucket requests without it are listed in
+:attr:`OfflineEC2.s3_requests_without_expected_owner` (CreateBucket cannot carry it).
+
 Addresses. moto hands out private addresses (10.x, or 172.x inside a VPC) that lead nowhere
 and must never be contacted. Each simulated instance owns the loopback address
 :func:`loopback_address` of its private address (``10.1.2.3`` -> ``127.1.2.3``); every address of
@@ -72,7 +91,9 @@ Known moto (5.2) gaps this relies on or works around:
 
 * State is per Python process: only one :class:`OfflineEC2` may run in a process at a time, it
   resets moto's state when it starts, and ``moto.mock_aws`` must not be used in the same process
-  while it runs (it resets the same state).
+  while it runs (it resets the same state). ``MOTO_ACCOUNT_ID`` must not be set: moto would put
+  every request in that account, whoever signed it.
+* ``ExpectedBucketOwner`` is ignored by moto; the gate checks it (above).
 * Instances are ``running`` at the first describe (``pending`` only in RunInstances' reply).
 * Private addresses are random 10.x addresses unless a subnet forces its range; two instances
   could collide in their last three octets (about one in 16 million): an instance whose loopback
@@ -90,7 +111,7 @@ Known moto (5.2) gaps this relies on or works around:
 Usage::
 
     with OfflineEC2(regions=["us-east-1"]) as ec2:
-        client = boto3.client("ec2", endpoint_url=ec2.endpoint_url, region_name="us-east-1")
+        client = ec2.client("ec2")         # signed with this run's key
         ...
         os.environ.update(ec2.environ())   # or pass it to a child process
 
@@ -134,6 +155,7 @@ import psutil
 from coiled_core.node.addresses import loopback_address
 
 __all__ = [
+    "Credentials",
     "OfflineEC2",
     "OfflineInstance",
     "default_max_instances",
@@ -1080,7 +1102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # This process is moto's: a profile the shell names (perhaps one that does not exist) must
     # not leak into it, nor the real session's token.
-    for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
+    for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "MOTO_ACCOUNT_ID"):
         os.environ.pop(name, None)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
 
@@ -1095,7 +1117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.regions or ["us-east-1"], max_instances=args.max_instances, workdir=args.workdir, env_cache=args.env_cache
     )
     with ec2:
-        print("# Offline EC2 is running. In the shell that uses it:", flush=True)
+        print("# Offline EC2 is running. In the shell that uses it (the key is this run's own):", flush=True)
         print("unset AWS_PROFILE AWS_SESSION_TOKEN")
         for key, value in ec2.environ().items():
             print(f"export {key}={value}")
