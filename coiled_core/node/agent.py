@@ -69,10 +69,24 @@ class NodeAgent:
         self._reported_pids: dict[str, int | None] = {}
 
     def _security(self, role: str):
+        """The ``distributed.Security`` of ``role`` on this node, or None without TLS.
+
+        A node whose config names ``tls_ssm`` (a cloud node) first reads its secrets from there,
+        once: its TLS material and the cluster's ``environ``, which is then applied here (see
+        :func:`_apply_environ`). Such a node gets only the keys of the role it runs, so the
+        other role has no ``Security`` on it.
+        """
+        if self.config.get("tls_ssm") and "tls" not in self.config:
+            secrets = _tls_from_ssm(self.config["tls_ssm"])
+            environ = json.loads(secrets.pop("environ", None) or "{}")
+            self.config["environ"] = {**(self.config.get("environ") or {}), **environ}
+            _apply_environ(environ)
+            self.config["tls"] = secrets
         tls = self.config.get("tls")
-        if not tls and self.config.get("tls_ssm"):
-            tls = self.config["tls"] = _tls_from_ssm(self.config["tls_ssm"])
         if not tls:
+            return None
+        runs_role = bool(self.config.get("scheduler" if role == "scheduler" else "workers"))
+        if f"{role}_key" not in tls and not runs_role:
             return None
         from coiled_core.security import security_from_node_config
 
@@ -365,6 +379,8 @@ class NodeAgent:
             except BaseException:
                 logger.exception("closing the scheduler and workers failed")
             self.remove_on_end()
+            if self.config.get("tls_ssm"):
+                delete_ssm_secrets(self.config["tls_ssm"], self.stop_reason)
             if self.state != "error":
                 self.state = "stopped"
             self.write_state()
@@ -421,14 +437,14 @@ class NodeAgent:
 
 
 def _tls_from_ssm(source: dict[str, Any]) -> dict[str, str]:
-    """TLS material kept in SSM Parameter Store (SecureString), read with the node's own role.
+    """The node's secrets kept in SSM Parameter Store (SecureStrings under ``source["prefix"]``,
+    its own role's path), read with the node's own role: its TLS material and, under
+    ``environ``, the cluster's environment variables as JSON.
 
-    Cloud nodes get their private keys this way rather than in user data, which other
-    principals can read through DescribeInstanceAttribute.
+    Cloud nodes get them this way rather than in user data, which other principals can read
+    through DescribeInstanceAttribute.
     """
-    import boto3
-
-    client = boto3.client("ssm", region_name=source.get("region"), endpoint_url=source.get("endpoint_url"))
+    client = _ssm_client(source)
     prefix = source["prefix"].rstrip("/")
     found: dict[str, str] = {}
     token = None
@@ -441,6 +457,44 @@ def _tls_from_ssm(source: dict[str, Any]) -> dict[str, str]:
         token = page.get("NextToken")
         if not token or not page["Parameters"]:
             return found
+
+
+def _ssm_client(source: dict[str, Any]) -> Any:
+    import boto3
+
+    return boto3.client("ssm", region_name=source.get("region"), endpoint_url=source.get("endpoint_url"))
+
+
+def _apply_environ(environ: dict[str, str]) -> None:
+    """Set variables read after start-up (from SSM) as if they had been set before it: in this
+    process's environment and, for ``DASK_*`` ones, in dask's config, which nannies hand on to
+    their workers (workers also get them as their ``env``)."""
+    if not environ:
+        return
+    os.environ.update(environ)
+    import dask.config
+
+    dask.config.update(dask.config.config, dask.config.collect_env(environ), priority="new")
+
+
+def delete_ssm_secrets(source: dict[str, Any], stop_reason: str | None) -> None:
+    """When the cluster ends on its own, delete its secrets in SSM (``source["delete_on_end"]``,
+    the scheduler node's list of every role's parameters), so that they do not outlive it.
+
+    Not on a signal: whoever terminates the node (teardown, gc) deletes them itself, and may
+    already have made a new cluster of the same name whose parameters these names now are.
+    Best effort: a failure is logged, never stops the node's end; gc removes what is left.
+    """
+    names = list(source.get("delete_on_end") or [])
+    if not names or stop_reason in ("SIGTERM", "SIGINT"):
+        return
+    try:
+        client = _ssm_client(source)
+        for start in range(0, len(names), 10):  # DeleteParameters takes at most 10 names
+            client.delete_parameters(Names=names[start : start + 10])
+        logger.info("deleted the cluster's %d secret parameters", len(names))
+    except Exception:
+        logger.warning("could not delete the cluster's secret parameters", exc_info=True)
 
 
 class LogUploader:

@@ -1,95 +1,172 @@
-"""The node role: one IAM role and instance profile per cluster, with least privilege."""
+"""The node roles: per cluster, account and region, one IAM role and instance profile for the
+scheduler and one for the workers, each with least privilege.
+
+IAM is global to an account while clusters live in a region, so a role's name is derived from the
+account, the region and the cluster's name (a hash: IAM names are at most 64 characters), behind
+the recognisable prefix :data:`ROLE_PREFIX` that the client policy scopes its IAM permissions to
+(see ``client-policy.json``). Two clusters named alike in two regions get different roles.
+
+A node of a role may read only its role's secrets in SSM (so a worker cannot read the
+scheduler's private key), fetch the agent bundle and write its cluster's logs in the artifact
+bucket (only if this account owns it), and, with a customer-managed KMS key, decrypt through SSM
+with it. The scheduler may also delete its cluster's secrets when the cluster ends. Nodes never
+call EC2: they power themselves off and EC2 terminates them (shutdown behaviour ``terminate``).
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+from typing import Any
 
 from coiled_aws.artifacts import bucket_name
-from coiled_aws.parameters import tls_prefix
+from coiled_aws.parameters import NODE_ROLES, role_secrets_path, secrets_prefix
 from coiled_aws.session import AWS
 
+logger = logging.getLogger("coiled_aws")
 
-def node_role_name(cluster: str) -> str:
-    """One role per cluster (IAM names are at most 64 characters, cluster names 63)."""
-    return f"coiled-{hashlib.sha256(cluster.encode()).hexdigest()[:16]}"
+#: Every role and instance profile this backend creates is named so (the client policy's scope).
+ROLE_PREFIX = "coiled-node-"
+#: Name of the inline policy of each node role.
+POLICY_NAME = "coiled-node"
+
+_TRUST = {
+    "Version": "2012-10-17",
+    "Statement": [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}],
+}
 
 
-def node_policy(aws: AWS, cluster: str) -> dict:
-    """The least privilege a node of ``cluster`` needs: read that cluster's secrets and the agent
-    artifacts, write that cluster's logs, and terminate only that cluster's instances (itself,
-    on power-off)."""
+def node_role_name(aws: AWS, cluster: str, role: str) -> str:
+    """The role (and instance profile) of ``cluster``'s ``role`` nodes, in ``aws``'s account and
+    region: ``coiled-node-<20 hex digits>-<role>`` (at most 42 characters)."""
+    if role not in NODE_ROLES:
+        raise ValueError(f"unknown node role {role!r}; expected one of {', '.join(NODE_ROLES)}")
+    digest = hashlib.sha256(f"{aws.account_id}/{aws.region}/{cluster}".encode()).hexdigest()[:20]
+    return f"{ROLE_PREFIX}{digest}-{role}"
+
+
+def _parameter_arn(aws: AWS, path: str) -> str:
+    return f"arn:aws:ssm:{aws.region}:{aws.account_id}:parameter{path}"
+
+
+def node_policy(aws: AWS, cluster: str, role: str, kms_key_arn: str | None = None) -> dict[str, Any]:
+    """The least privilege a ``role`` node of ``cluster`` needs (see the module docstring)."""
+    own = role_secrets_path(cluster, role)
     bucket = f"arn:aws:s3:::{bucket_name(aws)}"
-    return {
-        "Version": "2012-10-17",
-        "Statement": [
+    # Only if this account owns the bucket: a bucket of the same name elsewhere is not ours.
+    this_account = {"StringEquals": {"s3:ResourceAccount": aws.account_id}}
+    statements: list[dict[str, Any]] = [
+        {
+            "Sid": "ReadOwnRoleSecrets",
+            "Effect": "Allow",
+            "Action": ["ssm:GetParametersByPath", "ssm:GetParameter", "ssm:GetParameters"],
+            # The path itself (GetParametersByPath) and what is under it: nothing of other roles.
+            "Resource": [_parameter_arn(aws, own), _parameter_arn(aws, f"{own}/*")],
+        },
+        {
+            "Sid": "ReadAgentBundle",
+            "Effect": "Allow",
+            "Action": ["s3:GetObject"],
+            "Resource": [f"{bucket}/agent/*"],
+            "Condition": this_account,
+        },
+        {
+            "Sid": "WriteOwnLogs",
+            "Effect": "Allow",
+            "Action": ["s3:PutObject"],
+            "Resource": [f"{bucket}/logs/{cluster}/*"],
+            "Condition": this_account,
+        },
+    ]
+    if role == "scheduler":
+        statements.append(
             {
-                "Sid": "ReadOwnClusterSecrets",
+                # The cluster's end is the scheduler's: it deletes every role's secrets then.
+                "Sid": "DeleteClusterSecretsOnEnd",
                 "Effect": "Allow",
-                "Action": ["ssm:GetParametersByPath", "ssm:GetParameter", "ssm:GetParameters"],
-                "Resource": [
-                    f"arn:aws:ssm:{aws.region}:{aws.account_id}:parameter{tls_prefix(cluster)}",
-                    f"arn:aws:ssm:{aws.region}:{aws.account_id}:parameter{tls_prefix(cluster)}/*",
-                ],
-            },
-            {"Sid": "ReadAgent", "Effect": "Allow", "Action": ["s3:GetObject"], "Resource": [f"{bucket}/agent/*"]},
-            {"Sid": "WriteOwnLogs", "Effect": "Allow", "Action": ["s3:PutObject"], "Resource": [f"{bucket}/logs/{cluster}/*"]},
+                "Action": ["ssm:DeleteParameter", "ssm:DeleteParameters"],
+                "Resource": [_parameter_arn(aws, f"{secrets_prefix(cluster)}/*")],
+            }
+        )
+    if kms_key_arn:
+        statements.append(
             {
-                "Sid": "TerminateOwnCluster",
+                "Sid": "DecryptOwnSecretsThroughSSM",
                 "Effect": "Allow",
-                "Action": ["ec2:TerminateInstances"],
-                "Resource": "*",
-                "Condition": {"StringEquals": {"ec2:ResourceTag/coiled:cluster": cluster}},
-            },
-        ],
-    }
+                "Action": ["kms:Decrypt"],
+                "Resource": [kms_key_arn],
+                "Condition": {
+                    "StringEquals": {"kms:ViaService": f"ssm.{aws.region}.amazonaws.com"},
+                    # SSM names the parameter in the encryption context of every SecureString.
+                    "StringLike": {"kms:EncryptionContext:PARAMETER_ARN": _parameter_arn(aws, f"{own}/*")},
+                },
+            }
+        )
+    return {"Version": "2012-10-17", "Statement": statements}
 
 
-def create_node_profile(aws: AWS, cluster: str, tags: list[dict]) -> str:
-    """Create (idempotently) the cluster's node role and instance profile; return its name."""
+def _error_code(error: Any) -> str:
+    return error.response.get("Error", {}).get("Code", "")
+
+
+def _create_role_and_profile(aws: AWS, cluster: str, role: str, tags: list[dict], kms_key_arn: str | None) -> str:
     from botocore.exceptions import ClientError
 
     iam = aws.client("iam")
-    name = node_role_name(cluster)
-    trust = {
-        "Version": "2012-10-17",
-        "Statement": [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}],
-    }
+    name = node_role_name(aws, cluster, role)
     try:
         iam.get_role(RoleName=name)
-    except ClientError:
+    except ClientError as e:
+        if _error_code(e) != "NoSuchEntity":
+            raise
         iam.create_role(
-            RoleName=name, AssumeRolePolicyDocument=json.dumps(trust), Description=f"nodes of Dask cluster {cluster}", Tags=tags
+            RoleName=name,
+            AssumeRolePolicyDocument=json.dumps(_TRUST),
+            Description=f"{role} nodes of Dask cluster {cluster} in {aws.region}",
+            Tags=tags,
         )
-    iam.put_role_policy(RoleName=name, PolicyName="coiled-node", PolicyDocument=json.dumps(node_policy(aws, cluster)))
+    policy = node_policy(aws, cluster, role, kms_key_arn)
+    iam.put_role_policy(RoleName=name, PolicyName=POLICY_NAME, PolicyDocument=json.dumps(policy))
     try:
         profile = iam.get_instance_profile(InstanceProfileName=name)["InstanceProfile"]
-    except ClientError:
+    except ClientError as e:
+        if _error_code(e) != "NoSuchEntity":
+            raise
         profile = iam.create_instance_profile(InstanceProfileName=name, Tags=tags)["InstanceProfile"]
-    if not any(role["RoleName"] == name for role in profile.get("Roles", [])):
+    if not any(r["RoleName"] == name for r in profile.get("Roles", [])):
         iam.add_role_to_instance_profile(InstanceProfileName=name, RoleName=name)
     return name
 
 
-def delete_node_profile(aws: AWS, cluster: str) -> bool:
-    """Delete the cluster's role and instance profile; False if there was none."""
+def create_node_profiles(aws: AWS, cluster: str, tags: list[dict], kms_key_arn: str | None = None) -> dict[str, str]:
+    """Create (idempotently) the cluster's node roles and instance profiles; return the
+    profile name of each node role (``{"scheduler": ..., "worker": ...}``)."""
+    return {role: _create_role_and_profile(aws, cluster, role, tags, kms_key_arn) for role in NODE_ROLES}
+
+
+def _delete_quietly(call: Any, what: str, **kwargs: Any) -> bool:
+    """Make one IAM deletion; False if there was nothing to delete (or it may not be deleted)."""
     from botocore.exceptions import ClientError
 
-    iam = aws.client("iam")
-    name = node_role_name(cluster)
-    found = False
     try:
-        iam.remove_role_from_instance_profile(InstanceProfileName=name, RoleName=name)
-    except ClientError:
-        pass
-    for call, kwargs in (
-        (iam.delete_instance_profile, {"InstanceProfileName": name}),
-        (iam.delete_role_policy, {"RoleName": name, "PolicyName": "coiled-node"}),
-        (iam.delete_role, {"RoleName": name}),
-    ):
-        try:
-            call(**kwargs)
-            found = True
-        except ClientError:
-            pass
+        call(**kwargs)
+        return True
+    except ClientError as e:
+        if _error_code(e) != "NoSuchEntity":
+            # A client allowed only to pass a pre-created profile may not touch roles: not ours.
+            logger.warning("could not delete %s: %s", what, e)
+        return False
+
+
+def delete_node_profiles(aws: AWS, cluster: str) -> bool:
+    """Delete the cluster's node roles and instance profiles; False if there were none."""
+    iam = aws.client("iam")
+    found = False
+    for role in NODE_ROLES:
+        name = node_role_name(aws, cluster, role)
+        _delete_quietly(iam.remove_role_from_instance_profile, f"role {name} from its profile", InstanceProfileName=name, RoleName=name)
+        found |= _delete_quietly(iam.delete_instance_profile, f"instance profile {name}", InstanceProfileName=name)
+        found |= _delete_quietly(iam.delete_role_policy, f"policy of role {name}", RoleName=name, PolicyName=POLICY_NAME)
+        found |= _delete_quietly(iam.delete_role, f"role {name}", RoleName=name)
     return found

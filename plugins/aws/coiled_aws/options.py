@@ -24,6 +24,13 @@ SpotPolicy = Literal["on-demand", "spot", "spot_with_fallback"]
 
 _REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")  # us-east-1, us-gov-west-1, eu-isoe-west-1
 _ZONE = re.compile(r"^([a-z]{2}(-[a-z]+)+-\d+)[a-z]$")  # us-east-1a
+_KEY_ID = r"(?:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|mrk-[0-9a-f]{32})"
+_ALIAS = r"alias/[A-Za-z0-9/_-]{1,250}"
+_KMS_ARN = re.compile(rf"^arn:aws[a-z-]*:kms:([a-z]{{2}}(?:-[a-z]+)+-\d+):\d{{12}}:(?:key/{_KEY_ID}|{_ALIAS})$")
+_KMS_KEY = re.compile(rf"^(?:{_KEY_ID}|{_ALIAS})$")
+#: arn:aws:iam::123456789012:instance-profile/optional/path/NAME
+_PROFILE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:instance-profile/(?:[\w+=,.@-]+/)*([\w+=,.@-]{1,128})$")
+_PROFILE_NAME = re.compile(r"^[\w+=,.@-]{1,128}$")
 _INSTANCE_TYPE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9-]+$")  # m6i.xlarge, p6-b200.48xlarge
 _SPOT_SPELLINGS = {
     "on-demand": "on-demand",
@@ -121,8 +128,22 @@ class AWSOptions(BaseModel):
     iam_instance_profile: str | None = Field(
         default=None,
         description=(
-            "Instance profile (name or ARN) for the nodes. Default: the plugin's own "
-            "least-privilege node profile, created on first use."
+            "A pre-created instance profile (name or ARN) for every node, so that the client "
+            "needs no IAM permission but iam:PassRole on its role; the backend never modifies or "
+            "deletes it. Its role needs the node permissions in the README (and then scheduler "
+            "and workers share them: workers can read the scheduler's key). Default: the "
+            "backend's own least-privilege roles, one for the scheduler and one for the workers "
+            "of each cluster, created with the cluster and deleted with it."
+        ),
+    )
+    kms_key_id: str | None = Field(
+        default=None,
+        description=(
+            "Customer-managed KMS key (key id, key ARN, 'alias/NAME' or alias ARN, in the "
+            "cluster's region) that encrypts the cluster's secrets in SSM (TLS keys, environ, the "
+            "spec). Its key policy decides who decrypts them: grant kms:Decrypt to the node roles "
+            "(see the README). Default: the account's 'aws/ssm' key, with which anyone allowed to "
+            "read the parameters decrypts them."
         ),
     )
     tags: dict[str, str] = Field(
@@ -238,12 +259,44 @@ class AWSOptions(BaseModel):
             return _SPOT_SPELLINGS[v.strip().lower()]
         raise ValueError(f"{v!r} is not a spot policy; use 'on-demand', 'spot' or 'spot_with_fallback'")
 
-    @field_validator("key_name", "iam_instance_profile")
+    @field_validator("key_name", "iam_instance_profile", "kms_key_id")
     @classmethod
     def _non_empty(cls, v: str | None) -> str | None:
         if v is not None and not v.strip():
             raise ValueError("must not be empty; leave it out for the default")
         return v.strip() if v is not None else None
+
+    @field_validator("iam_instance_profile")
+    @classmethod
+    def _instance_profile(cls, v: str | None) -> str | None:
+        """An ARN becomes the profile's name: EC2 is given names (unique in an account)."""
+        if v is None:
+            return None
+        match = _PROFILE_ARN.fullmatch(v)
+        if match:
+            return match.group(1)
+        if not _PROFILE_NAME.fullmatch(v):
+            raise ValueError(
+                f"{v!r} is not an instance profile name or ARN; expected e.g. 'dask-nodes' or "
+                "'arn:aws:iam::123456789012:instance-profile/dask-nodes'"
+            )
+        return v
+
+    @field_validator("kms_key_id")
+    @classmethod
+    def _kms_key(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        if v.startswith("alias/aws/") or ":alias/aws/" in v:
+            raise ValueError(
+                f"{v!r} is an AWS managed key, not a customer-managed one; leave kms_key_id out for the default 'aws/ssm' key"
+            )
+        if not (_KMS_KEY.fullmatch(v) or _KMS_ARN.fullmatch(v)):
+            raise ValueError(
+                f"{v!r} is not a KMS key; give a key id ('1234abcd-12ab-34cd-56ef-1234567890ab'), a key ARN "
+                "('arn:aws:kms:us-east-1:123456789012:key/...'), an alias ('alias/coiled') or an alias ARN"
+            )
+        return v
 
     @field_validator("tags")
     @classmethod
@@ -300,4 +353,15 @@ class AWSOptions(BaseModel):
                 self.region = zone_region
             elif zone_region != self.region:
                 raise ValueError(f"zone {self.zone!r} is not in region {self.region!r}")
+        return self
+
+    @model_validator(mode="after")
+    def _kms_key_in_region(self) -> AWSOptions:
+        """SSM encrypts only with a key of its own region."""
+        match = _KMS_ARN.fullmatch(self.kms_key_id) if self.kms_key_id else None
+        if match is not None and self.region is not None and match.group(1) != self.region:
+            raise ValueError(
+                f"kms_key_id {self.kms_key_id!r} is a key in {match.group(1)}, but the cluster is in {self.region!r}: "
+                "SSM needs a key of the cluster's region"
+            )
         return self

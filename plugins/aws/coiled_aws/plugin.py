@@ -1,16 +1,25 @@
 """Hook implementations of the ``aws`` backend: Dask clusters on EC2.
 
 A cluster is what EC2 says it is: instances, a security group, a launch template, a node role
-and SSM parameters, all tagged ``coiled:cluster=<name>``. ``describe`` and ``list_clusters``
-read those tags; nothing depends on a file on the client. Each node runs the node agent from its
-boot script (see :mod:`coiled_aws.bootstrap`) and powers itself off when the agent ends.
+for its scheduler and one for its workers (:mod:`coiled_aws.iam`) and SSM parameters
+(:mod:`coiled_aws.parameters`), all tagged ``coiled:cluster=<name>``. ``describe`` and
+``list_clusters`` read those tags; nothing depends on a file on the client. Each node runs the
+node agent from its boot script (see :mod:`coiled_aws.bootstrap`) and powers itself off when the
+agent ends.
+
+Secrets (each role's TLS material, the cluster's ``environ``, the spec that holds it) are
+SecureStrings in SSM, never in user data; a node reads its role's with its own role, and the
+scheduler deletes them all when the cluster ends on its own. ``gc`` removes what clusters without
+a live scheduler left, found by instances, security groups or parameters.
 """
 
 from __future__ import annotations
 
 import getpass
 import json
+import logging
 import time
+import warnings
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -32,6 +41,8 @@ TAG_ROLE = "coiled:role"
 TAG_OWNER = "coiled:owner"
 TAG_CREATED = "coiled:created-at"
 TAG_EXPIRES = "coiled:expires-at"
+logger = logging.getLogger("coiled_aws")
+
 LIVE_STATES = ["pending", "running", "shutting-down", "stopping", "stopped"]
 #: Workers are named after their instance, so scale-down knows which machine to stop.
 WORKER_PREFIX = "{cluster}-"
@@ -128,6 +139,71 @@ def _tag(instance: dict, key: str) -> str | None:
     return next((t["Value"] for t in instance.get("Tags", []) if t["Key"] == key), None)
 
 
+# -- secrets ----------------------------------------------------------------------------------
+def _has_node_secrets(spec: ClusterSpec) -> bool:
+    """Whether nodes read secrets from SSM: TLS material, or an ``environ`` to keep out of user data."""
+    return bool(spec.security or spec.environ)
+
+
+def _secret_names(spec: ClusterSpec) -> list[str]:
+    """Every node secret parameter of ``spec``'s cluster, both roles'."""
+    return [
+        f"{parameters.role_secrets_path(spec.name, role)}/{key}"
+        for role in parameters.NODE_ROLES
+        for key in parameters.secret_keys(role, bool(spec.security), bool(spec.environ))
+    ]
+
+
+def _node_secrets(spec: ClusterSpec) -> dict[str, dict[str, str]]:
+    """Each node role's secrets: its own TLS material (separate keys per role) and ``environ``."""
+    tls = None
+    if spec.security:
+        from coiled_core.security import ClusterTLS
+        from coiled_core.store import Store
+
+        tls = ClusterTLS.load(Store(), spec.name)
+        if tls is None:
+            raise ProvisionError("the store holds no TLS material for this cluster")
+    return {
+        role: parameters.role_secrets(role, tls.to_node_config(role) if tls else None, spec.environ)
+        for role in parameters.NODE_ROLES
+    }
+
+
+def _check_secret_sizes(spec: ClusterSpec) -> None:
+    """What goes into one SSM parameter must fit there: found before anything exists."""
+    try:
+        parameters.check_size("the cluster spec (with its environ)", spec.model_dump_json())
+        parameters.check_size("environ", json.dumps(spec.environ, separators=(",", ":")))
+    except ValueError as e:
+        raise ClusterSpecError(str(e)) from None
+
+
+def _kms_key_arn(aws: AWS, options: AWSOptions) -> str | None:
+    """The customer-managed key of ``kms_key_id`` as an ARN (checked to exist), else None."""
+    if not options.kms_key_id:
+        return None
+    try:
+        return parameters.resolve_kms_key(aws, options.kms_key_id)
+    except ValueError as e:
+        raise ClusterSpecError(f"backend_options: {e}") from None
+
+
+def _warn_if_exposed(spec: ClusterSpec, options: AWSOptions, cidr: str) -> None:
+    """``security=False`` on public addresses: anyone who reaches the scheduler runs code on it."""
+    if spec.security or not options.use_public_ip:
+        return
+    message = (
+        f"security=False: cluster {spec.name!r} runs WITHOUT TLS or authentication on public addresses. "
+        f"Its scheduler (port {network.SCHEDULER_PORT}) and dashboard (port {network.DASHBOARD_PORT}) accept "
+        f"anyone connecting from {cidr}: whoever can reach them can run any code on every node, with the "
+        "nodes' role, and read all data in the cluster; traffic is unencrypted. Use security=True (the "
+        "default), or use_public_ip=False in backend_options with a private network."
+    )
+    logger.warning(message)
+    warnings.warn(message, UserWarning, stacklevel=2)
+
+
 # -- node configs and boot scripts --------------------------------------------------------------
 class _Boot:
     """Renders boot scripts for one cluster (both waves and later scale-ups)."""
@@ -141,11 +217,12 @@ class _Boot:
         # Nodes fetch it with their own role and run it only if its sha256 is this one.
         self.bundle = artifacts.upload_once(aws, self.bucket, f"agent/{bundle.name}", bundle)
 
-    def _base(self) -> dict[str, Any]:
+    def _base(self, role: str) -> dict[str, Any]:
         config: dict[str, Any] = {
             "cluster_name": self.spec.name,
             "host": None,  # the node's private address (or its loopback one, offline)
-            "environ": self.spec.environ,
+            # No `environ` here: user data is readable by other principals. The node reads it
+            # from SSM with its own role, with its TLS material (`tls_ssm`).
             "lifecycle": lifecycle_settings(self.spec),
             "log_upload": {
                 "bucket": self.bucket,
@@ -156,13 +233,19 @@ class _Boot:
                 "expected_bucket_owner": self.aws.account_id,
             },
         }
-        if self.spec.security:
-            config["tls_ssm"] = {"region": self.aws.region, "prefix": parameters.tls_prefix(self.spec.name)}
+        if _has_node_secrets(self.spec):
+            config["tls_ssm"] = {"region": self.aws.region, "prefix": parameters.role_secrets_path(self.spec.name, role)}
         return config
 
     def scheduler(self) -> dict[str, Any]:
+        config = self._base("scheduler")
+        if "tls_ssm" in config:
+            # A cluster that ends on its own takes its secrets with it: the scheduler deletes
+            # them (its role may, on this cluster's paths only) while its node still counts as
+            # live, so no new cluster of the same name can own them yet.
+            config["tls_ssm"]["delete_on_end"] = _secret_names(self.spec)
         return {
-            **self._base(),
+            **config,
             "scheduler": {
                 "class": self.spec.scheduler_class,
                 "options": dict(self.spec.scheduler_options),
@@ -173,7 +256,7 @@ class _Boot:
 
     def worker(self, scheduler_address: str, memory_limit: int | None) -> dict[str, Any]:
         return {
-            **self._base(),
+            **self._base("worker"),
             "scheduler_address": scheduler_address,
             "workers": {
                 "class": self.spec.worker_class,
@@ -259,32 +342,26 @@ def provision(spec: ClusterSpec, options: AWSOptions) -> ClusterRecord:
     ami = _resolve_ami(aws, options)
     cidr = network.client_cidr(options)
     placement = network.find_placement(aws.ec2, options)
+    _check_secret_sizes(spec)
+    kms_key_arn = _kms_key_arn(aws, options)
+    _warn_if_exposed(spec, options, cidr)
 
     step = "preparing artifacts"
     try:
         boot = _Boot(aws, spec, options)
         step = "creating the security group"
         group_id = network.create_security_group(aws.ec2, placement, spec.name, cidr, _tags(spec, options))
-        step = "creating the node role"
-        profile = options.iam_instance_profile or iam.create_node_profile(aws, spec.name, _tags(spec, options))
+        step = "creating the node roles"
+        profiles = _node_profiles(aws, spec, options, kms_key_arn)
         step = "storing secrets"
-        aws.client("ssm").put_parameter(
-            Name=parameters.spec_parameter(spec.name), Value=spec.model_dump_json(), Type="String", Overwrite=True
-        )
-        if spec.security:
-            from coiled_core.security import ClusterTLS
-            from coiled_core.store import Store
-
-            material = ClusterTLS.load(Store(), spec.name)
-            if material is None:
-                raise ProvisionError("the store holds no TLS material for this cluster")
-            node_tls = {**material.to_node_config("scheduler"), **material.to_node_config("worker")}
-            parameters.put_tls(aws, spec.name, node_tls, _tags(spec, options))
+        # The spec holds `environ`: a SecureString like the nodes' secrets.
+        parameters.put_secure(aws, parameters.spec_parameter(spec.name), spec.model_dump_json(), kms_key_arn)
+        if _has_node_secrets(spec):
+            parameters.put_secrets(aws, spec.name, _node_secrets(spec), _tags(spec, options), kms_key_arn)
         base = {
             "ami": ami,
             "subnet_id": placement.subnet_id,
             "security_group_ids": [group_id, *options.security_group_ids],
-            "instance_profile": profile,
             "key_name": options.key_name,
             "root_volume_gib": options.root_volume_gib,
             "use_public_ip": options.use_public_ip,
@@ -294,24 +371,53 @@ def provision(spec: ClusterSpec, options: AWSOptions) -> ClusterRecord:
         scheme = "tls" if spec.security else "tcp"
         scheduler_address = f"{scheme}://{scheduler_ip}:{network.SCHEDULER_PORT}"
         request = launch.LaunchRequest(
-            user_data=boot.script(boot.scheduler()), tags=_tags(spec, options, "scheduler"), private_ip=scheduler_ip, **base
+            user_data=boot.script(boot.scheduler()),
+            tags=_tags(spec, options, "scheduler"),
+            private_ip=scheduler_ip,
+            instance_profile=profiles["scheduler"],
+            **base,
         )
         launch.run_instances(aws.ec2, request, scheduler_types, 1, spot=False)
         # Same wave: the workers know the scheduler's address before it has booted.
         if spec.n_workers:
             step = f"launching {spec.n_workers} workers"
-            _launch_workers(aws, boot, base, worker_types, spec.n_workers, scheduler_address)
+            worker_base = {**base, "instance_profile": profiles["worker"]}
+            _launch_workers(aws, boot, worker_base, worker_types, spec.n_workers, scheduler_address)
         aws.client("ssm").put_parameter(
             Name=parameters.claim_parameter(spec.name), Value=json.dumps({"state": "provisioned"}), Type="String", Overwrite=True
         )
     except Exception as error:
-        _delete_everything(aws, spec.name)
+        _delete_everything(aws, spec.name, own_roles=not options.iam_instance_profile)
         if isinstance(error, (ProvisionError, ClusterSpecError)):
             raise ProvisionError(f"{step} failed: {error}") from error
         raise ProvisionError(f"{step} failed: {type(error).__name__}: {error}") from error
     record = describe(spec.name, options)
     assert record is not None
     return record
+
+
+def _node_profiles(aws: AWS, spec: ClusterSpec, options: AWSOptions, kms_key_arn: str | None) -> dict[str, str]:
+    """The instance profile of each node role: a pre-created one (``iam_instance_profile``, for
+    both roles) or the backend's own per-role profiles, created now."""
+    if options.iam_instance_profile:
+        return {role: options.iam_instance_profile for role in parameters.NODE_ROLES}
+    return iam.create_node_profiles(aws, spec.name, _tags(spec, options), kms_key_arn)
+
+
+def _read_spec(aws: AWS, name: str) -> dict[str, Any]:
+    """The spec ``name`` was made from (a SecureString), or {} if there is none."""
+    from botocore.exceptions import ClientError
+
+    try:
+        reply = aws.client("ssm").get_parameter(Name=parameters.spec_parameter(name), WithDecryption=True)
+    except ClientError as e:
+        if e.response.get("Error", {}).get("Code") == "ParameterNotFound":
+            return {}
+        raise ProvisionError(
+            f"cannot read the spec of cluster {name!r} ({e}): describing a cluster needs ssm:GetParameter on "
+            f"{parameters.spec_parameter(name)} and kms:Decrypt on its key"
+        ) from e
+    return json.loads(reply["Parameter"]["Value"])
 
 
 @hookimpl
@@ -331,12 +437,10 @@ def describe(name: str, options: AWSOptions) -> ClusterRecord | None:
         "stopped": ClusterState.stopping,
         "terminated": ClusterState.stopped,
     }[scheduler["State"]["Name"]] if scheduler else ClusterState.stopped
-    spec: dict[str, Any] = {}
-    try:
-        spec = json.loads(aws.client("ssm").get_parameter(Name=parameters.spec_parameter(name))["Parameter"]["Value"])
-    except Exception:
-        pass
+    spec = _read_spec(aws, name)
     scheme = "tls" if spec.get("security") else "tcp"
+    # With TLS, the node agent serves the dashboard over HTTPS with the scheduler's certificate.
+    dashboard_scheme = "https" if spec.get("security") else "http"
     workers = [
         WorkerRecord(name=f"{WORKER_PREFIX.format(cluster=name)}{i['InstanceId']}", backend_ids={"instance_id": i["InstanceId"]})
         for i in instances
@@ -347,7 +451,7 @@ def describe(name: str, options: AWSOptions) -> ClusterRecord | None:
         backend="aws",
         state=state,
         scheduler_address=_client_address(scheduler, network.SCHEDULER_PORT, scheme) if scheduler else None,
-        dashboard_url=(_client_address(scheduler, network.DASHBOARD_PORT, "http") + "/status") if scheduler else None,
+        dashboard_url=(_client_address(scheduler, network.DASHBOARD_PORT, dashboard_scheme) + "/status") if scheduler else None,
         workers=workers,
         created_at=_tag(scheduler, TAG_CREATED) if scheduler else datetime.now(timezone.utc),
         spec=spec,
@@ -382,7 +486,7 @@ def scale(record: ClusterRecord, n_workers: int, retired: list[str]) -> ClusterR
             "ami": _resolve_ami(aws, options),
             "subnet_id": placement.subnet_id,
             "security_group_ids": [*group_ids, *options.security_group_ids],
-            "instance_profile": options.iam_instance_profile or iam.node_role_name(record.name),
+            "instance_profile": options.iam_instance_profile or iam.node_role_name(aws, record.name, "worker"),
             "key_name": options.key_name,
             "root_volume_gib": options.root_volume_gib,
             "use_public_ip": options.use_public_ip,
@@ -409,8 +513,12 @@ def _wait_terminated(aws: AWS, instance_ids: list[str], timeout: float = 600) ->
         raise ProvisionError(f"instances {instance_ids} did not terminate within {timeout:g}s")
 
 
-def _delete_everything(aws: AWS, name: str) -> list[str]:
-    """Terminate every instance of ``name`` and delete everything else tagged with it."""
+def _delete_everything(aws: AWS, name: str, own_roles: bool = True) -> list[str]:
+    """Terminate every instance of ``name`` and delete everything else tagged with it.
+
+    The node roles are deleted only with ``own_roles``: a cluster whose nodes use a pre-created
+    ``iam_instance_profile`` has none of the backend's, and its client may not touch IAM.
+    """
     from botocore.exceptions import ClientError
 
     deleted = []
@@ -433,10 +541,10 @@ def _delete_everything(aws: AWS, name: str) -> list[str]:
                 if e.response["Error"]["Code"] != "DependencyViolation" or attempt == 29:
                     raise
                 time.sleep(2)
-    if parameters.delete_tls(aws, name):
-        deleted.append(f"deleted TLS parameters of {name!r}")
-    if iam.delete_node_profile(aws, name):
-        deleted.append(f"deleted node role of {name!r}")
+    if parameters.delete_secrets(aws, name):
+        deleted.append(f"deleted secret parameters of {name!r}")
+    if own_roles and iam.delete_node_profiles(aws, name):
+        deleted.append(f"deleted node roles of {name!r}")
     ssm = aws.client("ssm")
     for parameter in (parameters.spec_parameter(name), parameters.claim_parameter(name)):
         try:
@@ -448,8 +556,9 @@ def _delete_everything(aws: AWS, name: str) -> list[str]:
 
 @hookimpl
 def teardown(record: ClusterRecord) -> ClusterRecord:
-    aws = _aws(_record_options(record))
-    _delete_everything(aws, record.name)
+    options = _record_options(record)
+    aws = _aws(options)
+    _delete_everything(aws, record.name, own_roles=not options.iam_instance_profile)
     left = _instances(aws, record.name)
     groups = aws.ec2.describe_security_groups(Filters=[{"Name": f"tag:{TAG_CLUSTER}", "Values": [record.name]}])["SecurityGroups"]
     if left or groups:
@@ -478,8 +587,14 @@ def logs(record: ClusterRecord, tail: int | None) -> dict[str, str]:
 
 @hookimpl
 def gc(options: AWSOptions) -> list[str]:
-    """Delete what clusters without a live scheduler left behind, and clusters past expiry."""
+    """Delete what clusters without a live scheduler left behind, and clusters past expiry.
+
+    Leftovers are found by their instances, their security groups and their SSM parameters (a
+    cluster's secrets and spec outlive its last instance and may outlive its group too); a
+    cluster that some process is creating right now (a live claim) is left alone.
+    """
     aws = _aws(options)
+    own_roles = not options.iam_instance_profile
     removed: list[str] = []
     now = datetime.now(timezone.utc)
     by_cluster: dict[str, list[dict]] = {}
@@ -490,12 +605,13 @@ def gc(options: AWSOptions) -> list[str]:
         expired = bool(expires and expires != "never" and datetime.fromisoformat(expires) < now)
         scheduler_alive = any(_tag(i, TAG_ROLE) == "scheduler" and i["State"]["Name"] in ("pending", "running") for i in instances)
         if expired or not scheduler_alive:
-            removed += _delete_everything(aws, name)
+            removed += _delete_everything(aws, name, own_roles)
     groups = aws.ec2.describe_security_groups(Filters=[{"Name": "tag-key", "Values": [TAG_CLUSTER]}])["SecurityGroups"]
-    for group in groups:
-        name = next((t["Value"] for t in group.get("Tags", []) if t["Key"] == TAG_CLUSTER), None)
-        if name and name not in by_cluster and not _being_created(aws, name):
-            removed += _delete_everything(aws, name)
+    without_instances = {next((t["Value"] for t in g.get("Tags", []) if t["Key"] == TAG_CLUSTER), "") for g in groups}
+    without_instances |= parameters.clusters_with_parameters(aws)
+    for name in sorted(without_instances - set(by_cluster) - {""}):
+        if not _being_created(aws, name):
+            removed += _delete_everything(aws, name, own_roles)
     return removed
 
 

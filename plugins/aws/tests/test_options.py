@@ -147,3 +147,32 @@ def test_tags_endpoint_and_names():
 def test_model_itself_forbids_extra_keys():
     with pytest.raises(ValidationError):
         AWSOptions.model_validate({"regoin": "us-east-1"})
+
+
+KEY_ID = "1234abcd-12ab-34cd-56ef-1234567890ab"
+
+
+def test_kms_key_id_forms_and_errors():
+    assert validate({}).kms_key_id is None
+    for form in (
+        KEY_ID,
+        "mrk-1234abcd12ab34cd56ef1234567890ab",
+        "alias/coiled-secrets",
+        f"arn:aws:kms:us-east-2:123456789012:key/{KEY_ID}",
+        "arn:aws:kms:us-east-2:123456789012:alias/coiled-secrets",
+    ):
+        assert validate({"region": "us-east-2", "kms_key_id": form}).kms_key_id == form
+    with pytest.raises(ClusterSpecError, match="kms_key_id: 'my key' is not a KMS key; give a key id"):
+        validate({"kms_key_id": "my key"})
+    with pytest.raises(ClusterSpecError, match="AWS managed key.*leave kms_key_id out"):
+        validate({"kms_key_id": "alias/aws/ssm"})
+    with pytest.raises(ClusterSpecError, match="is a key in us-west-2, but the cluster is in 'us-east-2'"):
+        validate({"region": "us-east-2", "kms_key_id": f"arn:aws:kms:us-west-2:123456789012:key/{KEY_ID}"})
+
+
+def test_iam_instance_profile_name_or_arn():
+    assert validate({"iam_instance_profile": "dask-nodes"}).iam_instance_profile == "dask-nodes"
+    arn = "arn:aws:iam::123456789012:instance-profile/team/dask-nodes"
+    assert validate({"iam_instance_profile": arn}).iam_instance_profile == "dask-nodes"
+    with pytest.raises(ClusterSpecError, match="iam_instance_profile: 'dask nodes' is not an instance profile name or ARN"):
+        validate({"iam_instance_profile": "dask nodes"})

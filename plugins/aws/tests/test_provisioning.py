@@ -76,8 +76,8 @@ def test_resources_are_tagged_secured_and_small(offline_ec2, backend):
                 InstanceId=instance["InstanceId"], Attribute="instanceInitiatedShutdownBehavior"
             )
             assert behaviour["InstanceInitiatedShutdownBehavior"]["Value"] == "terminate"
-        tls = [p for p in params if "/tls/" in p["Name"]]
-        assert tls and all(p["Type"] == "SecureString" for p in tls)
+        secrets = [p for p in params if "/secrets/" in p["Name"]]
+        assert secrets and all(p["Type"] == "SecureString" for p in secrets)
     finally:
         backend.teardown(record)
     assert _tagged(offline_ec2, spec.name) == ([], [], [])

@@ -1,0 +1,76 @@
+"""The node roles on the offline EC2: one per cluster, account and region, least privilege.
+
+What a role may do is read from IAM as the nodes' instance profile names it, and judged with
+moto's own IAM policy evaluator (``moto.iam.access_control.IAMPolicy``).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from aws_node_roles import actions_of, allowed, instances, role_of, role_policies
+
+from coiled_core.plugins import load_backend
+from coiled_core.spec import resolve_cluster_spec
+
+pytestmark = pytest.mark.usefixtures("offline_ec2")
+
+OPTIONS = {"allow_ingress_from": "127.0.0.1/32"}
+
+
+def _spec(name, region, **extra):
+    values = {"name": name, "n_workers": 1, "worker_cpu": 1, "worker_memory": "2 GiB", "security": False}
+    return resolve_cluster_spec({**values, **extra, "backend_options": {**OPTIONS, "region": region}})
+
+
+def _account(simulator):
+    return simulator.credentials.account_id
+
+
+@pytest.fixture
+def backend():
+    return load_backend("aws")
+
+
+def test_same_cluster_name_in_two_regions_gets_two_roles(offline_ec2, backend):
+    """Clusters named alike in two regions must not share, overwrite or delete a node role."""
+    account = _account(offline_ec2)
+    records = {}
+    try:
+        for region in ("us-east-1", "us-west-2"):
+            spec = _spec("prod", region)
+            records[region] = backend.provision(spec, backend.validate_options(spec.backend_options))
+        roles = {region: {role_of(offline_ec2, i) for i in instances(offline_ec2, "prod", region)} for region in records}
+        assert not roles["us-east-1"] & roles["us-west-2"]
+        for region, names in roles.items():
+            for role in names:
+                assert role.startswith("coiled-node-") and len(role) <= 64
+                own = f"arn:aws:ssm:{region}:{account}:parameter/coiled/prod/secrets/worker/environ"
+                documents = role_policies(offline_ec2, role)
+                assert any(json.dumps(d).count(f":{region}:") for d in documents)
+                other = "us-west-2" if region == "us-east-1" else "us-east-1"
+                assert not allowed(documents, "ssm:GetParameter", own.replace(region, other))
+        # Ending one leaves the other's roles and policies as they were.
+        backend.teardown(records.pop("us-west-2"))
+        iam = offline_ec2.client("iam")
+        for role in roles["us-east-1"]:
+            assert iam.get_role(RoleName=role)["Role"]["RoleName"] == role
+            assert role_policies(offline_ec2, role)
+    finally:
+        for record in records.values():
+            backend.teardown(record)
+
+
+def test_node_roles_cannot_terminate_instances(offline_ec2, backend):
+    """Nodes power themselves off (shutdown behaviour 'terminate'): they never call EC2."""
+    spec = _spec("no-terminate", "us-east-1")
+    record = backend.provision(spec, backend.validate_options(spec.backend_options))
+    try:
+        for instance in instances(offline_ec2, spec.name, "us-east-1"):
+            documents = role_policies(offline_ec2, role_of(offline_ec2, instance))
+            assert not allowed(documents, "ec2:TerminateInstances", f"arn:aws:ec2:us-east-1:{_account(offline_ec2)}:instance/{instance['InstanceId']}")
+            assert not any(a.startswith("ec2:") for a in actions_of(documents))
+    finally:
+        backend.teardown(record)
+
