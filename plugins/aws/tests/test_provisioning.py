@@ -2,6 +2,7 @@
 fault at any step leaves nothing behind."""
 
 import base64
+import warnings
 
 import botocore.client
 import pytest
@@ -53,6 +54,8 @@ def test_resources_are_tagged_secured_and_small(offline_ec2, backend):
     ClusterTLS.generate(spec.name).save(Store(), spec.name)
     record = backend.provision(spec, options)
     try:
+        # The node agent serves the dashboard over HTTPS with the scheduler's certificate.
+        assert record.dashboard_url.startswith("https://")
         instances, groups, params = _tagged(offline_ec2, spec.name)
         assert len(instances) == 3 and len(groups) == 1
         for instance in instances:
@@ -184,3 +187,27 @@ def test_spot_policies_launch_all_workers_in_one_call(offline_ec2, backend, poli
     finally:
         backend.teardown(record)
     assert _tagged(offline_ec2, spec.name) == ([], [], [])
+
+
+def test_security_off_on_public_addresses_warns_loudly(offline_ec2, backend, caplog):
+    """Without TLS, whoever reaches a public scheduler runs code on the cluster: say so."""
+    backend, options = backend
+    with pytest.warns(UserWarning, match=r"security=False: cluster 'exposed' runs WITHOUT TLS.*127\.0\.0\.1/32"):
+        record = backend.provision(_spec("exposed", n_workers=0), options)
+    try:
+        assert record.dashboard_url.startswith("http://")
+        assert any("security=False" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
+    finally:
+        backend.teardown(record)
+
+
+def test_security_off_on_private_addresses_does_not_warn(offline_ec2, backend):
+    backend, _ = backend
+    options = backend.validate_options({**OPTIONS, "use_public_ip": False})
+    spec = resolve_cluster_spec(
+        {"name": "private-only", "n_workers": 0, "security": False, "backend_options": options.model_dump()}
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        record = backend.provision(spec, options)
+    backend.teardown(record)
