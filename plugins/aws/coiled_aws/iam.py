@@ -11,6 +11,12 @@ scheduler's private key), fetch the agent bundle and write its cluster's logs in
 bucket (only if this account owns it), and, with a customer-managed KMS key, decrypt through SSM
 with it. The scheduler may also delete its cluster's secrets when the cluster ends. Nodes never
 call EC2: they power themselves off and EC2 terminates them (shutdown behaviour ``terminate``).
+
+Every role is created with a permissions boundary (the ``permissions_boundary`` option, default
+the managed policy :data:`BOUNDARY_NAME`, see :func:`boundary_policy`), and the client policy
+lets a client create roles only with it: whatever inline policy a client writes, a node role can
+never do more than the boundary allows. An administrator creates the default boundary once with
+``python -m coiled_aws.iam`` (a client allowed to create it does so on first use).
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ logger = logging.getLogger("coiled_aws")
 ROLE_PREFIX = "coiled-node-"
 #: Name of the inline policy of each node role.
 POLICY_NAME = "coiled-node"
+#: The managed policy attached as every node role's permissions boundary, by default.
+BOUNDARY_NAME = "coiled-node-boundary"
 
 _TRUST = {
     "Version": "2012-10-17",
@@ -47,13 +55,13 @@ def node_role_name(aws: AWS, cluster: str, role: str) -> str:
 
 
 def _parameter_arn(aws: AWS, path: str) -> str:
-    return f"arn:aws:ssm:{aws.region}:{aws.account_id}:parameter{path}"
+    return f"arn:{aws.partition}:ssm:{aws.region}:{aws.account_id}:parameter{path}"
 
 
 def node_policy(aws: AWS, cluster: str, role: str, kms_key_arn: str | None = None) -> dict[str, Any]:
     """The least privilege a ``role`` node of ``cluster`` needs (see the module docstring)."""
     own = role_secrets_path(cluster, role)
-    bucket = f"arn:aws:s3:::{bucket_name(aws)}"
+    bucket = f"arn:{aws.partition}:s3:::{bucket_name(aws)}"
     # Only if this account owns the bucket: a bucket of the same name elsewhere is not ours.
     this_account = {"StringEquals": {"s3:ResourceAccount": aws.account_id}}
     statements: list[dict[str, Any]] = [
@@ -106,11 +114,140 @@ def node_policy(aws: AWS, cluster: str, role: str, kms_key_arn: str | None = Non
     return {"Version": "2012-10-17", "Statement": statements}
 
 
+def shared_node_policy(aws: AWS) -> dict[str, Any]:
+    """What the role of a pre-created ``iam_instance_profile`` needs, for every cluster of this
+    account and region: every node role's permissions at once (its scheduler and workers share
+    it, so a worker can read the scheduler's key: the backend's own roles keep them apart)."""
+    partition, region, account = aws.partition, aws.region, aws.account_id
+    secrets = f"arn:{partition}:ssm:{region}:{account}:parameter/coiled/*/secrets"
+    bucket = f"arn:{partition}:s3:::{bucket_name(aws)}"
+    this_account = {"StringEquals": {"s3:ResourceAccount": account}}
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "ClusterSecrets",
+                "Effect": "Allow",
+                "Action": [
+                    "ssm:GetParametersByPath",
+                    "ssm:GetParameter",
+                    "ssm:GetParameters",
+                    "ssm:DeleteParameter",
+                    "ssm:DeleteParameters",
+                ],
+                "Resource": [f"{secrets}/*"],
+            },
+            {
+                "Sid": "ReadAgentBundle",
+                "Effect": "Allow",
+                "Action": ["s3:GetObject"],
+                "Resource": [f"{bucket}/agent/*"],
+                "Condition": this_account,
+            },
+            {
+                "Sid": "WriteLogs",
+                "Effect": "Allow",
+                "Action": ["s3:PutObject"],
+                "Resource": [f"{bucket}/logs/*"],
+                "Condition": this_account,
+            },
+            {
+                "Sid": "DecryptThroughSSM",
+                "Effect": "Allow",
+                "Action": ["kms:Decrypt"],
+                "Resource": "*",
+                "Condition": {"StringEquals": {"kms:ViaService": f"ssm.{region}.amazonaws.com"}},
+            },
+        ],
+    }
+
+
+def boundary_policy(aws: AWS) -> dict[str, Any]:
+    """The most any node role of this account may do, whatever its inline policy says: read and
+    delete cluster secrets, fetch and write artifacts in this account's artifact buckets, and
+    decrypt only through SSM."""
+    account, partition = aws.account_id, aws.partition
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "ClusterSecrets",
+                "Effect": "Allow",
+                "Action": [
+                    "ssm:GetParametersByPath",
+                    "ssm:GetParameter",
+                    "ssm:GetParameters",
+                    "ssm:DeleteParameter",
+                    "ssm:DeleteParameters",
+                ],
+                "Resource": [f"arn:{partition}:ssm:*:{account}:parameter/coiled/*"],
+            },
+            {
+                "Sid": "Artifacts",
+                "Effect": "Allow",
+                "Action": ["s3:GetObject", "s3:PutObject"],
+                "Resource": [f"arn:{partition}:s3:::coiled-artifacts-{account}-*/*"],
+                "Condition": {"StringEquals": {"s3:ResourceAccount": account}},
+            },
+            {
+                "Sid": "DecryptThroughSSM",
+                "Effect": "Allow",
+                "Action": ["kms:Decrypt"],
+                "Resource": "*",
+                "Condition": {"StringLike": {"kms:ViaService": "ssm.*.amazonaws.com"}},
+            },
+        ],
+    }
+
+
+def boundary_arn(aws: AWS, boundary: str | None = None) -> str:
+    """The ARN of the permissions boundary ``boundary`` (a name or ARN; default :data:`BOUNDARY_NAME`)."""
+    if boundary and boundary.startswith("arn:"):
+        return boundary
+    return f"arn:{aws.partition}:iam::{aws.account_id}:policy/{boundary or BOUNDARY_NAME}"
+
+
+def ensure_boundary(aws: AWS, boundary: str | None = None) -> str:
+    """Check that the permissions boundary exists, creating the default one if it does not (and
+    the caller may); return its ARN. Never changes an existing policy.
+
+    Raises ValueError naming ``permissions_boundary`` if it does not exist and cannot be made.
+    """
+    from botocore.exceptions import ClientError
+
+    iam = aws.client("iam")
+    arn = boundary_arn(aws, boundary)
+    try:
+        iam.get_policy(PolicyArn=arn)
+        return arn
+    except ClientError as e:
+        if _error_code(e) != "NoSuchEntity":
+            raise ValueError(f"permissions_boundary {arn!r} cannot be read ({e})") from e
+    if boundary and arn != boundary_arn(aws):
+        raise ValueError(f"permissions_boundary {arn!r} does not exist; create it, or leave the option out")
+    try:
+        iam.create_policy(
+            PolicyName=BOUNDARY_NAME,
+            PolicyDocument=json.dumps(boundary_policy(aws)),
+            Description="The most a coiled node role may do (the permissions boundary of every node role)",
+        )
+    except ClientError as e:
+        if _error_code(e) == "EntityAlreadyExists":  # made by another client meanwhile
+            return arn
+        raise ValueError(
+            f"permissions_boundary {arn!r} does not exist and could not be created ({e}); an administrator "
+            "creates it once with: python -m coiled_aws.iam"
+        ) from e
+    return arn
+
+
 def _error_code(error: Any) -> str:
     return error.response.get("Error", {}).get("Code", "")
 
 
-def _create_role_and_profile(aws: AWS, cluster: str, role: str, tags: list[dict], kms_key_arn: str | None) -> str:
+def _create_role_and_profile(
+    aws: AWS, cluster: str, role: str, tags: list[dict], kms_key_arn: str | None, boundary: str
+) -> str:
     from botocore.exceptions import ClientError
 
     iam = aws.client("iam")
@@ -124,6 +261,7 @@ def _create_role_and_profile(aws: AWS, cluster: str, role: str, tags: list[dict]
             RoleName=name,
             AssumeRolePolicyDocument=json.dumps(_TRUST),
             Description=f"{role} nodes of Dask cluster {cluster} in {aws.region}",
+            PermissionsBoundary=boundary,
             Tags=tags,
         )
     policy = node_policy(aws, cluster, role, kms_key_arn)
@@ -139,10 +277,13 @@ def _create_role_and_profile(aws: AWS, cluster: str, role: str, tags: list[dict]
     return name
 
 
-def create_node_profiles(aws: AWS, cluster: str, tags: list[dict], kms_key_arn: str | None = None) -> dict[str, str]:
-    """Create (idempotently) the cluster's node roles and instance profiles; return the
-    profile name of each node role (``{"scheduler": ..., "worker": ...}``)."""
-    return {role: _create_role_and_profile(aws, cluster, role, tags, kms_key_arn) for role in NODE_ROLES}
+def create_node_profiles(
+    aws: AWS, cluster: str, tags: list[dict], boundary: str, kms_key_arn: str | None = None
+) -> dict[str, str]:
+    """Create (idempotently) the cluster's node roles, with the permissions boundary ``boundary``
+    (an ARN, see :func:`ensure_boundary`), and their instance profiles; return the profile name of
+    each node role (``{"scheduler": ..., "worker": ...}``)."""
+    return {role: _create_role_and_profile(aws, cluster, role, tags, kms_key_arn, boundary) for role in NODE_ROLES}
 
 
 def _delete_quietly(call: Any, what: str, **kwargs: Any) -> bool:
@@ -165,8 +306,37 @@ def delete_node_profiles(aws: AWS, cluster: str) -> bool:
     found = False
     for role in NODE_ROLES:
         name = node_role_name(aws, cluster, role)
-        _delete_quietly(iam.remove_role_from_instance_profile, f"role {name} from its profile", InstanceProfileName=name, RoleName=name)
-        found |= _delete_quietly(iam.delete_instance_profile, f"instance profile {name}", InstanceProfileName=name)
-        found |= _delete_quietly(iam.delete_role_policy, f"policy of role {name}", RoleName=name, PolicyName=POLICY_NAME)
+        profile = {"InstanceProfileName": name}
+        _delete_quietly(iam.remove_role_from_instance_profile, f"role {name} from its profile", RoleName=name, **profile)
+        found |= _delete_quietly(iam.delete_instance_profile, f"instance profile {name}", **profile)
+        policy = {"RoleName": name, "PolicyName": POLICY_NAME}
+        found |= _delete_quietly(iam.delete_role_policy, f"policy of role {name}", **policy)
         found |= _delete_quietly(iam.delete_role, f"role {name}", RoleName=name)
     return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m coiled_aws.iam``: create the default permissions boundary (an administrator's
+    one-time step, for clients that may not create it) and print its ARN; or print a policy
+    document for this account and region: ``--print boundary`` or ``--print node-policy`` (the
+    policy of a pre-created ``iam_instance_profile``'s role)."""
+    import argparse
+
+    from coiled_aws.options import AWSOptions
+
+    parser = argparse.ArgumentParser(prog="python -m coiled_aws.iam", description=main.__doc__)
+    parser.add_argument("--print", choices=["boundary", "node-policy"], help="print a policy document and exit")
+    parser.add_argument("--region", help="the clusters' region (default: boto3's)")
+    parser.add_argument("--endpoint-url", help="an EC2-compatible endpoint instead of AWS")
+    args = parser.parse_args(argv)
+    aws = AWS(AWSOptions(region=args.region, endpoint_url=args.endpoint_url))
+    if args.print:
+        document = boundary_policy(aws) if args.print == "boundary" else shared_node_policy(aws)
+        print(json.dumps(document, indent=2))
+        return 0
+    print(ensure_boundary(aws))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -31,6 +31,8 @@ _KMS_KEY = re.compile(rf"^(?:{_KEY_ID}|{_ALIAS})$")
 #: arn:aws:iam::123456789012:instance-profile/optional/path/NAME
 _PROFILE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:instance-profile/(?:[\w+=,.@-]+/)*([\w+=,.@-]{1,128})$")
 _PROFILE_NAME = re.compile(r"^[\w+=,.@-]{1,128}$")
+_POLICY_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:policy/(?:[\w+=,.@-]+/)*[\w+=,.@-]{1,128}$")
+_POLICY_NAME = _PROFILE_NAME
 _INSTANCE_TYPE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9-]+$")  # m6i.xlarge, p6-b200.48xlarge
 _SPOT_SPELLINGS = {
     "on-demand": "on-demand",
@@ -134,6 +136,15 @@ class AWSOptions(BaseModel):
             "and workers share them: workers can read the scheduler's key). Default: the "
             "backend's own least-privilege roles, one for the scheduler and one for the workers "
             "of each cluster, created with the cluster and deleted with it."
+        ),
+    )
+    permissions_boundary: str | None = Field(
+        default=None,
+        description=(
+            "Managed policy (name or ARN) attached as the permissions boundary of every node role "
+            "the backend creates; the client policy in the README allows creating roles only with "
+            "it. Default: 'coiled-node-boundary' in the account, created on first use if the "
+            "caller may (else an administrator creates it once: python -m coiled_aws.iam)."
         ),
     )
     kms_key_id: str | None = Field(
@@ -279,6 +290,19 @@ class AWSOptions(BaseModel):
             raise ValueError(
                 f"{v!r} is not an instance profile name or ARN; expected e.g. 'dask-nodes' or "
                 "'arn:aws:iam::123456789012:instance-profile/dask-nodes'"
+            )
+        return v
+
+    @field_validator("permissions_boundary")
+    @classmethod
+    def _boundary(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        v = v.strip()
+        if not (_POLICY_ARN.fullmatch(v) or _POLICY_NAME.fullmatch(v)):
+            raise ValueError(
+                f"{v!r} is not a managed policy name or ARN; expected e.g. 'coiled-node-boundary' or "
+                "'arn:aws:iam::123456789012:policy/coiled-node-boundary'"
             )
         return v
 

@@ -344,6 +344,7 @@ def provision(spec: ClusterSpec, options: AWSOptions) -> ClusterRecord:
     placement = network.find_placement(aws.ec2, options)
     _check_secret_sizes(spec)
     kms_key_arn = _kms_key_arn(aws, options)
+    boundary = _permissions_boundary(aws, options)
     _warn_if_exposed(spec, options, cidr)
 
     step = "preparing artifacts"
@@ -352,7 +353,7 @@ def provision(spec: ClusterSpec, options: AWSOptions) -> ClusterRecord:
         step = "creating the security group"
         group_id = network.create_security_group(aws.ec2, placement, spec.name, cidr, _tags(spec, options))
         step = "creating the node roles"
-        profiles = _node_profiles(aws, spec, options, kms_key_arn)
+        profiles = _node_profiles(aws, spec, options, boundary, kms_key_arn)
         step = "storing secrets"
         # The spec holds `environ`: a SecureString like the nodes' secrets.
         parameters.put_secure(aws, parameters.spec_parameter(spec.name), spec.model_dump_json(), kms_key_arn)
@@ -396,12 +397,26 @@ def provision(spec: ClusterSpec, options: AWSOptions) -> ClusterRecord:
     return record
 
 
-def _node_profiles(aws: AWS, spec: ClusterSpec, options: AWSOptions, kms_key_arn: str | None) -> dict[str, str]:
+def _permissions_boundary(aws: AWS, options: AWSOptions) -> str | None:
+    """The ARN of the boundary of the node roles to create (None with a pre-created profile):
+    checked, or the default one created, before anything else exists."""
+    if options.iam_instance_profile:
+        return None
+    try:
+        return iam.ensure_boundary(aws, options.permissions_boundary)
+    except ValueError as e:
+        raise ClusterSpecError(f"backend_options: {e}") from None
+
+
+def _node_profiles(
+    aws: AWS, spec: ClusterSpec, options: AWSOptions, boundary: str | None, kms_key_arn: str | None
+) -> dict[str, str]:
     """The instance profile of each node role: a pre-created one (``iam_instance_profile``, for
-    both roles) or the backend's own per-role profiles, created now."""
+    both roles) or the backend's own per-role profiles, created now with ``boundary``."""
     if options.iam_instance_profile:
         return {role: options.iam_instance_profile for role in parameters.NODE_ROLES}
-    return iam.create_node_profiles(aws, spec.name, _tags(spec, options), kms_key_arn)
+    assert boundary is not None, "the backend's own roles always get a boundary"
+    return iam.create_node_profiles(aws, spec.name, _tags(spec, options), boundary, kms_key_arn)
 
 
 def _read_spec(aws: AWS, name: str) -> dict[str, Any]:

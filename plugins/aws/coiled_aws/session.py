@@ -1,7 +1,14 @@
-"""boto3 clients for one region, made lazily, with retries and backoff on throttling."""
+"""boto3 clients for one region, made lazily, with retries and backoff on throttling.
+
+Every AWS call of the client side of the backend goes through an :class:`AWS`. Functions in
+:data:`SESSION_HOOKS` see each boto3 session it makes before any client of it exists: the place to
+register botocore event handlers, for example to audit or record the calls made (the tests check
+the published client policy against every action a cluster's lifecycle calls this way).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cached_property
 from typing import Any
 
@@ -10,6 +17,9 @@ from coiled_core.errors import CoiledError
 from coiled_aws.options import AWSOptions
 
 DEFAULT_REGION = "us-east-1"
+
+#: Called with every new ``boto3.session.Session`` an :class:`AWS` makes; append to add one.
+SESSION_HOOKS: list[Callable[[Any], None]] = []
 
 
 class AWS:
@@ -20,8 +30,15 @@ class AWS:
 
         self.options = options
         self.session = boto3.session.Session()
+        for hook in list(SESSION_HOOKS):
+            hook(self.session)
         self.region: str = options.region or self.session.region_name or DEFAULT_REGION
         self._clients: dict[str, Any] = {}
+
+    @property
+    def partition(self) -> str:
+        """The ARN partition of the region: 'aws', 'aws-cn', 'aws-us-gov', ..."""
+        return self.session.get_partition_for_region(self.region)
 
     def client(self, service: str) -> Any:
         if service not in self._clients:

@@ -69,8 +69,47 @@ def test_node_roles_cannot_terminate_instances(offline_ec2, backend):
     try:
         for instance in instances(offline_ec2, spec.name, "us-east-1"):
             documents = role_policies(offline_ec2, role_of(offline_ec2, instance))
-            assert not allowed(documents, "ec2:TerminateInstances", f"arn:aws:ec2:us-east-1:{_account(offline_ec2)}:instance/{instance['InstanceId']}")
+            arn = f"arn:aws:ec2:us-east-1:{_account(offline_ec2)}:instance/{instance['InstanceId']}"
+            assert not allowed(documents, "ec2:TerminateInstances", arn)
             assert not any(a.startswith("ec2:") for a in actions_of(documents))
     finally:
         backend.teardown(record)
 
+
+
+def test_every_node_role_gets_the_permissions_boundary(offline_ec2, backend):
+    """Whatever inline policy a client writes, a node role cannot exceed the boundary."""
+    spec = _spec("bounded", "us-east-1")
+    record = backend.provision(spec, backend.validate_options(spec.backend_options))
+    try:
+        iam = offline_ec2.client("iam")
+        expected = f"arn:aws:iam::{_account(offline_ec2)}:policy/coiled-node-boundary"
+        assert iam.get_policy(PolicyArn=expected)["Policy"]["PolicyName"] == "coiled-node-boundary"
+        roles = {role_of(offline_ec2, i) for i in instances(offline_ec2, spec.name, "us-east-1")}
+        assert len(roles) == 2
+        for role in roles:
+            assert iam.get_role(RoleName=role)["Role"]["PermissionsBoundary"]["PermissionsBoundaryArn"] == expected
+    finally:
+        backend.teardown(record)
+
+
+def test_a_given_permissions_boundary_must_exist_before_anything_is_made(offline_ec2, backend):
+    from coiled_core.errors import ClusterSpecError
+
+    spec = _spec("no-boundary", "us-east-1")
+    options = backend.validate_options({**spec.backend_options, "permissions_boundary": "team-boundary"})
+    with pytest.raises(ClusterSpecError, match="permissions_boundary '.*policy/team-boundary' does not exist"):
+        backend.provision(spec, options)
+    assert instances(offline_ec2, spec.name, "us-east-1") == []
+    iam = offline_ec2.client("iam")
+    document = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "ssm:GetParameter", "Resource": "*"}]}
+    arn = iam.create_policy(PolicyName="team-boundary", PolicyDocument=json.dumps(document))["Policy"]["Arn"]
+    try:
+        record = backend.provision(spec, options)
+        try:
+            roles = {role_of(offline_ec2, i) for i in instances(offline_ec2, spec.name, "us-east-1")}
+            assert {iam.get_role(RoleName=r)["Role"]["PermissionsBoundary"]["PermissionsBoundaryArn"] for r in roles} == {arn}
+        finally:
+            backend.teardown(record)
+    finally:
+        iam.delete_policy(PolicyArn=arn)

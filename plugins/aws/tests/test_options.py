@@ -176,3 +176,12 @@ def test_iam_instance_profile_name_or_arn():
     assert validate({"iam_instance_profile": arn}).iam_instance_profile == "dask-nodes"
     with pytest.raises(ClusterSpecError, match="iam_instance_profile: 'dask nodes' is not an instance profile name or ARN"):
         validate({"iam_instance_profile": "dask nodes"})
+
+
+def test_permissions_boundary_name_or_arn():
+    assert validate({}).permissions_boundary is None
+    arn = "arn:aws:iam::123456789012:policy/team/coiled-boundary"
+    assert validate({"permissions_boundary": arn}).permissions_boundary == arn
+    assert validate({"permissions_boundary": "coiled-boundary"}).permissions_boundary == "coiled-boundary"
+    with pytest.raises(ClusterSpecError, match="permissions_boundary: 'my boundary' is not a managed policy name or ARN"):
+        validate({"permissions_boundary": "my boundary"})
