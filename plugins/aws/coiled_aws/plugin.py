@@ -173,8 +173,8 @@ def _node_secrets(spec: ClusterSpec) -> dict[str, dict[str, str]]:
 def _check_secret_sizes(spec: ClusterSpec) -> None:
     """What goes into one SSM parameter must fit there: found before anything exists."""
     try:
-        parameters.check_size("the cluster spec (with its environ)", spec.model_dump_json())
         parameters.check_size("environ", json.dumps(spec.environ, separators=(",", ":")))
+        parameters.check_size("the cluster spec (with its environ)", spec.model_dump_json())
     except ValueError as e:
         raise ClusterSpecError(str(e)) from None
 

@@ -131,8 +131,7 @@ def _lifecycle(backend, spec):
 
 def test_the_client_policy_allows_exactly_what_a_lifecycle_calls(offline_ec2):
     # An administrator's one-time steps, not the client's: the boundary and a KMS key.
-    admin = AWS(AWSOptions(region=REGION))
-    iam.ensure_boundary(admin)
+    assert iam.main([]) == 0  # what the README tells an administrator to run once
     key = offline_ec2.client("kms", REGION).create_key(Description="coiled client policy test")["KeyMetadata"]
     clear_cache()  # the instance-type catalogue is fetched once per process: fetch it here
     backend = load_backend("aws")
@@ -213,3 +212,11 @@ def test_the_documented_shared_node_policy_covers_both_node_roles():
                         assert allowed([policy], action, resource) or "Condition" in statement, (action, resource)
         assert allowed([policy], "ssm:GetParametersByPath", f"{prefix}/{role}")
         assert allowed([policy], "ssm:DeleteParameters", f"{prefix}/{role}/{role}_key")
+
+
+def test_the_documented_policies_print_for_this_account(capsys):
+    aws = AWS(AWSOptions(region=REGION))
+    assert iam.main(["--print", "node-policy", "--region", REGION]) == 0
+    assert json.loads(capsys.readouterr().out) == iam.shared_node_policy(aws)
+    assert iam.main(["--print", "boundary"]) == 0
+    assert json.loads(capsys.readouterr().out) == iam.boundary_policy(aws)

@@ -241,3 +241,21 @@ def test_nodes_get_environ_and_a_cluster_that_ends_by_itself_takes_its_secrets(o
         backend.gc(options)
         delete_tls(Store(), name)
 
+
+
+def test_large_values_use_the_advanced_tier_and_too_large_ones_fail_first(offline_ec2, backend):
+    from coiled_aws import parameters
+    from coiled_aws.options import AWSOptions
+    from coiled_aws.session import AWS
+
+    aws = AWS(AWSOptions(region=REGION))
+    name = "/coiled/large-values/secrets/worker/environ"
+    parameters.put_secure(aws, name, "x" * 5000, None)
+    try:
+        assert _parameters(offline_ec2, "large-values")[name]["Tier"] == "Advanced"
+    finally:
+        parameters.delete_names(aws, [name])
+    spec = _spec("too-large", environ={"BIG": "x" * 9000}, security=False)
+    with pytest.raises(ClusterSpecError, match="environ is 9.* bytes, more than the 8192 bytes"):
+        backend.provision(spec, backend.validate_options(spec.backend_options))
+    assert instances(offline_ec2, spec.name, REGION) == [] and _parameters(offline_ec2, spec.name) == {}
