@@ -205,6 +205,7 @@ def _warn_if_exposed(spec: ClusterSpec, options: AWSOptions, cidr: str) -> None:
 
 
 # -- node configs and boot scripts --------------------------------------------------------------
+NODE_LOG_MAX_BYTES = 50 * 2**20
 class _Boot:
     """Renders boot scripts for one cluster (both waves and later scale-ups)."""
 
@@ -224,6 +225,10 @@ class _Boot:
             # No `environ` here: user data is readable by other principals. The node reads it
             # from SSM with its own role, with its TLS material (`tls_ssm`).
             "lifecycle": lifecycle_settings(self.spec),
+            # The boot script appends all output to node.log (in the node's root, the agent's
+            # working directory); the agent rotates it so a long-lived node's disk never fills.
+            "log_file": "node.log",
+            "log_max_bytes": NODE_LOG_MAX_BYTES,
             "log_upload": {
                 "bucket": self.bucket,
                 "key": f"logs/{self.spec.name}/{{instance_id}}.log",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import json
 import zipfile
 
 import botocore.client
@@ -162,6 +163,9 @@ def test_a_node_fetches_with_its_role_and_every_s3_call_names_the_owner(offline_
             script = base64.b64decode(data).decode()
             # No presigned URL: nothing of the client's credentials is in the user data.
             assert offline_ec2.credentials.access_key_id not in script and "X-Amz-" not in script
+            # The agent rotates the node's log, so a long-lived node's disk never fills.
+            node_json = json.loads(script.split("<<'COILED_NODE_JSON'\n", 1)[1].split("\nCOILED_NODE_JSON", 1)[0])
+            assert node_json["log_file"] == "node.log" and node_json["log_max_bytes"] > 0
         # The nodes fetched and verified the bundle, ran the agent and uploaded their logs.
         wait_until(lambda: len([t for t in backend.logs(record, None).values() if "coiled" in t]) == len(ids),
                    timeout=240, message="every node's log in the bucket")
