@@ -89,13 +89,15 @@ def _describe_or_raise(backend: Backend, options: BaseModel, name: str) -> Clust
     raise ClusterNotFoundError(f"no cluster named {name!r} on backend {backend.name!r}{hint}")
 
 
-def teardown_cluster(backend: Backend, record: ClusterRecord) -> ClusterRecord:
-    """Tear a cluster down through its backend, then delete the TLS material the store keeps for it."""
+def teardown_cluster(backend: Backend, record: ClusterRecord, options: BaseModel) -> ClusterRecord:
+    """Tear a cluster down through its backend, then delete the TLS material the store keeps for
+    it. Every path that ends a cluster on purpose comes here (``Cluster.close``/``shutdown``, a
+    failed start, ``delete_cluster``, ``coiled cluster stop``)."""
     from coiled_core import credentials
     from coiled_core.store import Store
 
-    final = backend.teardown(record)
-    credentials.delete(Store(), record.name)
+    final = backend.teardown(record, options)
+    credentials.delete(Store(), record.name, backend.name)
     return final
 
 
@@ -135,7 +137,7 @@ def delete_cluster(
     """
     loaded, options = _resolve(backend, backend_options)
     record = _describe_or_raise(loaded, options, name)
-    return teardown_cluster(loaded, record)
+    return teardown_cluster(loaded, record, options)
 
 
 def cluster_logs(
@@ -161,7 +163,7 @@ def cluster_logs(
         raise ClusterSpecError(f"tail: must be a positive number of lines, not {tail!r}")
     loaded, options = _resolve(backend, backend_options)
     record = _describe_or_raise(loaded, options, name)
-    return dict(loaded.logs(record, tail=tail))
+    return dict(loaded.logs(record, options, tail=tail))
 
 
 def gc(backend: str | None = None, backend_options: Mapping[str, Any] | None = None) -> list[str]:

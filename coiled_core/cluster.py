@@ -47,11 +47,11 @@ if not logger.handlers and not logging.getLogger().handlers:
 _live_clusters: weakref.WeakSet[Cluster] = weakref.WeakSet()
 
 
-def teardown_cluster(backend: Backend, record: ClusterRecord) -> ClusterRecord:
+def teardown_cluster(backend: Backend, record: ClusterRecord, options: Any) -> ClusterRecord:
     """Tear a cluster down and delete what the core keeps for it (its TLS material)."""
     from coiled_core.api import teardown_cluster as teardown
 
-    return teardown(backend, record)
+    return teardown(backend, record, options)
 
 
 def _resolve_wait_for_workers(value: Any, n_workers: int) -> int:
@@ -193,13 +193,16 @@ class Cluster(DistributedCluster):
             get_software_info(spec.software)  # an unknown name fails here, with close matches
         self.backend: Backend = load_backend(spec.backend)
         self.backend_options = self.backend.validate_options(spec.backend_options)
-        if spec.security is False and getattr(self.backend_options, "TLS_REQUIRED", False):
+        self._tls_policy = self.backend.tls_policy(self.backend_options)
+        if spec.security is False and self._tls_policy.required:
             raise ClusterSpecError(
                 f"security: False is refused by backend {spec.backend!r} with these backend_options: "
                 "the cluster would be reachable from other machines without TLS, so anyone there could "
                 "run code on it; leave security unset (TLS is then on) or bind to a loopback address"
             )
         self.spec: ClusterSpec = spec.model_copy(update={"backend_options": self.backend_options.model_dump(mode="json")})
+        # What only the backend can check, before any claim or resource.
+        self.backend.preflight(self.spec, self.backend_options)
         self._wait_for_workers_count = _resolve_wait_for_workers(wait_for_workers, spec.n_workers)
         #: Keywords the caller gave explicitly (attaching warns if they differ from the cluster's).
         self._explicit = {key for key, value in keywords.items() if value is not None}
@@ -209,6 +212,8 @@ class Cluster(DistributedCluster):
         self._progress = StartProgress(spec.name, spec.backend, spec.n_workers, show=show_widget)
 
         self.record: ClusterRecord | None = None
+        #: The client's part of the cluster's TLS material (for the scale hook), if TLS is on.
+        self._client_tls: ClusterTLS | None = None
         #: Whether this object created the cluster (False: it attached to an existing one).
         self.created: bool = False
         self.workers: dict[str, Any] = {}
@@ -290,7 +295,7 @@ class Cluster(DistributedCluster):
         self._update_workers()
         self._set_phase("connecting to the scheduler")
         if record.dashboard_url:
-            self._progress.dashboard(self.backend.dashboard_url(record) or record.dashboard_url)
+            self._progress.dashboard(self.backend.dashboard_url(record, self.backend_options) or record.dashboard_url)
         self.scheduler_comm = rpc(record.scheduler_address, connection_args=self._connection_args())
         if self.created:
             await self._wait_for_scheduler()
@@ -333,21 +338,22 @@ class Cluster(DistributedCluster):
         self.created = True
         if self.spec.shutdown_on_close is None:
             self.spec = self.spec.model_copy(update={"shutdown_on_close": True})
-        await asyncio.to_thread(self._prepare_tls)
+        material = await asyncio.to_thread(self._prepare_tls)
         # A thread cannot be cancelled: if the start times out, the clean-up must wait for
         # provisioning to finish, or machines it launches afterwards would be left behind.
         self._provisioning = asyncio.ensure_future(
-            asyncio.to_thread(self.backend.provision, self.spec, self.backend_options)
+            asyncio.to_thread(self.backend.provision, self.spec, self.backend_options, material)
         )
         record = await asyncio.shield(self._provisioning)
         if self.spec.security:
             # The nodes have theirs now: the store keeps only what a client needs.
             from coiled_core import credentials
 
-            await asyncio.to_thread(credentials.keep_client_only, Store(), self.name)
+            await asyncio.to_thread(credentials.keep_client_only, Store(), self.name, self.spec.backend)
+            self._client_tls = await asyncio.to_thread(credentials.load, Store(), self.name, self.spec.backend)
         return record
 
-    def _prepare_tls(self) -> None:
+    def _prepare_tls(self) -> ClusterTLS | None:
         """Make and store this cluster's TLS material when TLS is on, before anything boots.
 
         The store keeps it, so a client in another process (or, with a shared store, on another
@@ -355,11 +361,10 @@ class Cluster(DistributedCluster):
         """
         enabled = self.spec.security
         if enabled is None:
-            # The options may decide (a property), e.g. on for a cluster reachable from other machines.
-            enabled = getattr(self.backend_options, "TLS_BY_DEFAULT", True)
+            enabled = self._tls_policy.default  # the backend's choice for these options
         self.spec = self.spec.model_copy(update={"security": bool(enabled)})
         if not enabled:
-            return
+            return None
         if self._user_security is not None:
             material = ClusterTLS.from_security(self._user_security)
         else:
@@ -368,6 +373,7 @@ class Cluster(DistributedCluster):
 
         credentials.save_for_start(Store(), self.name, material, self.spec.backend, self.spec.backend_options)
         self.security = self._user_security or material.to_security("client")
+        return material
 
     def _connection_args(self) -> dict[str, Any]:
         return self.security.get_connection_args("client") if self.security is not None else {}
@@ -399,13 +405,14 @@ class Cluster(DistributedCluster):
         shutdown = requested.shutdown_on_close
         self.spec = self.spec.model_copy(update={"shutdown_on_close": False if shutdown is None else shutdown})
         if (existing.scheduler_address or "").startswith("tls://"):
-            material = ClusterTLS.load(Store(), self.name)
+            material = ClusterTLS.load(Store(), self.name, self.spec.backend)
             if material is None:
                 raise CoiledError(
                     f"cluster {self.name!r} uses TLS, but the store at {Store().url} holds no credentials "
                     "for it; point dask config 'coiled.store' at the store its creator used"
                 )
             self.security = self._user_security or material.to_security("client")
+            self._client_tls = material
 
     async def _start_watching(self) -> None:
         """Replaces distributed's ``Cluster._start``, which subscribes to worker-status pushes.
@@ -473,7 +480,7 @@ class Cluster(DistributedCluster):
                 f"waited for are still running; the others ended while starting"
             )
         if problem:
-            logs = await asyncio.to_thread(self.backend.logs, self.record, 30)
+            logs = await asyncio.to_thread(self.backend.logs, self.record, self.backend_options, 30)
             tail = "\n".join(logs.values())
             raise ProvisionError(f"{problem}:\n{tail}")
 
@@ -544,11 +551,11 @@ class Cluster(DistributedCluster):
                 name=self.name, backend=self.spec.backend, spec=self.spec.model_dump(mode="json")
             )
             with suppress(Exception):
-                logs = await asyncio.to_thread(self.backend.logs, record, 20)
+                logs = await asyncio.to_thread(self.backend.logs, record, self.backend_options, 20)
                 tail = "\n".join(text for text in logs.values() if text.strip())
                 self._log_tail = f"\nlast lines of the cluster's log:\n{tail}" if tail else ""
             try:
-                self.record = await asyncio.to_thread(teardown_cluster, self.backend, record)
+                self.record = await asyncio.to_thread(teardown_cluster, self.backend, record, self.backend_options)
             except Exception:
                 logger.exception("tearing down %r after a failed start also failed", self.name)
         # Release comms and tasks; a failed cluster object is closed, not left half-open.
@@ -600,7 +607,9 @@ class Cluster(DistributedCluster):
 
     async def _backend_scale(self, n: int, retired: list[str]) -> None:
         assert self.record is not None
-        self.record = await asyncio.to_thread(self.backend.scale, self.record, n, retired)
+        self.record = await asyncio.to_thread(
+            self.backend.scale, self.record, self.backend_options, n, retired, self._client_tls
+        )
         self._update_workers()
 
     # -- closing ---------------------------------------------------------------------------
@@ -612,7 +621,7 @@ class Cluster(DistributedCluster):
         if self._adaptive is not None:
             self._adaptive.stop()
         if shutdown and self.record is not None:
-            self.record = await asyncio.to_thread(teardown_cluster, self.backend, self.record)
+            self.record = await asyncio.to_thread(teardown_cluster, self.backend, self.record, self.backend_options)
         _live_clusters.discard(self)
         await super()._close()
 
@@ -653,13 +662,13 @@ class Cluster(DistributedCluster):
     def dashboard_link(self) -> str:
         if self.record is None:
             return ""
-        return self.backend.dashboard_url(self.record) or ""
+        return self.backend.dashboard_url(self.record, self.backend_options) or ""
 
     async def _get_logs(self, cluster=True, scheduler=True, workers=True):
         logs = await super()._get_logs(cluster=cluster, scheduler=scheduler, workers=workers)
         if self.record is not None:
             # The backend's log files also cover processes that have already ended.
-            for key, text in (await asyncio.to_thread(self.backend.logs, self.record, None)).items():
+            for key, text in (await asyncio.to_thread(self.backend.logs, self.record, self.backend_options, None)).items():
                 logs[f"{self.spec.backend}:{key}"] = Log(text)
         return logs
 
@@ -710,4 +719,4 @@ def _close_clusters_at_exit() -> None:
     for cluster in list(_live_clusters):
         if cluster.spec.shutdown_on_close and cluster.record is not None:
             with suppress(Exception):
-                teardown_cluster(cluster.backend, cluster.record)
+                teardown_cluster(cluster.backend, cluster.record, cluster.backend_options)

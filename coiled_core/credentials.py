@@ -1,6 +1,6 @@
 """A cluster's TLS material in the store: what is kept, for how long, and who deletes it.
 
-The material lives under ``clusters/<name>/`` in the store (see :mod:`coiled_core.security`):
+The material lives under ``clusters/<backend>/<name>/`` in the store (see :mod:`coiled_core.security`):
 
 - While a cluster is being created, the store holds all of it (the CA and a certificate and key
   for the scheduler, the workers and the client), so that the backend's ``provision`` hook can
@@ -14,8 +14,8 @@ The material lives under ``clusters/<name>/`` in the store (see :mod:`coiled_cor
   ``coiled cluster gc`` (:func:`sweep`) deletes the material of clusters its backend no longer
   reports live.
 
-Next to the material, ``clusters/<name>/cluster.json`` says which backend (and options) the
-cluster was made on and by whom, so that gc never deletes another user's or another backend's
+Next to the material, ``cluster.json`` says which backend options the cluster was made with and by
+whom, so that gc never deletes another user's or another backend's
 material: it deletes only what this user made on this machine, for a cluster the backend says
 has ended and that no live process of this machine is still creating.
 """
@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import psutil
 
-from coiled_core.security import ROLES, ClusterTLS, delete_tls, tls_files
+from coiled_core.security import ROLES, ClusterTLS, cluster_key, tls_files
 from coiled_core.store import Store
 
 if TYPE_CHECKING:
@@ -38,13 +38,13 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("coiled")
 
-#: Files under ``clusters/<name>/tls/`` that a client needs to reattach; everything else goes
+#: Files under ``clusters/<backend>/<name>/tls/`` that a client needs to reattach; everything else goes
 #: once the cluster has been provisioned.
 CLIENT_FILES = frozenset({"ca.pem", "client.pem", "client-key.pem"})
 
 
-def _owner_key(name: str) -> str:
-    return f"clusters/{name}/cluster.json"
+def _owner_key(backend: str, name: str) -> str:
+    return f"{cluster_key(backend, name)}/cluster.json"
 
 
 def _me() -> dict[str, str]:
@@ -71,7 +71,7 @@ def _process_alive(process: Mapping[str, Any]) -> bool:
 def save_for_start(store: Store, name: str, material: ClusterTLS, backend: str, backend_options: Mapping[str, Any]) -> None:
     """Keep all of ``material`` for the cluster being created, with who made it and where."""
     # Whatever an earlier cluster of this name left goes first: files of two CAs must not mix.
-    delete(store, name)
+    delete(store, name, backend)
     owner = {
         "backend": backend,
         "backend_options": dict(backend_options),
@@ -80,35 +80,41 @@ def save_for_start(store: Store, name: str, material: ClusterTLS, backend: str, 
         "creator": _this_process(),
         "provisioned": False,
     }
-    store.write(_owner_key(name), json.dumps(owner).encode(), private=True)
-    material.save(store, name)
+    store.write(_owner_key(backend, name), json.dumps(owner).encode(), private=True)
+    material.save(store, name, backend)
 
 
-def keep_client_only(store: Store, name: str) -> None:
+def load(store: Store, name: str, backend: str) -> ClusterTLS | None:
+    """The TLS material the store keeps for cluster ``name`` of ``backend``, or None."""
+    return ClusterTLS.load(store, name, backend)
+
+
+def keep_client_only(store: Store, name: str, backend: str) -> None:
     """Delete the CA key and the nodes' keys and certificates: the cluster has been provisioned."""
-    prefix = f"clusters/{name}/tls"
+    prefix = f"{cluster_key(backend, name)}/tls"
     for filename in tls_files(ROLES):
         if filename not in CLIENT_FILES:
             store.delete(f"{prefix}/{filename}")
-    raw = store.read(_owner_key(name))
+    raw = store.read(_owner_key(backend, name))
     if raw is not None:
         owner = json.loads(raw)
         owner["provisioned"] = True
-        store.write(_owner_key(name), json.dumps(owner).encode(), private=True)
+        store.write(_owner_key(backend, name), json.dumps(owner).encode(), private=True)
 
 
-def delete(store: Store, name: str) -> None:
-    """Delete everything the store keeps of cluster ``name``'s credentials (missing is fine)."""
-    delete_tls(store, name)
-    store.delete(_owner_key(name))
+def delete(store: Store, name: str, backend: str) -> None:
+    """Delete everything the store keeps of cluster ``name``'s credentials (missing is fine),
+    and the backend's folder with it once it is empty."""
+    store.delete(cluster_key(backend, name))
+    store.remove_empty_folder(f"clusters/{backend}")
 
 
-def local_directory(store: Store, name: str) -> str | None:
+def local_directory(store: Store, name: str, backend: str) -> str | None:
     """The directory holding ``name``'s credentials when the store is on this machine, else None.
 
     A node on this machine may delete it when its cluster ends (the local backend does).
     """
-    path = store.local_path(_owner_key(name))
+    path = store.local_path(_owner_key(backend, name))
     return path.rsplit("/", 1)[0] if path else None
 
 
@@ -122,15 +128,15 @@ def sweep(store: Store, backend: Backend, options: Any) -> list[str]:
     """
     removed = []
     me = _me()
-    for name in list(store.list("clusters")):
-        raw = store.read(_owner_key(name))
+    for name in list(store.list(f"clusters/{backend.name}")):
+        raw = store.read(_owner_key(backend.name, name))
         if raw is None:
             continue  # made by an older version, or not a cluster's: not provably ours
         try:
             owner = json.loads(raw)
         except ValueError:
             continue
-        if owner.get("backend") != backend.name or owner.get("created_by") != me:
+        if owner.get("created_by") != me:
             continue
         if not owner.get("provisioned") and _process_alive(owner.get("creator") or {}):
             continue  # being created right now: its backend may not show it yet
@@ -142,6 +148,6 @@ def sweep(store: Store, backend: Backend, options: Any) -> list[str]:
             continue
         if record is not None and record.state.is_live:
             continue
-        delete(store, name)
+        delete(store, name, backend.name)
         removed.append(f"deleted the TLS credentials of ended cluster {name!r}")
     return removed

@@ -34,3 +34,8 @@ class ProvisionError(CoiledError, RuntimeError):
 
 class ClusterNotFoundError(CoiledError, LookupError):
     """No cluster of that name exists on the backend."""
+
+
+class BackendContractError(ProvisionError):
+    """A backend answered against the hook contract (see :mod:`coiled_core.hookspecs`); the
+    message names the backend and the rule it broke."""

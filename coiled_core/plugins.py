@@ -1,7 +1,8 @@
 """Finding, loading and calling backend plugins.
 
 Backends are found through the entry-point group ``coiled_core.backends`` (name = backend name,
-value = module holding the hook implementations), built-in ones exactly like third-party ones.
+value = what ``EntryPoint.load()`` resolves to the object holding the hook implementations: a
+module, or ``module:object``), built-in ones exactly like third-party ones.
 Listing backends imports only the plugin modules, which must import their cloud SDK lazily.
 Every cluster gets a fresh :class:`Backend`, a plugin manager holding exactly one backend plus
 the installed extensions (``coiled_core.extensions``), so a cluster only ever reaches its own
@@ -10,11 +11,9 @@ backend.
 
 from __future__ import annotations
 
-import importlib
 import importlib.metadata
 import warnings
 from dataclasses import dataclass
-from types import ModuleType
 from typing import Any, Iterable, Mapping
 
 import pluggy
@@ -22,12 +21,13 @@ from pydantic import BaseModel
 
 from coiled_core import hookspecs
 from coiled_core.errors import (
+    BackendContractError,
     BackendLoadError,
     BackendNotFoundError,
     CoiledError,
     DuplicateBackendError,
 )
-from coiled_core.records import ClusterRecord
+from coiled_core.records import ClusterRecord, TLSPolicy
 from coiled_core.spec import ClusterSpec, validate_backend_options
 
 BACKEND_GROUP = "coiled_core.backends"
@@ -39,30 +39,52 @@ class PluginEntry:
     """One entry point of a plugin group and the distribution that declared it."""
 
     name: str
+    #: The entry point's value: ``package.module`` or ``package.module:object``.
     module: str
     distribution: str
     version: str
     #: Why the plugin cannot be used, if it cannot (filled in by :func:`list_backends`).
     error: str | None = None
 
-    def load(self) -> ModuleType:
-        """Import the plugin's module; failures become a :class:`BackendLoadError`."""
+    def load(self) -> Any:
+        """Load the plugin with ``EntryPoint.load()`` and check it fits the hook contract:
+        the version it declares and the hooks it must implement. Failures become a
+        :class:`BackendLoadError` naming the distribution and what is wrong."""
+        entry_point = importlib.metadata.EntryPoint(self.name, self.module, BACKEND_GROUP)
         try:
-            module = importlib.import_module(self.module)
+            module = entry_point.load()
         except Exception as e:
             raise BackendLoadError(
                 f"backend {self.name!r} (distribution {self.distribution} {self.version}) failed to "
                 f"import: {type(e).__name__}: {e}. Reinstall it with its dependencies: "
                 f"pip install --force-reinstall {self.distribution}"
             ) from e
-        version = getattr(module, "HOOK_API_VERSION", hookspecs.HOOK_API_VERSION)
-        if version != hookspecs.HOOK_API_VERSION:
-            raise BackendLoadError(
-                f"backend {self.name!r} (distribution {self.distribution} {self.version}) was built "
-                f"for hook API version {version}, but this coiled-core speaks version "
-                f"{hookspecs.HOOK_API_VERSION}; install a {self.distribution} release made for it"
-            )
+        check_backend(module, f"backend {self.name!r} (distribution {self.distribution} {self.version})", self.distribution)
         return module
+
+
+def check_backend(plugin: Any, what: str, distribution: str = "the backend") -> None:
+    """Refuse a backend object that does not fit this core's hook contract: no or another
+    ``HOOK_API_VERSION``, or a required hook missing. Raises :class:`BackendLoadError`."""
+    version = getattr(plugin, "HOOK_API_VERSION", None)
+    if version is None:
+        raise BackendLoadError(
+            f"{what} declares no HOOK_API_VERSION; this coiled-core needs backends made for hook API "
+            f"version {hookspecs.HOOK_API_VERSION} (set HOOK_API_VERSION = {hookspecs.HOOK_API_VERSION} "
+            "in the backend module once it implements that contract; see coiled_core.hookspecs)"
+        )
+    if version != hookspecs.HOOK_API_VERSION:
+        raise BackendLoadError(
+            f"{what} was built for hook API version {version}, but this coiled-core needs version "
+            f"{hookspecs.HOOK_API_VERSION}; install a {distribution} release made for it"
+        )
+    implemented = {name for name in dir(plugin) if hasattr(getattr(plugin, name, None), f"{hookspecs.PROJECT_NAME}_impl")}
+    missing = [hook for hook in hookspecs.REQUIRED_HOOKS if hook not in implemented]
+    if missing:
+        raise BackendLoadError(
+            f"{what} does not implement the required hook(s) {', '.join(missing)} "
+            "(functions decorated with @hookimpl; see coiled_core.hookspecs)"
+        )
 
 
 def _entries(group: str, path: list[str] | None) -> list[PluginEntry]:
@@ -118,10 +140,11 @@ def _new_plugin_manager() -> pluggy.PluginManager:
 class Backend:
     """One backend plugin, in a plugin manager of its own, with the core's calls into it.
 
-    Each method calls the hook of the same name and checks that the backend answered.
+    Each method calls the hook of the same name, fills in the defaults of optional hooks and
+    checks the answer against the contract.
     """
 
-    def __init__(self, entry: PluginEntry, module: ModuleType, extensions: Iterable[tuple[str, Any]] = ()):
+    def __init__(self, entry: PluginEntry, module: Any, extensions: Iterable[tuple[str, Any]] = ()):
         self.name = entry.name
         self.entry = entry
         self.plugin_manager = pm = _new_plugin_manager()
@@ -132,8 +155,8 @@ class Backend:
 
     def _call(self, hook: str, **kwargs: Any) -> Any:
         result = getattr(self.plugin_manager.hook, hook)(**kwargs)
-        if result is None and hook not in ("describe", "dashboard_url"):
-            raise BackendLoadError(f"backend {self.name!r} does not implement the {hook!r} hook")
+        if result is None and hook in ("backend_options_model", "provision", "scale", "teardown", "list_clusters", "gc", "logs"):
+            raise BackendLoadError(f"backend {self.name!r}: its {hook!r} hook returned nothing (see coiled_core.hookspecs)")
         return result
 
     def options_model(self) -> type[BaseModel]:
@@ -145,8 +168,23 @@ class Backend:
     def options_from_record(self, record: ClusterRecord) -> BaseModel:
         return self.options_model().model_validate(record.spec.get("backend_options", {}))
 
-    def provision(self, spec: ClusterSpec, options: BaseModel) -> ClusterRecord:
-        return self._call("provision", spec=spec, options=options)
+    def tls_policy(self, options: BaseModel) -> TLSPolicy:
+        return self._call("tls_policy", options=options) or TLSPolicy()
+
+    def preflight(self, spec: ClusterSpec, options: BaseModel) -> None:
+        self._call("preflight", spec=spec, options=options)
+
+    def provision(self, spec: ClusterSpec, options: BaseModel, tls: Any = None) -> ClusterRecord:
+        record = self._call("provision", spec=spec, options=options, tls=tls)
+        scheme = "tls://" if spec.security else "tcp://"
+        address = record.scheduler_address or ""
+        if not address.startswith(scheme):
+            raise BackendContractError(
+                f"backend {self.name!r} broke the hook contract: with security={bool(spec.security)} the "
+                f"scheduler address must start with {scheme!r}, but provision returned {address or None!r} "
+                "(see 'TLS' in coiled_core.hookspecs)"
+            )
+        return record
 
     def claim_name(self, name: str, options: BaseModel) -> bool:
         return bool(self._call("claim_name", name=name, options=options))
@@ -154,30 +192,37 @@ class Backend:
     def gc(self, options: BaseModel) -> list[str]:
         return self._call("gc", options=options)
 
-    def scale(self, record: ClusterRecord, n_workers: int, retired: list[str]) -> ClusterRecord:
-        return self._call("scale", record=record, n_workers=n_workers, retired=list(retired))
+    def scale(self, record: ClusterRecord, options: BaseModel, n_workers: int, retired: list[str], tls: Any = None) -> ClusterRecord:
+        return self._call("scale", record=record, options=options, n_workers=n_workers, retired=list(retired), tls=tls)
 
     def describe(self, name: str, options: BaseModel) -> ClusterRecord | None:
-        return self._call("describe", name=name, options=options)
+        record = self._call("describe", name=name, options=options)
+        if record is not None and record.state.is_live and not record.spec:
+            raise BackendContractError(
+                f"backend {self.name!r} broke the hook contract: describe({name!r}) returned a live record "
+                "without its spec (record.spec must hold the spec the cluster was made from)"
+            )
+        return record
 
-    def teardown(self, record: ClusterRecord) -> ClusterRecord:
-        return self._call("teardown", record=record)
+    def teardown(self, record: ClusterRecord, options: BaseModel) -> ClusterRecord:
+        return self._call("teardown", record=record, options=options)
 
-    def dashboard_url(self, record: ClusterRecord) -> str | None:
-        return self._call("dashboard_url", record=record)
+    def dashboard_url(self, record: ClusterRecord, options: BaseModel) -> str | None:
+        url = self._call("dashboard_url", record=record, options=options)
+        return url if url is not None else record.dashboard_url
 
     def list_clusters(self, options: BaseModel) -> list[ClusterRecord]:
         return self._call("list_clusters", options=options)
 
-    def logs(self, record: ClusterRecord, tail: int | None = None) -> dict[str, str]:
-        return self._call("logs", record=record, tail=tail)
+    def logs(self, record: ClusterRecord, options: BaseModel, tail: int | None = None) -> dict[str, str]:
+        return self._call("logs", record=record, options=options, tail=tail)
 
 
-def _load_extensions(path: list[str] | None) -> list[tuple[str, ModuleType]]:
+def _load_extensions(path: list[str] | None) -> list[tuple[str, Any]]:
     loaded = []
     for entry in _entries(EXTENSION_GROUP, path):
         try:
-            loaded.append((entry.name, importlib.import_module(entry.module)))
+            loaded.append((entry.name, importlib.metadata.EntryPoint(entry.name, entry.module, EXTENSION_GROUP).load()))
         except Exception as e:
             warnings.warn(
                 f"extension {entry.name!r} ({entry.distribution} {entry.version}) failed to import and "

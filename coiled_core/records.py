@@ -46,3 +46,29 @@ class ClusterRecord(BaseModel):
     @property
     def worker_names(self) -> list[str]:
         return [w.name for w in self.workers]
+
+
+class TLSPolicy(BaseModel):
+    """A backend's TLS rules for clusters with given options (see the ``tls_policy`` hook)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: Whether clusters use TLS when the user leaves ``security`` unset.
+    default: bool = True
+    #: Whether ``security=False`` is refused (the cluster would be reachable from other machines).
+    required: bool = False
+
+
+#: Seconds past a cluster's lifetime cap after which ``gc`` may delete it although it still runs.
+EXPIRY_GRACE = 300.0
+
+
+def past_lifetime(record: ClusterRecord, now: datetime | None = None, grace: float = EXPIRY_GRACE) -> bool:
+    """Whether ``record``'s cluster has outlived its lifetime cap (``cluster_timeout``) by more
+    than ``grace`` seconds: its node should have ended it, so ``gc`` may."""
+    cap = record.spec.get("cluster_timeout")
+    if not cap:
+        return False
+    created = record.created_at if record.created_at.tzinfo else record.created_at.replace(tzinfo=timezone.utc)
+    age = ((now or datetime.now(timezone.utc)) - created).total_seconds()
+    return age > float(cap) + grace

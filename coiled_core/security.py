@@ -53,11 +53,21 @@ _CA_CERT = "ca.pem"
 _CA_KEY = "ca-key.pem"
 
 
-def _tls_prefix(cluster_name: str) -> str:
-    """Store key prefix of a cluster's TLS material; rejects names that would escape it."""
-    if not cluster_name or "/" in cluster_name or cluster_name in (".", ".."):
-        raise ValueError(f"invalid cluster name for TLS material: {cluster_name!r}")
-    return f"clusters/{cluster_name}/tls"
+def cluster_key(backend: str, cluster_name: str) -> str:
+    """Store key of what the store keeps for one cluster: ``clusters/<backend>/<name>``.
+
+    Keyed by backend too: clusters of one name on two backends are two clusters. Rejects names
+    that would escape the prefix.
+    """
+    for what, value in (("backend", backend), ("cluster name", cluster_name)):
+        if not value or "/" in value or value in (".", ".."):
+            raise ValueError(f"invalid {what} for TLS material: {value!r}")
+    return f"clusters/{backend}/{cluster_name}"
+
+
+def _tls_prefix(cluster_name: str, backend: str) -> str:
+    """Store key prefix of a cluster's TLS material."""
+    return f"{cluster_key(backend, cluster_name)}/tls"
 
 
 def _check_role(role: str) -> Role:
@@ -228,7 +238,7 @@ class ClusterTLS:
         from cryptography import x509
         from cryptography.hazmat.primitives import hashes
 
-        _tls_prefix(cluster_name)  # validates the name before any work
+        cluster_key("any", cluster_name)  # validates the name before any work
         hosts = list(hosts)
         now = datetime.datetime.now(datetime.timezone.utc)
         ca_key = _new_key()
@@ -354,14 +364,19 @@ class ClusterTLS:
             files[f"{role}-key.pem"] = key
         return files
 
-    def save(self, store: Store, cluster_name: str) -> None:
-        """Write everything under ``clusters/<name>/tls/`` in ``store``, owner-only where local.
+    def client_connection_args(self) -> dict[str, Any]:
+        """Connection arguments for ``distributed.rpc`` as this cluster's client, e.g. for a
+        backend that calls its own scheduler handlers while scaling."""
+        return self.to_security("client").get_connection_args("client")
+
+    def save(self, store: Store, cluster_name: str, backend: str) -> None:
+        """Write everything under ``clusters/<backend>/<name>/tls/`` in ``store``, owner-only where local.
 
         So that a client reconnecting to the cluster later (another process, ``coiled`` CLI) can
         load the client certificate, and nodes started later can be given theirs. The CA
         certificate is written last: :meth:`load` treats its presence as "complete".
         """
-        prefix = _tls_prefix(cluster_name)
+        prefix = _tls_prefix(cluster_name, backend)
         files = self._files()
         ca_cert = files.pop(_CA_CERT)
         for name, data in files.items():
@@ -370,7 +385,7 @@ class ClusterTLS:
         store.write(f"{prefix}/{_CA_CERT}", ca_cert, private=True)
 
     @classmethod
-    def load(cls, store: Store, cluster_name: str) -> ClusterTLS | None:
+    def load(cls, store: Store, cluster_name: str, backend: str) -> ClusterTLS | None:
         """The TLS material saved for ``cluster_name``, or None if there is none.
 
         Once a cluster is running the store keeps only what a client needs (the CA certificate
@@ -379,7 +394,7 @@ class ClusterTLS:
         ``ValueError`` if the client's part is incomplete: a partial set cannot be used and must
         not be silently replaced by a new CA, which would lock out the running cluster.
         """
-        prefix = _tls_prefix(cluster_name)
+        prefix = _tls_prefix(cluster_name, backend)
         ca_cert = store.read(f"{prefix}/{_CA_CERT}")
         if ca_cert is None:
             return None
@@ -402,16 +417,16 @@ class ClusterTLS:
 
 
 def tls_files(roles: Iterable[str] = ROLES) -> list[str]:
-    """File names under ``clusters/<name>/tls/`` of the CA and of the certificates of ``roles``."""
+    """File names under ``clusters/<backend>/<name>/tls/`` of the CA and of the certificates of ``roles``."""
     names = [_CA_CERT, _CA_KEY]
     for role in roles:
         names += [f"{role}.pem", f"{role}-key.pem"]
     return names
 
 
-def delete_tls(store: Store, cluster_name: str) -> None:
+def delete_tls(store: Store, cluster_name: str, backend: str) -> None:
     """Remove a cluster's TLS material from ``store`` (when the cluster is gone); missing is fine."""
-    store.delete(_tls_prefix(cluster_name))
+    store.delete(_tls_prefix(cluster_name, backend))
 
 
 def security_from_node_config(config: Mapping[str, str], role: str) -> "Security":

@@ -25,7 +25,7 @@ def default_store_url() -> str:
 
 
 class Store:
-    """Bytes by key at an fsspec URL. Keys look like ``clusters/<name>/tls/ca.pem``."""
+    """Bytes by key at an fsspec URL. Keys look like ``clusters/<backend>/<name>/tls/ca.pem``."""
 
     def __init__(self, url: str | None = None):
         import fsspec
@@ -75,6 +75,15 @@ class Store:
         path = self._path(key)
         if self.fs.exists(path):
             self.fs.rm(path, recursive=True)
+
+    def remove_empty_folder(self, key: str) -> None:
+        """Remove the folder ``key`` if it is empty (never its contents). Object stores have no
+        folders, so there is nothing to do there."""
+        if self._is_local:
+            try:
+                os.rmdir(self._path(key))
+            except OSError:
+                pass  # not empty, or gone already
 
     def list(self, prefix: str) -> Iterator[str]:
         """Names directly under ``prefix``."""

@@ -11,8 +11,11 @@ owns the life of its node:
 - on SIGTERM or SIGINT everything closes gracefully and the agent exits;
 - if the agent dies, nanny-run workers exit with it (distributed watches the parent process).
 
-The agent reports what it runs in ``agent.json`` in its state directory (written atomically), which
-the local backend reads together with the process table to describe a cluster.
+The agent's config is the node protocol of :mod:`coiled_core.node.config` (``node.json``); it
+reports what it runs in ``agent.json`` in its state directory (the same module writes and reads
+it), which the local backend reads together with the process table to describe a cluster. What a
+backend adds on its own nodes (secrets, log shipping, worker names) comes from its node add-on
+(:mod:`coiled_core.node.addons`); this module names no cloud.
 
 This module avoids importing the rest of coiled_core (pydantic, pluggy): its start-up time is on
 the critical path of every cluster.
@@ -27,14 +30,22 @@ import os
 import shutil
 import signal
 import sys
-import threading
 import time
 from typing import Any
 
+from coiled_core.node.addons import NodeAddOn, load_addon
+from coiled_core.node.config import (
+    STATE_FILE,
+    AgentReport,
+    NodeConfig,
+    NodeConfigError,
+    WorkerReport,
+    write_report,
+)
+
 logger = logging.getLogger("coiled_core.node")
 
-#: Name of the state file the agent writes in its state directory.
-STATE_FILE = "agent.json"
+__all__ = ["STATE_FILE", "NodeAgent", "main"]
 #: Scheduler RPC handlers the agent registers when it runs the scheduler and workers together.
 START_WORKERS_HANDLER = "coiled_start_workers"
 STOP_WORKERS_HANDLER = "coiled_stop_workers"
@@ -45,14 +56,15 @@ HEARTBEAT_HANDLER = "coiled_heartbeat"
 class NodeAgent:
     """Runs what one node's config asks for. See :mod:`coiled_core.node.config` for the keys."""
 
-    def __init__(self, config: dict[str, Any]):
+    def __init__(self, config: NodeConfig, addon: NodeAddOn | None = None):
         self.config = config
+        self.addon = addon
         from coiled_core.node.addresses import map_address, node_host
 
-        self.host: str = node_host(config.get("host"))
-        self.state_dir: str | None = config.get("state_dir")
+        self.host: str = node_host(config.host)
+        self.state_dir: str | None = config.state_dir
         self.scheduler = None
-        self.scheduler_address: str | None = map_address(config.get("scheduler_address"))
+        self.scheduler_address: str | None = map_address(config.scheduler_address)
         self.dashboard_url: str | None = None
         #: Adds the scheduler's dashboard while workers start (see coiled_core.node.dashboard).
         self.dashboard_added: asyncio.Task | None = None
@@ -62,7 +74,7 @@ class NodeAgent:
         self.stopping = asyncio.Event()
         self.stop_reason: str | None = None
         self.started_at = time.time()
-        self.lifecycle: dict[str, Any] = config.get("lifecycle") or {}
+        self.lifecycle = config.lifecycle
         self.last_heartbeat = float("-inf")
         self.security = {role: self._security(role) for role in ("scheduler", "worker")}
         self.last_client_seen = time.monotonic()
@@ -71,21 +83,13 @@ class NodeAgent:
     def _security(self, role: str):
         """The ``distributed.Security`` of ``role`` on this node, or None without TLS.
 
-        A node whose config names ``tls_ssm`` (a cloud node) first reads its secrets from there,
-        once: its TLS material and the cluster's ``environ``, which is then applied here (see
-        :func:`_apply_environ`). Such a node gets only the keys of the role it runs, so the
-        other role has no ``Security`` on it.
+        A node may hold the keys of the role it runs only (a cloud node gets its own role's
+        material), so the other role then has no ``Security`` on it.
         """
-        if self.config.get("tls_ssm") and "tls" not in self.config:
-            secrets = _tls_from_ssm(self.config["tls_ssm"])
-            environ = json.loads(secrets.pop("environ", None) or "{}")
-            self.config["environ"] = {**(self.config.get("environ") or {}), **environ}
-            _apply_environ(environ)
-            self.config["tls"] = secrets
-        tls = self.config.get("tls")
+        tls = self.config.tls
         if not tls:
             return None
-        runs_role = bool(self.config.get("scheduler" if role == "scheduler" else "workers"))
+        runs_role = (self.config.scheduler if role == "scheduler" else self.config.workers) is not None
         if f"{role}_key" not in tls and not runs_role:
             return None
         from coiled_core.security import security_from_node_config
@@ -97,35 +101,30 @@ class NodeAgent:
         return security.get_connection_args("client") if security is not None else {}
 
     # -- reporting -------------------------------------------------------------------------
+    def report(self) -> AgentReport:
+        return AgentReport(
+            pid=os.getpid(),
+            cluster_name=self.config.cluster_name,
+            state=self.state,
+            scheduler_address=self.scheduler_address,
+            dashboard_url=self.dashboard_url,
+            workers=[WorkerReport(name, _worker_pid(w)) for name, w in self.workers.items()],
+            # Whatever the launcher asked to be reported back (the local backend: the cluster spec).
+            report=self.config.report,
+            next_worker_index=self.next_worker_index,
+            started_at=self.started_at,
+            stop_reason=self.stop_reason,
+            updated_at=time.time(),
+        )
+
     def write_state(self) -> None:
         if not self.state_dir:
             return
-        data = {
-            "pid": os.getpid(),
-            "cluster_name": self.config.get("cluster_name"),
-            "state": self.state,
-            "scheduler_address": self.scheduler_address,
-            "dashboard_url": self.dashboard_url,
-            "workers": [{"name": name, "pid": _worker_pid(w)} for name, w in self.workers.items()],
-            # Whatever the launcher asked to be reported back (the local backend: the cluster spec).
-            "report": self.config.get("report") or {},
-            "next_worker_index": self.next_worker_index,
-            "started_at": self.started_at,
-            "stop_reason": self.stop_reason,
-            "updated_at": time.time(),
-        }
-        path = os.path.join(self.state_dir, STATE_FILE)
-        # Unique per call (the event loop and a thread may both report), readable by this user
-        # only: the report holds the cluster's spec and its environ.
-        tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                json.dump(data, f)
-            os.replace(tmp, path)
+            write_report(self.state_dir, self.report())
         except OSError:
             # A full disk must not stop the node from shutting down: reporting is best effort.
-            logger.warning("could not write %s", path, exc_info=True)
+            logger.warning("could not write %s in %s", STATE_FILE, self.state_dir, exc_info=True)
         self._reported_pids = self._worker_pids()
 
     def _worker_pids(self) -> dict[str, int | None]:
@@ -142,12 +141,13 @@ class NodeAgent:
     async def start_scheduler(self) -> None:
         from distributed.utils import import_term
 
-        spec = self.config["scheduler"]
-        cls = import_term(spec["class"])
-        options = dict(spec.get("options") or {})
+        spec = self.config.scheduler
+        assert spec is not None
+        cls = import_term(spec.cls)
+        options = dict(spec.options)
         options.setdefault("host", self.host)
-        options.setdefault("port", spec.get("port", 0))
-        options.setdefault("dashboard_address", spec.get("dashboard_address") or f"{self.host}:{spec.get('dashboard_port', 0)}")
+        options.setdefault("port", spec.port)
+        options.setdefault("dashboard_address", spec.dashboard_address or f"{self.host}:{spec.dashboard_port}")
         if self.security["scheduler"] is not None:
             options.setdefault("security", self.security["scheduler"])
             options.setdefault("protocol", "tls")
@@ -175,38 +175,39 @@ class NodeAgent:
         handlers = getattr(self.scheduler, "handlers", None)
         if handlers is not None:
             handlers[HEARTBEAT_HANDLER] = self.handle_heartbeat
-            if self.config.get("workers"):
+            if self.config.workers is not None:
                 # Same-node scaling: the client's backend asks the scheduler, which runs here.
                 handlers[START_WORKERS_HANDLER] = self.handle_start_workers
                 handlers[STOP_WORKERS_HANDLER] = self.handle_stop_workers
-        logger.info("scheduler %s at %s, dashboard %s", spec["class"], self.scheduler_address, self.dashboard_url)
+        logger.info("scheduler %s at %s, dashboard %s", spec.cls, self.scheduler_address, self.dashboard_url)
 
     # -- workers ---------------------------------------------------------------------------
     def _next_names(self, count: int) -> list[str]:
-        prefix = self.config["workers"].get("name_prefix") or f"{self.config.get('cluster_name', 'node')}-worker-"
-        instance_id = os.environ.get("COILED_INSTANCE_ID") if self.config["workers"].get("name_from_instance") else None
-        if instance_id and count == 1 and not self.workers:
-            # One worker per cloud machine: its name says which machine to stop on scale-down.
-            self.next_worker_index += 1
-            return [f"{prefix}{instance_id}"]
-        names = [f"{prefix}{self.next_worker_index + i}" for i in range(count)]
+        assert self.config.workers is not None
+        prefix = self.config.workers.name_prefix
+        names = self.addon.worker_names(prefix, count, self.next_worker_index) if self.addon else None
+        if names is None:
+            names = [f"{prefix}{self.next_worker_index + i}" for i in range(count)]
+        elif len(names) != count or len(set(names)) != count or set(names) & set(self.workers):
+            raise RuntimeError(f"the node add-on named {count} new workers {names!r}: not {count} new, unique names")
         self.next_worker_index += count
         return names
 
     def _worker_kwargs(self, cls: type, name: str, index: int) -> dict[str, Any]:
-        spec = self.config["workers"]
+        spec = self.config.workers
+        assert spec is not None
         kwargs: dict[str, Any] = {
             "name": name,
             "host": self.host,
-            "nthreads": spec.get("nthreads", 1),
-            "memory_limit": spec.get("memory_limit", "auto"),
+            "nthreads": spec.nthreads,
+            "memory_limit": spec.memory_limit,
         }
-        resources = dict(spec.get("resources") or {})
-        env = dict(self.config.get("environ") or {})
-        gpus = spec.get("gpus_per_worker") or 0
+        resources = dict(spec.resources)
+        env = dict(self.config.environ)
+        gpus = spec.gpus_per_worker
         if gpus:
             # Each worker gets its own slice of the node's devices, wrapping if there are fewer.
-            devices = spec.get("gpu_devices") or list(range(gpus))
+            devices = spec.gpu_devices or list(range(gpus))
             start = (index * gpus) % len(devices)
             chosen = [str(devices[(start + k) % len(devices)]) for k in range(gpus)]
             env["CUDA_VISIBLE_DEVICES"] = ",".join(chosen)
@@ -216,14 +217,14 @@ class NodeAgent:
         if self.security["worker"] is not None:
             kwargs["security"] = self.security["worker"]
             kwargs["protocol"] = "tls"
-        if self.lifecycle.get("watchdog_timeout"):
+        if self.lifecycle.watchdog_timeout:
             kwargs["preload"] = ["coiled_core.node.watchdog"]
         from distributed import Nanny
 
         if isinstance(cls, type) and issubclass(cls, Nanny):
             # Only a nanny's worker runs in a process of its own, where per-worker variables apply.
             kwargs["env"] = env
-        options = dict(spec.get("options") or {})
+        options = dict(spec.options)
         if "preload" in options and "preload" in kwargs:
             user = options.pop("preload")
             kwargs["preload"] = kwargs["preload"] + ([user] if isinstance(user, str) else list(user))
@@ -234,7 +235,8 @@ class NodeAgent:
         """Start ``count`` workers of the configured class (named ``names`` if given), together."""
         from distributed.utils import import_term
 
-        cls = import_term(self.config["workers"]["class"])
+        assert self.config.workers is not None
+        cls = import_term(self.config.workers.cls)
         if names:
             self.next_worker_index = max(self.next_worker_index, len(self.workers) + len(names))
         else:
@@ -271,7 +273,7 @@ class NodeAgent:
 
     def handle_heartbeat(self) -> float:
         self.last_heartbeat = time.monotonic()
-        return self.lifecycle.get("heartbeat_grace") or 0
+        return self.lifecycle.heartbeat_grace or 0
 
     def stop(self, reason: str) -> None:
         """End the node: everything closes gracefully and the agent exits."""
@@ -290,9 +292,9 @@ class NodeAgent:
         A ``coiled.Cluster`` object's heartbeats count as a client, so a cluster object held
         without a ``Client`` keeps its cluster alive; a killed creator stops heartbeating.
         """
-        no_client_timeout = self.lifecycle.get("no_client_timeout")
-        cluster_timeout = self.lifecycle.get("cluster_timeout")
-        grace = self.lifecycle.get("heartbeat_grace") or 15.0
+        no_client_timeout = self.lifecycle.no_client_timeout
+        cluster_timeout = self.lifecycle.cluster_timeout
+        grace = self.lifecycle.heartbeat_grace or 15.0
         started = time.monotonic()
         seen_a_client = False
         while not self.stopping.is_set():
@@ -315,14 +317,14 @@ class NodeAgent:
 
         from coiled_core.node.watchdog import watch_scheduler
 
-        timeout = self.lifecycle.get("watchdog_timeout")
+        timeout = self.lifecycle.watchdog_timeout
         if not timeout:
             return
         async with rpc(self.scheduler_address, timeout=10, connection_args=self.connection_args()) as scheduler:
             async def lost(reason: str) -> None:
                 self.stop(f"watchdog: {reason}")
 
-            await watch_scheduler(lambda: scheduler.echo(data="ping"), timeout, lost, self.lifecycle.get("first_contact_timeout"))
+            await watch_scheduler(lambda: scheduler.echo(data="ping"), timeout, lost, self.lifecycle.first_contact_timeout)
 
     async def handle_start_workers(self, count: int) -> list[str]:
         return await self.start_workers(count)
@@ -336,14 +338,13 @@ class NodeAgent:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop, signal.Signals(sig).name)
         background = []
-        uploader = LogUploader(self.config["log_upload"]) if self.config.get("log_upload") else None
-        if uploader is not None:
-            background.append(asyncio.ensure_future(uploader.run()))
-        if self.config.get("log_file") and self.config.get("log_max_bytes"):
+        if self.config.log_file and self.config.log_max_bytes:
             background.append(asyncio.ensure_future(self.rotate_log_periodically()))
+        if self.addon is not None and self.config.log_file and self.addon.log_interval:
+            background.append(asyncio.ensure_future(self.ship_log_periodically(self.addon.log_interval)))
         try:
             self.write_state()
-            if self.config.get("scheduler"):
+            if self.config.scheduler is not None:
                 await self.unless_stopped(self.start_scheduler())
                 if self.stopping.is_set():
                     return 0
@@ -353,15 +354,15 @@ class NodeAgent:
                 background.append(asyncio.ensure_future(self.enforce_lifetime()))
             elif self.scheduler_address:
                 background.append(asyncio.ensure_future(self.watch_scheduler()))
-            workers = self.config.get("workers")
-            if workers and (workers.get("count") or workers.get("names")):
-                names = workers.get("names")
-                await self.unless_stopped(self.start_workers(len(names) if names else workers["count"], names))
+            workers = self.config.workers
+            if workers is not None and workers.count:
+                await self.unless_stopped(self.start_workers(workers.count))
             self.state = "running"
             self.write_state()
             background.append(asyncio.ensure_future(self.report_worker_restarts()))
-            if uploader is not None:
-                await asyncio.to_thread(uploader.upload)  # the start-up log, at once
+            if self.addon is not None:
+                background.extend(asyncio.ensure_future(task) for task in self.addon.background_tasks(self))
+            await asyncio.to_thread(self.ship_log)  # the start-up log, at once
             await self.wait_until_done()
             return 0
         except Exception:
@@ -379,19 +380,35 @@ class NodeAgent:
             except BaseException:
                 logger.exception("closing the scheduler and workers failed")
             self.remove_on_end()
-            if self.config.get("tls_ssm"):
-                delete_ssm_secrets(self.config["tls_ssm"], self.stop_reason)
+            if self.addon is not None:
+                try:
+                    self.addon.on_end(self.stop_reason)
+                except Exception:
+                    logger.warning("the node add-on failed at the node's end", exc_info=True)
             if self.state != "error":
                 self.state = "stopped"
             self.write_state()
-            if uploader is not None:
-                uploader.upload()
+            self.ship_log(final=True)
+
+    def ship_log(self, final: bool = False) -> None:
+        """Hand the node's log to the add-on (best effort: a failure never stops the node)."""
+        if self.addon is None or not self.config.log_file:
+            return
+        try:
+            self.addon.ship_log(self.config.log_file, final)
+        except Exception:
+            logger.debug("shipping the log failed", exc_info=True)
+
+    async def ship_log_periodically(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            await asyncio.to_thread(self.ship_log)
 
     def remove_on_end(self) -> None:
         """Delete what the launcher asked to go with the node (e.g. the store's copy of the
         cluster's credentials), while the node still counts as live: a new cluster of the same
         name cannot have been created in the meantime."""
-        for path in self.config.get("remove_on_end") or []:
+        for path in self.config.remove_on_end:
             try:
                 shutil.rmtree(path)
             except FileNotFoundError:
@@ -402,7 +419,7 @@ class NodeAgent:
     async def rotate_log_periodically(self, interval: float = 5.0) -> None:
         while True:
             await asyncio.sleep(interval)
-            await asyncio.to_thread(rotate_log, self.config["log_file"], self.config["log_max_bytes"])
+            await asyncio.to_thread(rotate_log, self.config.log_file, self.config.log_max_bytes)
 
     async def unless_stopped(self, coroutine) -> None:
         """Run ``coroutine`` unless the node is told to stop first (workers may wait for ever
@@ -434,134 +451,6 @@ class NodeAgent:
             await asyncio.wait_for(asyncio.gather(*(w.close() for w in workers), return_exceptions=True), 30)
         if self.scheduler is not None:
             await asyncio.wait_for(self.scheduler.close(), 30)
-
-
-def _tls_from_ssm(source: dict[str, Any]) -> dict[str, str]:
-    """The node's secrets kept in SSM Parameter Store (SecureStrings under ``source["prefix"]``,
-    its own role's path), read with the node's own role: its TLS material and, under
-    ``environ``, the cluster's environment variables as JSON.
-
-    Cloud nodes get them this way rather than in user data, which other principals can read
-    through DescribeInstanceAttribute.
-    """
-    client = _ssm_client(source)
-    prefix = source["prefix"].rstrip("/")
-    found: dict[str, str] = {}
-    token = None
-    while True:
-        page = client.get_parameters_by_path(
-            Path=prefix, WithDecryption=True, **({"NextToken": token} if token else {})
-        )
-        for parameter in page["Parameters"]:
-            found[parameter["Name"][len(prefix) + 1 :]] = parameter["Value"]
-        token = page.get("NextToken")
-        if not token or not page["Parameters"]:
-            return found
-
-
-def _ssm_client(source: dict[str, Any]) -> Any:
-    import boto3
-
-    return boto3.client("ssm", region_name=source.get("region"), endpoint_url=source.get("endpoint_url"))
-
-
-def _apply_environ(environ: dict[str, str]) -> None:
-    """Set variables read after start-up (from SSM) as if they had been set before it: in this
-    process's environment and, for ``DASK_*`` ones, in dask's config, which nannies hand on to
-    their workers (workers also get them as their ``env``)."""
-    if not environ:
-        return
-    os.environ.update(environ)
-    import dask.config
-
-    dask.config.update(dask.config.config, dask.config.collect_env(environ), priority="new")
-
-
-def delete_ssm_secrets(source: dict[str, Any], stop_reason: str | None) -> None:
-    """When the cluster ends on its own, delete its secrets in SSM (``source["delete_on_end"]``,
-    the scheduler node's list of every role's parameters), so that they do not outlive it.
-
-    Not on a signal: whoever terminates the node (teardown, gc) deletes them itself, and may
-    already have made a new cluster of the same name whose parameters these names now are.
-    Best effort: a failure is logged, never stops the node's end; gc removes what is left.
-    """
-    names = list(source.get("delete_on_end") or [])
-    if not names or stop_reason in ("SIGTERM", "SIGINT"):
-        return
-    try:
-        client = _ssm_client(source)
-        for start in range(0, len(names), 10):  # DeleteParameters takes at most 10 names
-            client.delete_parameters(Names=names[start : start + 10])
-        logger.info("deleted the cluster's %d secret parameters", len(names))
-    except Exception:
-        logger.warning("could not delete the cluster's secret parameters", exc_info=True)
-
-
-class LogUploader:
-    """Copies the tail of this node's log file to object storage, so logs outlive the machine.
-
-    ``settings`` is the node config's ``log_upload``: ``bucket``, ``key`` (``{instance_id}`` is
-    filled in), ``file``, ``region``, ``endpoint_url``, ``interval`` (seconds between looks,
-    default 10) and ``expected_bucket_owner``, the account that must own the bucket: S3 refuses
-    the upload if another account does, so a log never lands in a bucket someone took over.
-
-    An upload happens only when the file changed since the last one (its identity, size or
-    modification time), and sends at most the last :attr:`MAX_BYTES`, read by seeking to them.
-    The agent rotates its log by copying and truncating it in place, so a file that shrank is a
-    change like any other.
-    """
-
-    #: The most of the log's end that one upload sends.
-    MAX_BYTES = 2_000_000
-
-    def __init__(self, settings: dict[str, Any]):
-        import threading
-
-        self.settings = settings
-        # One upload at a time, each reading the file afresh: a slow earlier upload must never
-        # land after, and overwrite, the final one.
-        self.lock = threading.Lock()
-        self._uploaded: tuple[int, int, int] | None = None  # (inode, size, mtime) last sent
-        self._client: Any = None
-        self._failed = False
-
-    def upload(self) -> None:
-        with self.lock:
-            try:
-                self._upload()
-                self._failed = False
-            except Exception:
-                # Once with its traceback: the warning itself grows the log, and a failing
-                # upload would otherwise add one every interval.
-                logger.log(logging.DEBUG if self._failed else logging.WARNING, "uploading the log failed", exc_info=True)
-                self._failed = True
-
-    def _upload(self) -> None:
-        with open(self.settings["file"], "rb") as f:
-            stat = os.fstat(f.fileno())
-            version = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
-            if version == self._uploaded:
-                return
-            f.seek(max(0, stat.st_size - self.MAX_BYTES))
-            body = f.read(self.MAX_BYTES)
-        key = self.settings["key"].format(instance_id=os.environ.get("COILED_INSTANCE_ID", "node"))
-        owner = self.settings.get("expected_bucket_owner")
-        extra = {"ExpectedBucketOwner": owner} if owner else {}
-        self._s3().put_object(Bucket=self.settings["bucket"], Key=key, Body=body, **extra)
-        # What was read; a write since then changes size or mtime and is sent next time.
-        self._uploaded = version
-
-    def _s3(self) -> Any:
-        if self._client is None:
-            import boto3
-
-            self._client = boto3.client("s3", region_name=self.settings.get("region"), endpoint_url=self.settings.get("endpoint_url"))
-        return self._client
-
-    async def run(self) -> None:
-        while True:
-            await asyncio.to_thread(self.upload)
-            await asyncio.sleep(self.settings.get("interval", 10))
 
 
 def rotate_log(path: str, max_bytes: int) -> bool:
@@ -632,7 +521,7 @@ def _worker_pid(worker: Any) -> int | None:
     return os.getpid()
 
 
-def _prepare_worker_processes(config: dict[str, Any]):
+def _prepare_worker_processes(config: NodeConfig):
     """Choose how nannies start worker processes, and for ``forkserver`` start a warm one.
 
     Forking the preloaded agent is what makes a node start fast (see DESIGN.md); forking it
@@ -646,9 +535,9 @@ def _prepare_worker_processes(config: dict[str, Any]):
     # A nanny polls for its new worker's first message every 50 ms; a node that starts its
     # workers at once would wait up to that long for nothing.
     WorkerProcess._init_msg_interval = 0.005
-    method = config.get("multiprocessing_method", "forkserver")
+    method = config.multiprocessing_method
     dask.config.set({"distributed.worker.multiprocessing-method": method})
-    if method != "forkserver" or not config.get("workers"):
+    if method != "forkserver" or config.workers is None:
         return None
     import distributed.utils
     from distributed import Nanny
@@ -658,18 +547,18 @@ def _prepare_worker_processes(config: dict[str, Any]):
 
     # What every worker process needs, imported once here and inherited by each fork.
     try:
-        worker_class = import_term(config["workers"].get("class") or "distributed.Nanny")
+        worker_class = import_term(config.workers.cls)
     except Exception:
         return None  # starting the workers reports it, as a failed start of the node
     if not (isinstance(worker_class, type) and issubclass(worker_class, Nanny)):
         return None  # workers run in this process: nothing is forked
-    if (config.get("lifecycle") or {}).get("watchdog_timeout"):
+    if config.lifecycle.watchdog_timeout:
         import coiled_core.node.watchdog  # noqa: F401  (the workers' preload)
     # distributed would otherwise import every optional package it knows of into the agent,
     # for a fork server of its own that the warm one replaces.
     distributed.utils._forkserver_preload_set = True
     try:
-        server = start_warm_fork_server(config.get("state_dir"))
+        server = start_warm_fork_server(config.state_dir)
     except Exception:
         # It leans on multiprocessing's internals; the standard fork server is just as safe.
         logger.warning("no warm fork server; workers start from a standard one", exc_info=True)
@@ -679,36 +568,71 @@ def _prepare_worker_processes(config: dict[str, Any]):
     return server
 
 
+def _apply_environ(environ: dict[str, str]) -> None:
+    """Set variables as if they had been set before start-up: in this process's environment and,
+    for ``DASK_*`` ones, in dask's config if it is already loaded (nannies hand it on to their
+    workers; workers also get the variables as their ``env``)."""
+    if not environ:
+        return
+    os.environ.update(environ)
+    if "dask.config" in sys.modules:
+        import dask.config
+
+        dask.config.update(dask.config.config, dask.config.collect_env(environ), priority="new")
+
+
+def load_config(path: str) -> tuple[NodeConfig, NodeAddOn | None]:
+    """Read the node config, take in the node's secrets and make its add-on.
+
+    The TLS material of ``tls_file`` is read once and the file deleted, so that it is not left on
+    disk after the node has ended; the add-on's secrets (TLS material, ``environ``) are fetched
+    here, before anything starts. Raises :class:`NodeConfigError` for a config this agent cannot run.
+    """
+    config = NodeConfig.read(path)
+    if config.tls_file:
+        with open(config.tls_file) as f:
+            config.tls = json.load(f)
+        os.unlink(config.tls_file)
+    addon = load_addon(config)
+    if addon is not None:
+        secrets = addon.load_secrets()
+        if secrets is not None:
+            if secrets.tls:
+                config.tls = {**(config.tls or {}), **secrets.tls}
+            config.environ = {**config.environ, **secrets.environ}
+    return config, addon
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
         print("usage: python -m coiled_core.node CONFIG.json", file=sys.stderr)
         return 2
-    with open(argv[0]) as f:
-        config = json.load(f)
-    if config.get("tls_file"):
-        # The node's keys, handed over in a file of their own: read once, then deleted, so that
-        # they are not left on disk after the node has ended.
-        with open(config["tls_file"]) as f:
-            config["tls"] = json.load(f)
-        os.unlink(config["tls_file"])
-    # Environment first, so that DASK_* variables in `environ` reach dask's config.
-    os.environ.update(config.get("environ") or {})
-    lifecycle = config.get("lifecycle") or {}
-    if lifecycle.get("watchdog_timeout"):
-        from coiled_core.node.watchdog import FIRST_CONTACT_VARIABLE, TIMEOUT_VARIABLE
-
-        # Read by the watchdog preload in every worker process this agent forks.
-        os.environ[TIMEOUT_VARIABLE] = str(lifecycle["watchdog_timeout"])
-        os.environ[FIRST_CONTACT_VARIABLE] = str(lifecycle.get("first_contact_timeout") or "")
-
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s - %(name)s - %(levelname)s - %(message)s"))
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
+    try:
+        config, addon = load_config(argv[0])
+    except NodeConfigError as e:
+        logger.error("cannot run this node: %s", e)
+        return 2
+    except Exception:
+        logger.exception("cannot start this node: reading its config or secrets failed")
+        return 1
+    # Environment first, so that DASK_* variables in `environ` reach dask's config.
+    _apply_environ(config.environ)
+    lifecycle = config.lifecycle
+    if lifecycle.watchdog_timeout:
+        from coiled_core.node.watchdog import FIRST_CONTACT_VARIABLE, TIMEOUT_VARIABLE
+
+        # Read by the watchdog preload in every worker process this agent forks.
+        os.environ[TIMEOUT_VARIABLE] = str(lifecycle.watchdog_timeout)
+        os.environ[FIRST_CONTACT_VARIABLE] = str(lifecycle.first_contact_timeout or "")
+
     fork_server = _prepare_worker_processes(config)
     try:
-        code = asyncio.run(NodeAgent(config).run())
+        code = asyncio.run(NodeAgent(config, addon).run())
     finally:
         if fork_server is not None:
             fork_server.stop()

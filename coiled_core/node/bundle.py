@@ -29,9 +29,28 @@ def _package_files() -> list[tuple[str, Path]]:
     return files
 
 
-def agent_bundle(directory: Path) -> Path:
-    """Write (once) and return the zip of ``coiled_core`` in ``directory``."""
+def _module_files(module: str) -> list[tuple[str, Path]]:
+    """A backend's module (its node add-on) and the ``__init__.py`` of each package above it."""
+    import importlib.util
+
+    files = []
+    parts = module.split(".")
+    for depth in range(1, len(parts) + 1):
+        name = ".".join(parts[:depth])
+        spec = importlib.util.find_spec(name)
+        if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+            raise ValueError(f"cannot bundle {name!r}: it is not a pure-Python module on this machine")
+        relative = "/".join(parts[:depth]) + ("/__init__.py" if spec.submodule_search_locations is not None else ".py")
+        files.append((relative, Path(spec.origin)))
+    return files
+
+
+def agent_bundle(directory: Path, extra_modules: tuple[str, ...] = ()) -> Path:
+    """Write (once) and return the zip of ``coiled_core`` (and ``extra_modules``, a backend's
+    node add-on) in ``directory``."""
     files = _package_files()
+    for module in extra_modules:
+        files += [item for item in _module_files(module) if item not in files]
     digest = hashlib.sha256()
     for name, path in files:
         digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
