@@ -8,7 +8,18 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["BackendContract", "wait_until"]
+__all__ = [
+    "BackendContract",
+    "ContractBase",
+    "FaultsContract",
+    "FrozenSchedulerContract",
+    "LifecycleContract",
+    "ReuseContract",
+    "TimeoutsContract",
+    "dashboard_ssl_context",
+    "stored_credentials",
+    "wait_until",
+]
 
 
 def __getattr__(name: str) -> Any:

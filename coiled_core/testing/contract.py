@@ -1,17 +1,35 @@
-"""The backend contract suite: the same assertions for every backend.
+"""The backend contract suite: the same assertions for every backend, grouped by capability.
 
-A backend's tests subclass :class:`BackendContract`, set ``backend`` (and ``backend_options`` if
-needed) and implement :meth:`BackendContract.assert_nothing_left`, which checks the backend's
-own world (process table, cloud API, Kubernetes API) for anything of the cluster still there::
+A backend's tests subclass :class:`BackendContract` (every capability), set ``backend`` (and
+``backend_options`` if needed) and implement :meth:`ContractBase.assert_nothing_left`, which
+checks the backend's own world (process table, cloud API, Kubernetes API) for anything of the
+cluster still there::
 
     from coiled_core.testing import BackendContract
 
     class TestMyBackendContract(BackendContract):
         backend = "mine"
         backend_options = {"region": "test-1"}
+        # A capability the backend cannot test is declared, with the reason; its tests are
+        # shown as skipped with it. Nothing else may be left out.
+        unsupported = {"frozen-scheduler": "nodes of this backend cannot be paused"}
 
         def assert_nothing_left(self, record):
             assert my_api.list_instances(tag=record.name) == []
+
+The capabilities, each a mixin (as fsspec's ``tests/abstract`` does), so a backend may also
+compose only some of them:
+
+=====================  ==========================  ============================================
+capability             mixin                       needs from the backend's test class
+=====================  ==========================  ============================================
+``lifecycle``          :class:`LifecycleContract`  ``assert_nothing_left``
+``reuse-by-name``      :class:`ReuseContract`      ``assert_nothing_left``
+``timeouts``           :class:`TimeoutsContract`   ``assert_nothing_left`` (creator is SIGKILLed)
+``faults``             :class:`FaultsContract`     ``assert_nothing_left``
+``frozen-scheduler``   :class:`FrozenSchedulerContract`  ``freeze_scheduler``,
+                                                   ``running_worker_processes``
+=====================  ==========================  ============================================
 
 Each test creates a small real cluster (two single-thread workers), so a backend needs a stand-in
 world in which a real Dask cluster can form (see DESIGN.md, "Testing without a cloud").
@@ -61,15 +79,22 @@ def dashboard_ssl_context(cluster) -> Any:
     return context
 
 
-def stored_credentials(name: str) -> list[str]:
-    """The files the store keeps for cluster ``name``'s TLS material."""
+def stored_credentials(backend: str, name: str) -> list[str]:
+    """The files the store keeps for the TLS material of cluster ``name`` of ``backend``."""
     from coiled_core.store import Store
 
-    return list(Store().list(f"clusters/{name}/tls"))
+    return list(Store().list(f"clusters/{backend}/{name}/tls"))
 
 
-class BackendContract:
-    """Contract tests every backend must pass. Subclass and fill in the class attributes."""
+#: Capability names, for ``unsupported``.
+CAPABILITIES = ("lifecycle", "reuse-by-name", "timeouts", "faults", "frozen-scheduler")
+
+
+class ContractBase:
+    """What every capability mixin shares: the backend under test, helpers and fixtures."""
+
+    #: The capability this mixin's tests check (set by each mixin).
+    capability: str = ""
 
     #: Name of the backend under test (its entry-point name).
     backend: str = ""
@@ -79,6 +104,18 @@ class BackendContract:
     cluster_kwargs: dict[str, Any] = {"n_workers": 2, "worker_cpu": 1, "worker_memory": "1 GiB"}
     #: Seconds allowed for a worker to join or leave.
     worker_timeout: float = 60.0
+    #: Capabilities this backend cannot test, each with the reason (shown when skipped).
+    unsupported: dict[str, str] = {}
+
+    @pytest.fixture(autouse=True)
+    def _check_capability(self, request):
+        unknown = set(self.unsupported) - set(CAPABILITIES)
+        if unknown:
+            pytest.fail(f"unsupported names unknown capabilities {sorted(unknown)}; known: {', '.join(CAPABILITIES)}")
+        owner = next((c for c in type(self).__mro__ if request.function.__name__ in vars(c)), None)
+        capability = getattr(owner, "capability", "")
+        if capability in self.unsupported:
+            pytest.skip(f"backend {self.backend!r} does not support {capability!r}: {self.unsupported[capability]}")
 
     def assert_nothing_left(self, record: ClusterRecord) -> None:
         """Fail if anything of the torn-down cluster ``record`` still exists on the backend."""
@@ -156,7 +193,11 @@ class BackendContract:
         with Client(cluster) as client:
             yield client
 
-    # -- the contract ----------------------------------------------------------------------
+class LifecycleContract(ContractBase):
+    """Create, compute, scale, describe, list, dashboard, logs, teardown."""
+
+    capability = "lifecycle"
+
     def test_create_and_compute(self, cluster, client):
         # All workers joined; the backend may take a moment more to report the cluster running.
         wait_until(lambda: cluster.state is ClusterState.running, self.worker_timeout, message="state running")
@@ -211,9 +252,9 @@ class BackendContract:
                 urllib.request.urlopen(link.replace("https://", "http://", 1), timeout=30).read()
 
     def test_logs(self, cluster):
-        logs = cluster.backend.logs(cluster.record, None)
+        logs = cluster.backend.logs(cluster.record, cluster.backend_options, None)
         assert logs and any("Scheduler" in text or "scheduler" in text for text in logs.values())
-        tail = cluster.backend.logs(cluster.record, 2)
+        tail = cluster.backend.logs(cluster.record, cluster.backend_options, 2)
         assert all(len(text.splitlines()) <= 2 for text in tail.values())
 
     def test_teardown_leaves_nothing(self):
@@ -226,9 +267,54 @@ class BackendContract:
         live = [r.name for r in cluster.backend.list_clusters(cluster.backend_options) if r.state.is_live]
         assert record.name not in live
         # Tearing down again is harmless.
-        assert cluster.backend.teardown(record).state is ClusterState.stopped
+        assert cluster.backend.teardown(record, cluster.backend_options).state is ClusterState.stopped
 
-    # -- lifecycle: names, reuse, shutdown semantics ------------------------------------------
+    def test_tls_cluster_gc_spares_it_and_logs_outlive_it(self):
+        """security=True: TLS addresses and HTTPS dashboard; gc leaves a live cluster alone;
+        logs are still there after the cluster stopped."""
+        cluster = self.make_cluster(security=True, n_workers=1)
+        record = cluster.record
+        try:
+            assert cluster.scheduler_address.startswith("tls://")
+            assert cluster.dashboard_link.startswith("https://")
+            from distributed import Client
+
+            with Client(cluster) as client:
+                assert client.submit(lambda: 6 * 7).result() == 42
+            from coiled_core.api import gc
+
+            gc(self.backend, self.backend_options)
+            backend, options = self.backend_handle()
+            assert backend.describe(record.name, options).state.is_live
+            assert stored_credentials(self.backend, record.name)
+        finally:
+            cluster.shutdown()
+        self.assert_nothing_left(record)
+        backend, options = self.backend_handle()
+        logs = backend.logs(record, options, None)
+        assert any(text.strip() for text in logs.values()), "no logs after the cluster stopped"
+
+    def test_adaptive_scaling(self):
+        cluster = self.make_cluster(n_workers=[1, 2], wait_for_workers=1)
+        try:
+            from distributed import Client
+
+            with Client(cluster) as client:
+                futures = client.map(lambda x: __import__("time").sleep(0.5) or x, range(40))
+                wait_until(lambda: len(cluster.workers) == 2, self.worker_timeout, message="adaptive scale-up to 2")
+                assert sum(client.gather(futures)) == sum(range(40))
+        finally:
+            record = cluster.record
+            cluster.shutdown()
+            self.assert_nothing_left(record)
+
+
+class ReuseContract(ContractBase):
+    """Names: another process attaches, concurrent creation, shutdown semantics, scaling from an
+    attached process."""
+
+    capability = "reuse-by-name"
+
     def test_two_sessions_share_a_named_cluster(self):
         """The reference's "production" example: another process attaches by name."""
         name = self.unique_name("production")
@@ -283,7 +369,7 @@ class BackendContract:
             backend, options = self.backend_handle()
             record = backend.describe(name, options)
             if record is not None:
-                backend.teardown(record)
+                backend.teardown(record, options)
                 self.assert_nothing_left(record)
 
     def test_close_honours_shutdown_on_close_and_shutdown_always_tears_down(self):
@@ -299,7 +385,35 @@ class BackendContract:
         again.shutdown()
         self.assert_nothing_left(record)
 
-    # -- lifecycle: timeouts the cluster enforces itself ---------------------------------------
+    def test_an_attached_process_scales(self):
+        cluster = self.make_cluster(n_workers=1, shutdown_on_close=False)
+        record = cluster.record
+        try:
+            attacher = self.run_python(
+                """
+                import coiled
+                cluster = coiled.Cluster(name=sys.argv[3], backend=BACKEND, backend_options=OPTIONS)
+                assert not cluster.created
+                cluster.scale(2)
+                print(json.dumps(sorted(cluster.workers)), flush=True)
+                cluster.close()
+                """,
+                record.name,
+            )
+            out, _ = attacher.communicate(timeout=240)
+            assert attacher.returncode == 0
+            assert len(json.loads(out.strip().splitlines()[-1])) == 2
+            wait_until(lambda: len(cluster.scheduler_info["workers"]) == 2, self.worker_timeout, message="2 workers")
+        finally:
+            cluster.shutdown()
+        self.assert_nothing_left(record)
+
+
+class TimeoutsContract(ContractBase):
+    """Timeouts the cluster enforces itself, with the creator killed or gone."""
+
+    capability = "timeouts"
+
     def test_killed_creator_leaves_nothing(self):
         """SIGKILL the creating process: the no-client timeout ends the cluster on its own."""
         name = self.unique_name("orphan")
@@ -351,11 +465,18 @@ class BackendContract:
         """While it runs, the store keeps only the client's credentials; none once it has ended."""
         cluster = self.make_cluster(security=True, cluster_timeout="5s", shutdown_on_close=False, wait_for_workers=0)
         record = cluster.record
-        assert sorted(stored_credentials(record.name)) == ["ca.pem", "client-key.pem", "client.pem"]
+        assert sorted(stored_credentials(self.backend, record.name)) == ["ca.pem", "client-key.pem", "client.pem"]
         cluster.close()
         self.wait_until_gone(record.name, 60)
         self.assert_nothing_left(record)
-        assert stored_credentials(record.name) == []
+        assert stored_credentials(self.backend, record.name) == []
+
+
+
+class FrozenSchedulerContract(ContractBase):
+    """Workers end when their scheduler freezes (a hung machine)."""
+
+    capability = "frozen-scheduler"
 
     def test_workers_of_a_frozen_scheduler_end(self):
         with dask.config.set({"coiled.watchdog-timeout": "2s"}):
@@ -369,10 +490,16 @@ class BackendContract:
         finally:
             thaw()
         backend, options = self.backend_handle()
-        backend.teardown(backend.describe(record.name, options) or record)
+        backend.teardown(backend.describe(record.name, options) or record, options)
         self.assert_nothing_left(record)
 
-    # -- lifecycle: a failed start leaves nothing ------------------------------------------------
+
+
+class FaultsContract(ContractBase):
+    """A start that fails at any step leaves nothing and frees the name."""
+
+    capability = "faults"
+
     @pytest.mark.parametrize(
         "kwargs, step",
         [
@@ -409,3 +536,7 @@ class BackendContract:
             assert len(cluster.scheduler_info["workers"]) >= 1
         finally:
             cluster.shutdown()
+
+
+class BackendContract(LifecycleContract, ReuseContract, TimeoutsContract, FaultsContract, FrozenSchedulerContract):
+    """Every capability: what a backend's contract tests subclass."""

@@ -4,7 +4,7 @@ An environment lives in ``<root>/.envs/<hash>/``; ``.complete`` marks a finished
 half-built one (a crash, a failed pip run) is rebuilt, never used. A file lock per hash makes
 concurrent builds of one spec safe: the first process builds, the others wait and reuse it.
 The node agent runs in the environment's interpreter with the agent bundle on ``PYTHONPATH``
-(see :mod:`coiled_core.node.bundle`), since the environment itself lacks coiled-core.
+(see ``coiled_core.backend.agent_bundle``), since the environment itself lacks coiled-core.
 """
 
 from __future__ import annotations
@@ -22,14 +22,13 @@ from typing import TYPE_CHECKING
 
 import yaml
 
-from coiled_core.errors import ClusterSpecError, ProvisionError
-from coiled_core.node.bundle import AGENT_REQUIREMENTS, agent_bundle
+from coiled_core.backend import ClusterSpecError, ProvisionError, agent_bundle, node_requirements
 
 from coiled_local.options import LocalOptions
 from coiled_local.processes import state_root
 
 if TYPE_CHECKING:
-    from coiled_core.software import SoftwareEnvironment
+    from coiled_core.backend import SoftwareEnvironment
 
 logger = logging.getLogger("coiled")
 
@@ -95,7 +94,7 @@ def _build_pip(env: SoftwareEnvironment, target: Path) -> None:
     code, output = _run_streaming([interpreter, "-m", "venv", str(target)], env.name)
     if code != 0:
         raise ProvisionError(f"creating the virtual environment for software={env.name!r} failed:\n{output}")
-    requirements = [*env.pip, *AGENT_REQUIREMENTS]
+    requirements = [*env.pip, *node_requirements()]
     code, output = _run_streaming(
         [str(target / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check", "--no-input", *requirements],
         env.name,
@@ -109,7 +108,7 @@ def _build_conda(env: SoftwareEnvironment, target: Path) -> None:
     assert tool is not None
     spec = dict(env.conda or {})
     dependencies = list(spec.get("dependencies") or [])
-    dependencies.extend(AGENT_REQUIREMENTS)
+    dependencies.extend(node_requirements())
     spec["dependencies"] = dependencies
     with tempfile.NamedTemporaryFile("w", suffix=".yml", delete=False) as f:
         yaml.safe_dump(spec, f)

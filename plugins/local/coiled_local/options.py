@@ -35,12 +35,7 @@ class LocalOptions(BaseModel):
     )
 
     @property
-    def TLS_REQUIRED(self) -> bool:
-        """A cluster bound beyond loopback runs code for anyone who reaches it, unless it uses TLS."""
+    def reachable_from_other_machines(self) -> bool:
+        """Whether the cluster binds beyond loopback (then it must use TLS, see ``tls_policy``)."""
         return not is_loopback_host(self.host)
-
-    @property
-    def TLS_BY_DEFAULT(self) -> bool:
-        """On loopback TLS is opt-in (``security=True``); on any other address it is on."""
-        return self.TLS_REQUIRED
 

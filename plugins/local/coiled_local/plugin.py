@@ -18,22 +18,48 @@ from datetime import datetime, timezone
 import psutil
 from dask.utils import format_bytes
 
-from coiled_core import credentials, hookimpl
-from coiled_core.errors import ProvisionError
-from coiled_core.node.agent import START_WORKERS_HANDLER, STOP_WORKERS_HANDLER
-from coiled_core.node.config import lifecycle_settings
-from coiled_core.records import ClusterRecord, ClusterState, WorkerRecord
-from coiled_core.security import ClusterTLS
-from coiled_core.spec import ClusterSpec
-from coiled_core.store import Store
+from coiled_core.backend import (
+    HOOK_API_VERSION,
+    START_WORKERS_HANDLER,
+    STOP_WORKERS_HANDLER,
+    ClusterRecord,
+    ClusterSpec,
+    ClusterState,
+    ClusterTLS,
+    NodeConfig,
+    ProvisionError,
+    TLSPolicy,
+    WorkerRecord,
+    build_node_config,
+    credentials_directory,
+    hookimpl,
+    past_lifetime,
+    software_environment,
+)
 
 from coiled_local import environments, processes
 from coiled_local.options import LocalOptions
+
+__all__ = ["HOOK_API_VERSION"]
 
 
 @hookimpl
 def backend_options_model() -> type[LocalOptions]:
     return LocalOptions
+
+
+@hookimpl
+def tls_policy(options: LocalOptions) -> TLSPolicy:
+    # On loopback TLS is opt-in (security=True); a cluster bound beyond it runs code for anyone
+    # who reaches it, so there TLS is on and cannot be turned off.
+    exposed = options.reachable_from_other_machines
+    return TLSPolicy(default=exposed, required=exposed)
+
+
+@hookimpl
+def preflight(spec: ClusterSpec, options: LocalOptions) -> None:
+    if spec.software is not None:
+        software_environment(spec)  # an unknown environment fails here, with close matches
 
 
 def _warn_if_oversubscribed(spec: ClusterSpec) -> None:
@@ -55,58 +81,31 @@ def _warn_if_oversubscribed(spec: ClusterSpec) -> None:
         )
 
 
-def _tls(name: str) -> ClusterTLS:
-    material = ClusterTLS.load(Store(), name)
-    if material is None:
-        raise ProvisionError(f"cluster {name!r} asks for TLS but the store holds no certificates for it")
-    return material
-
-
-def _node_tls(spec: ClusterSpec) -> dict[str, str] | None:
-    """The scheduler's and workers' TLS material, which the agent reads once and deletes."""
-    if not spec.security:
-        return None
-    material = _tls(spec.name)
-    return {**material.to_node_config("scheduler"), **material.to_node_config("worker")}
-
-
-def _node_config(spec: ClusterSpec, options: LocalOptions, directory, gpus: list[str]) -> dict:
-    scheduler_options = dict(spec.scheduler_options)
+def _node_config(spec: ClusterSpec, options: LocalOptions, gpus: list[str]) -> NodeConfig:
+    config = build_node_config(spec, "combined", host=options.host, gpu_devices=gpus)
     # When the cluster ends by itself, its agent deletes the credentials the store keeps for it.
-    remove_on_end = []
     if spec.security:
-        store_directory = credentials.local_directory(Store(), spec.name)
+        store_directory = credentials_directory("local", spec.name)
         if store_directory:
-            remove_on_end.append(store_directory)
-    return {
-        "remove_on_end": remove_on_end,
-        "cluster_name": spec.name,
-        "state_dir": str(directory),
-        "host": options.host,
-        "environ": spec.environ,
-        "lifecycle": lifecycle_settings(spec),
-        "scheduler": {"class": spec.scheduler_class, "options": scheduler_options},
-        "workers": {
-            "class": spec.worker_class,
-            "names": [f"{spec.name}-worker-{i}" for i in range(spec.n_workers)],
-            "name_prefix": f"{spec.name}-worker-",
-            "nthreads": spec.worker_cpu,
-            "memory_limit": spec.worker_memory,
-            "gpus_per_worker": spec.worker_gpu,
-            "gpu_devices": gpus,
-            "options": spec.worker_options,
-        },
-        "report": {"spec": spec.model_dump(mode="json"), "created_at": datetime.now(timezone.utc).isoformat()},
-    }
+            config.remove_on_end.append(store_directory)
+    config.report = {"spec": spec.model_dump(mode="json"), "created_at": datetime.now(timezone.utc).isoformat()}
+    return config
+
+
+def _node_tls(tls: ClusterTLS | None) -> dict[str, str] | None:
+    """The scheduler's and workers' TLS material, which the agent reads once and deletes."""
+    if tls is None:
+        return None
+    return {**tls.to_node_config("scheduler"), **tls.to_node_config("worker")}
 
 
 @hookimpl
-def provision(spec: ClusterSpec, options: LocalOptions) -> ClusterRecord:
+def provision(spec: ClusterSpec, options: LocalOptions, tls: ClusterTLS | None) -> ClusterRecord:
+    if spec.security and tls is None:
+        raise ProvisionError("security is on but the core handed over no TLS material")
     python, extra_environ = sys.executable, {}
     if spec.software is not None:
-        from coiled_core.software import get_software_info
-
-        software = get_software_info(spec.software)
+        software = software_environment(spec)
         python, _ = environments.ensure_environment(software, options)
         extra_environ = environments.agent_environment(options)
     _warn_if_oversubscribed(spec)
@@ -119,11 +118,10 @@ def provision(spec: ClusterSpec, options: LocalOptions) -> ClusterRecord:
             stacklevel=2,
         )
     directory = processes.cluster_dir(options, spec.name)
-    node_config = _node_config(spec, options, directory, gpus)
-    tls = _node_tls(spec)
+    node_config = _node_config(spec, options, gpus)
     processes.prepare_directory(directory, spec.name)
     process = processes.launch_agent(
-        directory, node_config, {**spec.environ, **extra_environ}, python=str(python), tls=tls
+        directory, node_config, {**spec.environ, **extra_environ}, python=str(python), tls=_node_tls(tls)
     )
     try:
         processes.wait_for_scheduler(directory, process, time.monotonic() + spec.timeout)
@@ -135,42 +133,40 @@ def provision(spec: ClusterSpec, options: LocalOptions) -> ClusterRecord:
     assert record is not None
     # Until the agent has started them, report the workers it was asked for.
     if not record.workers:
-        record.workers = [WorkerRecord(name=n) for n in node_config["workers"]["names"]]
+        assert node_config.workers is not None
+        prefix = node_config.workers.name_prefix
+        record.workers = [WorkerRecord(name=f"{prefix}{i}") for i in range(node_config.workers.count)]
     return record
 
 
-async def _call_agent(address: str, handler: str, **kwargs):
+async def _call_agent(address: str, handler: str, tls: ClusterTLS | None, **kwargs):
     from distributed.core import rpc
 
     connection_args = {}
     if address.startswith("tls://"):
-        name = kwargs.pop("cluster_name")
-        connection_args = _tls(name).to_security("client").get_connection_args("client")
-    kwargs.pop("cluster_name", None)
+        if tls is None:
+            raise ProvisionError("the cluster uses TLS but no client credentials were given to reach it")
+        connection_args = tls.client_connection_args()
     async with rpc(address, timeout=30, connection_args=connection_args) as scheduler:
         return await getattr(scheduler, handler)(**kwargs)
 
 
 @hookimpl
-def scale(record: ClusterRecord, n_workers: int, retired: list[str]) -> ClusterRecord:
-    directory = processes.cluster_dir(_options(record), record.name)
+def scale(record: ClusterRecord, options: LocalOptions, n_workers: int, retired: list[str], tls: ClusterTLS | None) -> ClusterRecord:
+    directory = processes.cluster_dir(options, record.name)
     if retired:
-        asyncio.run(_call_agent(record.scheduler_address, STOP_WORKERS_HANDLER, names=retired, cluster_name=record.name))
+        asyncio.run(_call_agent(record.scheduler_address, STOP_WORKERS_HANDLER, tls, names=retired))
     current = [n for n in record.worker_names if n not in set(retired)]
     missing = n_workers - len(current)
     if missing > 0:
         try:
-            asyncio.run(_call_agent(record.scheduler_address, START_WORKERS_HANDLER, count=missing, cluster_name=record.name))
+            asyncio.run(_call_agent(record.scheduler_address, START_WORKERS_HANDLER, tls, count=missing))
         except Exception as e:
             raise ProvisionError(f"starting {missing} more workers failed: {e}\n{processes.log_tail(directory)}") from e
     updated = processes.record_from_directory(record.name, directory)
     if updated is None:
         raise ProvisionError(f"cluster {record.name!r} disappeared while scaling")
     return updated
-
-
-def _options(record: ClusterRecord) -> LocalOptions:
-    return LocalOptions.model_validate(record.spec.get("backend_options") or {})
 
 
 @hookimpl
@@ -184,18 +180,13 @@ def describe(name: str, options: LocalOptions) -> ClusterRecord | None:
 
 
 @hookimpl
-def teardown(record: ClusterRecord) -> ClusterRecord:
-    directory = processes.cluster_dir(_options(record), record.name)
+def teardown(record: ClusterRecord, options: LocalOptions) -> ClusterRecord:
+    directory = processes.cluster_dir(options, record.name)
     current = processes.record_from_directory(record.name, directory) or record
     processes.stop_agent(directory, current.backend_ids.get("pid"))
-    processes.release_claim(_options(record), record.name)
+    processes.release_claim(options, record.name)
     final = processes.record_from_directory(record.name, directory) or current
     return final.model_copy(update={"state": ClusterState.stopped})
-
-
-@hookimpl
-def dashboard_url(record: ClusterRecord) -> str | None:
-    return record.dashboard_url
 
 
 @hookimpl
@@ -219,7 +210,11 @@ def gc(options: LocalOptions) -> list[str]:
             continue  # not made by this backend: never touched
         record = processes.record_from_directory(directory.name, directory)
         if record is not None and record.state.is_live:
-            continue
+            if not past_lifetime(record):
+                continue
+            # Its agent should have ended it long ago (a frozen node): the lifetime cap is a promise.
+            processes.stop_agent(directory, record.backend_ids.get("pid"), grace=5)
+            removed.append(f"stopped cluster {directory.name!r}, past its lifetime cap")
         if record is None and processes.claim_dir(options, directory.name).is_dir():
             continue  # being created right now: its agent has not reported yet
         for stray in processes.cluster_processes(directory):
@@ -238,8 +233,8 @@ def gc(options: LocalOptions) -> list[str]:
 
 
 @hookimpl
-def logs(record: ClusterRecord, tail: int | None) -> dict[str, str]:
-    directory = processes.cluster_dir(_options(record), record.name)
+def logs(record: ClusterRecord, options: LocalOptions, tail: int | None) -> dict[str, str]:
+    directory = processes.cluster_dir(options, record.name)
     # One node: the scheduler and every worker write to the agent's log.
     return {"node": processes.log_tail(directory, tail or 0)}
 

@@ -34,11 +34,17 @@ from typing import Any
 
 import psutil
 
-from coiled_core import config
-from coiled_core.errors import ProvisionError
-from coiled_core.node.agent import STATE_FILE
-from coiled_core.records import ClusterRecord, ClusterState, WorkerRecord
-from coiled_core.store import make_private_dirs
+from coiled_core.backend import (
+    AgentReport,
+    ClusterRecord,
+    ClusterState,
+    NodeConfig,
+    ProvisionError,
+    WorkerRecord,
+    config_get,
+    make_private_dirs,
+    read_report,
+)
 
 from coiled_local.options import LocalOptions
 
@@ -57,7 +63,7 @@ LOG_MAX_BYTES = 50 * 2**20
 
 def state_root(options: LocalOptions) -> Path:
     """Directory holding one sub-directory per cluster."""
-    configured = options.directory or config.get("local.directory")
+    configured = options.directory or config_get("local.directory")
     if configured:
         return Path(configured).expanduser()
     cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
@@ -157,7 +163,7 @@ def prepare_directory(directory: Path, name: str) -> None:
 
 def launch_agent(
     directory: Path,
-    node_config: dict[str, Any],
+    node_config: NodeConfig,
     environ: dict[str, str],
     python: str = sys.executable,
     tls: dict[str, str] | None = None,
@@ -170,9 +176,10 @@ def launch_agent(
     config_path = directory / CONFIG_FILE
     if tls:
         _write_private(directory / TLS_FILE, json.dumps(tls))
-        node_config = {**node_config, "tls_file": str(directory / TLS_FILE)}
-    node_config = {**node_config, "log_file": str(directory / LOG_FILE), "log_max_bytes": LOG_MAX_BYTES}
-    _write_private(config_path, json.dumps(node_config, indent=1))
+        node_config.tls_file = str(directory / TLS_FILE)
+    node_config.state_dir = str(directory)
+    node_config.log_file, node_config.log_max_bytes = str(directory / LOG_FILE), LOG_MAX_BYTES
+    _write_private(config_path, node_config.to_json(indent=1))
     # Recorded before the agent exists, so its processes can always be found.
     token = secrets.token_hex(16)
     _write_private(directory / LAUNCH_FILE, json.dumps({"token": token}))
@@ -193,15 +200,15 @@ def launch_agent(
     return process
 
 
-def wait_for_scheduler(directory: Path, process: subprocess.Popen, deadline: float) -> dict[str, Any]:
+def wait_for_scheduler(directory: Path, process: subprocess.Popen, deadline: float) -> AgentReport:
     """Wait until the agent reports its scheduler address; raise with the log tail if it dies."""
     while True:
-        state = read_json(directory / STATE_FILE)
-        if state and state.get("state") == "error":
+        state = read_report(str(directory))
+        if state and state.state == "error":
             # The scheduler starts first: with its address known, it was the workers that failed.
-            what = "the workers failed to start" if state.get("scheduler_address") else "the scheduler failed to start"
+            what = "the workers failed to start" if state.scheduler_address else "the scheduler failed to start"
             raise ProvisionError(f"{what}:\n{log_tail(directory, 60)}")
-        if state and state.get("scheduler_address"):
+        if state and state.scheduler_address:
             return state
         if process.poll() is not None:
             raise ProvisionError(
@@ -282,28 +289,29 @@ def stop_agent(directory: Path, pid: int | None, grace: float = 20.0) -> None:
 
 def record_from_directory(name: str, directory: Path) -> ClusterRecord | None:
     """Rebuild a cluster's record from the process table and what its agent wrote."""
-    state = read_json(directory / STATE_FILE)
+    state = read_report(str(directory))
     if state is None:
         return None
-    alive = agent_process(directory, state.get("pid")) is not None
-    reported = state.get("state") or "starting"
+    alive = agent_process(directory, state.pid) is not None
+    reported = state.state or "starting"
     if alive:
         cluster_state = ClusterState(reported) if reported in ClusterState.__members__ else ClusterState.starting
         if cluster_state is ClusterState.stopped:
             cluster_state = ClusterState.stopping
     else:
         cluster_state = ClusterState.error if reported == "error" else ClusterState.stopped
-    report = state.get("report") or {}
+    report = state.report
     return ClusterRecord(
         name=name,
         backend="local",
         state=cluster_state,
-        scheduler_address=state.get("scheduler_address"),
-        dashboard_url=state.get("dashboard_url"),
-        workers=[WorkerRecord(name=w["name"], backend_ids={"pid": w.get("pid")}) for w in state.get("workers", [])],
-        created_at=report.get("created_at") or state.get("started_at"),
+        scheduler_address=state.scheduler_address,
+        dashboard_url=state.dashboard_url,
+        # A worker that has ended is no longer listed: that is how a failed worker is noticed.
+        workers=[WorkerRecord(name=w.name, backend_ids={"pid": w.pid}) for w in state.workers] if alive else [],
+        created_at=report.get("created_at") or state.started_at,
         spec=report.get("spec") or {},
-        backend_ids={"pid": state.get("pid"), "directory": str(directory)},
+        backend_ids={"pid": state.pid, "directory": str(directory)},
     )
 
 

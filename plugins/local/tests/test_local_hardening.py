@@ -187,9 +187,9 @@ def test_state_is_readable_by_its_owner_only_and_keys_do_not_stay_on_disk():
 def test_delete_cluster_and_the_cli_delete_the_credentials():
     cluster = coiled.Cluster(security=True, shutdown_on_close=False, **SMALL)
     cluster.close()
-    assert stored_credentials(cluster.name)
+    assert stored_credentials("local", cluster.name)
     coiled.delete_cluster(cluster.name)
-    assert stored_credentials(cluster.name) == []
+    assert stored_credentials("local", cluster.name) == []
     assert Store().read(f"clusters/{cluster.name}/cluster.json") is None
 
 
@@ -212,9 +212,9 @@ def test_gc_deletes_credentials_of_ended_clusters_only_if_they_are_provably_ours
         store.write("clusters/older/tls/ca.pem", b"x", private=True)
         removed = coiled.gc()
         assert f"deleted the TLS credentials of ended cluster {dead.name!r}" in removed
-        assert stored_credentials(dead.name) == []
-        assert sorted(stored_credentials(live.name)) == ["ca.pem", "client-key.pem", "client.pem"]
-        assert stored_credentials("foreign") == ["ca.pem"] and stored_credentials("older") == ["ca.pem"]
+        assert stored_credentials("local", dead.name) == []
+        assert sorted(stored_credentials("local", live.name)) == ["ca.pem", "client-key.pem", "client.pem"]
+        assert stored_credentials("local", "foreign") == ["ca.pem"] and stored_credentials("local", "older") == ["ca.pem"]
     finally:
         live.shutdown()
         store.delete("clusters/foreign")
