@@ -26,7 +26,8 @@ def free_port() -> int:
 def start_agent(tmp_path, name: str, config: dict) -> subprocess.Popen:
     directory = tmp_path / name
     directory.mkdir()
-    config = {"cluster_name": "agent-test", "state_dir": str(directory), "host": "127.0.0.1", **config}
+    role = "combined" if "scheduler" in config and "workers" in config else ("scheduler" if "scheduler" in config else "worker")
+    config = {"protocol": 1, "role": role, "cluster_name": "agent-test", "state_dir": str(directory), "host": "127.0.0.1", **config}
     path = directory / "node.json"
     path.write_text(json.dumps(config))
     log = open(directory / "agent.log", "wb")
@@ -67,7 +68,7 @@ def test_worker_node_booting_first_joins_and_ends_with_scheduler(tmp_path, proce
         "worker-node",
         {
             "scheduler_address": address,
-            "workers": {"class": "distributed.Nanny", "names": ["agent-test-worker-0"], "nthreads": 1},
+            "workers": {"class": "distributed.Nanny", "count": 1, "name_prefix": "agent-test-worker-", "nthreads": 1},
         },
     )
     processes.append(worker_node)
@@ -133,3 +134,62 @@ def test_bad_worker_class_reports_error(tmp_path, processes):
     assert node.wait(60) == 1
     assert read_state(tmp_path, "badworker")["state"] == "error"
     assert "no_such_module" in (tmp_path / "badworker" / "agent.log").read_text()
+
+
+# -- the node protocol ---------------------------------------------------------------------
+def test_node_config_round_trips_through_json():
+    from coiled_core.node.config import AddOnRef, NodeConfig, SchedulerSettings, WorkerSettings
+
+    config = NodeConfig(
+        cluster_name="c",
+        role="combined",
+        scheduler=SchedulerSettings(cls="distributed.Scheduler", options={"idle_timeout": 5}),
+        workers=WorkerSettings(count=2, name_prefix="c-worker-", gpu_devices=["0"]),
+        addon=AddOnRef("pkg.node:AddOn", {"bucket": "b"}),
+        environ={"A": "1"},
+    )
+    text = config.to_json()
+    assert json.loads(text)["scheduler"]["class"] == "distributed.Scheduler"  # the documented key
+    assert json.loads(text)["protocol"] == 1
+    assert NodeConfig.from_json(text) == config
+
+
+def test_the_builder_includes_the_lifetime_rules_for_every_role():
+    from coiled_core.node.config import build_node_config
+    from coiled_core.spec import resolve_cluster_spec
+
+    spec = resolve_cluster_spec({"name": "built", "n_workers": 3, "no_client_timeout": "7s", "cluster_timeout": "1h", "environ": {"X": "1"}})
+    combined = build_node_config(spec, "combined")
+    assert combined.workers.count == 3 and combined.scheduler.cls == spec.scheduler_class
+    assert combined.lifecycle.no_client_timeout == 7 and combined.lifecycle.cluster_timeout == 3600
+    worker = build_node_config(spec, "worker", scheduler_address="tls://10.0.0.1:8786", include_environ=False)
+    assert worker.workers.count == 1 and worker.scheduler is None and worker.environ == {}
+    assert worker.lifecycle.no_client_timeout == 7 and worker.workers.name_prefix == "built-worker-"
+    with pytest.raises(ValueError, match="scheduler_address"):
+        build_node_config(spec, "worker")
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"protocol": 2}, "node protocol 2"),
+        ({"protocol": None}, "node protocol"),
+        ({"name_prefix": "x"}, "unknown key 'name_prefix'"),
+        ({"workers": {"class": "distributed.Nanny", "names": ["a"]}}, r"node config.workers: unknown key 'names'"),
+        ({"role": "both"}, "role"),
+    ],
+)
+def test_the_agent_refuses_a_config_it_does_not_speak(tmp_path, change, message):
+    config = {"protocol": 1, "role": "worker", "cluster_name": "c", "scheduler_address": "tcp://127.0.0.1:1",
+              "workers": {"class": "distributed.Nanny", "count": 1}}
+    config.update(change)
+    if config["protocol"] is None:
+        del config["protocol"]
+    path = tmp_path / "node.json"
+    path.write_text(json.dumps(config))
+    result = subprocess.run([sys.executable, "-m", "coiled_core.node", str(path)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "cannot run this node" in result.stderr
+    import re
+
+    assert re.search(message, result.stderr), result.stderr

@@ -6,10 +6,11 @@ import os
 import stat
 
 from coiled_core.node.agent import NodeAgent, rotate_log
+from coiled_core.node.config import NodeConfig, SchedulerSettings
 
 
 def test_a_report_that_cannot_be_written_does_not_stop_the_node(tmp_path):
-    agent = NodeAgent({"state_dir": str(tmp_path / "gone"), "cluster_name": "c"})
+    agent = NodeAgent(NodeConfig(cluster_name="c", role="scheduler", scheduler=SchedulerSettings(), state_dir=str(tmp_path / "gone")))
     agent.write_state()  # the directory does not exist (as good as a full disk): no exception
     agent.state_dir = str(tmp_path)
     agent.write_state()

@@ -31,7 +31,7 @@ from coiled_core.errors import (
     ProvisionError,
 )
 from coiled_core.plugins import Backend, discover_backends, list_backends, load_backend
-from coiled_core.records import ClusterRecord, ClusterState
+from coiled_core.records import ClusterRecord, ClusterState, TLSPolicy
 from coiled_core.spec import resolve_cluster_spec
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -48,8 +48,9 @@ from pydantic import BaseModel
 
 from coiled_core import hookimpl
 from coiled_core.errors import ProvisionError
-from coiled_core.records import ClusterRecord, ClusterState, WorkerRecord
+from coiled_core.records import ClusterRecord, ClusterState, TLSPolicy, WorkerRecord
 
+HOOK_API_VERSION = 2
 BACKEND_NAME = {backend_name!r}
 DESCRIBE_FINDS = {describe_finds!r}
 PROVISION_FAILS = {provision_fails!r}
@@ -72,6 +73,7 @@ def _record(name, state=ClusterState.running, workers=2):
         dashboard_url="http://127.0.0.1:2/status",
         workers=[WorkerRecord(name=f"{{name}}-worker-{{i}}") for i in range(workers)],
         backend_ids={{"module": __name__}},
+        spec={{"name": name}},
     )
 
 
@@ -82,8 +84,19 @@ def backend_options_model():
 
 
 @hookimpl
-def provision(spec, options):
-    CALLS.append(("provision", {{"spec": spec, "options": options}}))
+def tls_policy(options):
+    CALLS.append(("tls_policy", {{"options": options}}))
+    return TLSPolicy(default=False)
+
+
+@hookimpl
+def preflight(spec, options):
+    CALLS.append(("preflight", {{"spec": spec, "options": options}}))
+
+
+@hookimpl
+def provision(spec, options, tls):
+    CALLS.append(("provision", {{"spec": spec, "options": options, "tls": tls}}))
     if PROVISION_FAILS:
         raise ProvisionError("fake")
     return _record(spec.name, ClusterState.starting)
@@ -102,8 +115,8 @@ def gc(options):
 
 
 @hookimpl
-def scale(record, n_workers, retired):
-    CALLS.append(("scale", {{"record": record, "n_workers": n_workers, "retired": retired}}))
+def scale(record, options, n_workers, retired, tls):
+    CALLS.append(("scale", {{"record": record, "options": options, "n_workers": n_workers, "retired": retired, "tls": tls}}))
     return _record(record.name, workers=n_workers)
 
 
@@ -114,14 +127,14 @@ def describe(name, options):
 
 
 @hookimpl
-def teardown(record):
-    CALLS.append(("teardown", {{"record": record}}))
+def teardown(record, options):
+    CALLS.append(("teardown", {{"record": record, "options": options}}))
     return record.model_copy(update={{"state": ClusterState.stopped}})
 
 
 @hookimpl
-def dashboard_url(record):
-    CALLS.append(("dashboard_url", {{"record": record}}))
+def dashboard_url(record, options):
+    CALLS.append(("dashboard_url", {{"record": record, "options": options}}))
     return record.dashboard_url
 
 
@@ -132,8 +145,8 @@ def list_clusters(options):
 
 
 @hookimpl
-def logs(record, tail):
-    CALLS.append(("logs", {{"record": record, "tail": tail}}))
+def logs(record, options, tail):
+    CALLS.append(("logs", {{"record": record, "options": options, "tail": tail}}))
     return {{"scheduler": "log of " + BACKEND_NAME + " tail=" + str(tail)}}
 '''
 
@@ -238,14 +251,16 @@ def _call_every_method(backend: Backend) -> None:
     record = _record("c")
     assert backend.options_from_record(record.model_copy(update={"spec": {"backend_options": {"flavour": "x"}}})).flavour == "x"
     spec = resolve_cluster_spec({"name": "c", "backend": backend.name, "n_workers": 2, "worker_memory": "1 GiB"})
+    assert backend.tls_policy(options) == TLSPolicy(default=False)
+    assert backend.preflight(spec, options) is None
     assert backend.claim_name("c", options) is True
-    assert backend.provision(spec, options).state == ClusterState.starting
-    assert backend.scale(record, 3, ["c-worker-0"]).worker_names == ["c-worker-0", "c-worker-1", "c-worker-2"]
+    assert backend.provision(spec.model_copy(update={"security": False}), options).state == ClusterState.starting
+    assert backend.scale(record, options, 3, ["c-worker-0"]).worker_names == ["c-worker-0", "c-worker-1", "c-worker-2"]
     assert backend.describe("c", options).state == ClusterState.running
-    assert backend.teardown(record).state == ClusterState.stopped
-    assert backend.dashboard_url(record.model_copy(update={"dashboard_url": "http://x/status"})) == "http://x/status"
+    assert backend.teardown(record, options).state == ClusterState.stopped
+    assert backend.dashboard_url(record.model_copy(update={"dashboard_url": "http://x/status"}), options) == "http://x/status"
     assert [r.name for r in backend.list_clusters(options)] == ["listed"]
-    assert backend.logs(record, tail=5) == {"scheduler": f"log of {backend.name} tail=5"}
+    assert backend.logs(record, options, tail=5) == {"scheduler": f"log of {backend.name} tail=5"}
     assert backend.gc(options) == [f"deleted leftovers of {backend.name}"]
 
 
@@ -255,6 +270,8 @@ EVERY_METHOD_HOOKS = [
     "backend_options_model",
     "backend_options_model",
     "backend_options_model",
+    "tls_policy",
+    "preflight",
     "claim_name",
     "provision",
     "scale",
@@ -353,7 +370,9 @@ def test_cluster_calls_only_its_backend(site):
     assert "describe" in hooks and "claim_name" in hooks and "provision" in hooks
     assert hooks.index("describe") < hooks.index("claim_name") < hooks.index("provision")
     assert hooks.count("provision") == 1
-    assert set(hooks[: hooks.index("provision")]) <= {"backend_options_model", "describe", "claim_name"}, hooks
+    assert set(hooks[: hooks.index("provision")]) <= {"backend_options_model", "tls_policy", "preflight", "describe", "claim_name"}, hooks
+    # The check step comes before any claim or resource.
+    assert hooks.index("preflight") < hooks.index("describe")
     kwargs = dict(calls_a)
     assert kwargs["describe"]["name"] == kwargs["claim_name"]["name"] == "plugin-isolation"
     assert kwargs["provision"]["spec"].name == "plugin-isolation"
@@ -486,14 +505,76 @@ def test_cluster_with_unknown_backend_lists_local():
 
 
 def test_hook_api_version_mismatch_is_refused(site):
-    site.add_backend("fake_a", extra="HOOK_API_VERSION = 999")
+    site.add_backend("fake_a", extra="HOOK_API_VERSION = 1")
     with pytest.raises(BackendLoadError) as info:
         load_backend("fake_a", path=site.path)
     message = str(info.value)
-    assert "999" in message and str(hookspecs.HOOK_API_VERSION) in message and "fake_a" in message
+    assert "version 1" in message and "needs version 2" in message and "fake_a" in message
     # Listing names it too, rather than failing.
     (entry,) = list_backends(site.path)
-    assert entry.error is not None and "999" in entry.error
+    assert entry.error is not None and "version 1" in entry.error
+
+
+def test_a_backend_declaring_no_version_is_told_which_it_needs(site):
+    site.add_backend("fake_a", extra="del HOOK_API_VERSION")
+    with pytest.raises(BackendLoadError, match=r"declares no HOOK_API_VERSION.*version 2.*HOOK_API_VERSION = 2"):
+        load_backend("fake_a", path=site.path)
+
+
+def test_a_backend_missing_required_hooks_is_refused_when_it_loads(site):
+    site.add_backend("fake_a", extra="")
+    module = site.module_name("fake_backend_fake_a")
+    source = (site.root / f"{module}.py").read_text()
+    for hook in ("teardown", "gc"):
+        source = source.replace(f"@hookimpl\ndef {hook}(", f"def {hook}(")
+    (site.root / f"{module}.py").write_text(source)
+    with pytest.raises(BackendLoadError, match=r"does not implement the required hook\(s\) teardown, gc"):
+        load_backend("fake_a", path=site.path)
+
+
+def test_optional_hooks_have_defaults(site):
+    site.add_backend("fake_a", extra="")
+    module = site.module_name("fake_backend_fake_a")
+    source = (site.root / f"{module}.py").read_text()
+    for hook in ("tls_policy", "preflight", "dashboard_url"):
+        source = source.replace(f"@hookimpl\ndef {hook}(", f"def {hook}(")
+    (site.root / f"{module}.py").write_text(source)
+    backend = load_backend("fake_a", path=site.path)
+    options = backend.validate_options({})
+    assert backend.tls_policy(options) == TLSPolicy(default=True, required=False)
+    record = _record().model_copy(update={"dashboard_url": "http://x/status"})
+    assert backend.dashboard_url(record, options) == "http://x/status"
+
+
+def test_entry_points_may_name_an_object(site):
+    """The standard ``package.module:object`` form: hooks on a class instance, say."""
+    module = site.write_backend_module("fake_obj")
+    site.write_module("fake_holder", f"import {module} as backend\n")
+    site.write_dist("fake-obj-dist", backends={"fake_obj": f"{site.module_name('fake_holder')}:backend"})
+    backend = load_backend("fake_obj", path=site.path)
+    assert backend.options_model().__name__ == "Options"
+
+
+def test_a_scheduler_address_against_the_requested_security_fails_at_once(site):
+    site.add_backend("fake_a", describe_finds=False, extra="")
+    with pytest.raises(ProvisionError, match=r"fake_a.*broke the hook contract.*security=True.*'tls://'") as info:
+        coiled.Cluster(name="plugin-tls", backend="fake_a", n_workers=1, worker_memory="1 GiB", security=True, timeout=60)
+    del info
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
+    hooks = [hook for hook, _ in site.calls("fake_a")]
+    assert hooks[-1] == "teardown"  # what it made is torn down
+
+
+def test_a_live_record_without_its_spec_breaks_the_contract(site):
+    site.add_backend("fake_a", extra="")
+    backend = load_backend("fake_a", path=site.path)
+    module = site.module("fake_backend_fake_a")
+    original = module._record
+    module._record = lambda *a, **k: original(*a, **k).model_copy(update={"spec": {}})
+    with pytest.raises(ProvisionError, match="without its spec"):
+        backend.describe("c", backend.validate_options({}))
 
 
 def test_matching_hook_api_version_is_accepted(site):
@@ -507,7 +588,7 @@ def test_misspelled_hook_is_refused(site):
         from coiled_core import hookimpl as _hookimpl
 
         @_hookimpl
-        def provison(spec, options):
+        def provison(spec, options, tls):
             return None
         """
     )
@@ -528,8 +609,9 @@ def test_hook_with_wrong_argument_names_is_refused(site):
             return None
         """
     )
-    module = site.write_module("fake_badargs", extra)
-    site.write_dist("fake-badargs-dist", backends={"fake_badargs": module})
+    module = site.add_backend("fake_badargs", dist_name="fake-badargs-dist")
+    with open(site.root / f"{module}.py", "a") as f:
+        f.write(extra)  # after the fake's own dashboard_url, so it replaces it
     with pytest.raises(BackendLoadError, match="fake_badargs") as info:
         load_backend("fake_badargs", path=site.path)
     assert "cluster_record" in str(info.value)
@@ -546,7 +628,7 @@ def test_each_load_gets_a_fresh_plugin_manager(site):
     # Unregistering from one leaves the other intact.
     first.plugin_manager.unregister(name="backend:fake_a")
     assert second.options_model().__name__ == "Options"
-    with pytest.raises(BackendLoadError, match="does not implement"):
+    with pytest.raises(BackendLoadError, match="returned nothing"):
         first.options_model()
 
 

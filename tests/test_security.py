@@ -168,27 +168,44 @@ def test_node_side_imports_stay_light(tls):
 
 def test_store_round_trip_and_private_files(tls, tmp_path):
     store = Store(str(tmp_path / "store"))
-    assert ClusterTLS.load(store, "tls-test") is None
-    tls.save(store, "tls-test")
-    assert ClusterTLS.load(store, "tls-test") == tls
+    assert ClusterTLS.load(store, "tls-test", "local") is None
+    tls.save(store, "tls-test", "local")
+    assert ClusterTLS.load(store, "tls-test", "local") == tls
 
-    names = list(store.list("clusters/tls-test/tls"))
+    names = list(store.list("clusters/local/tls-test/tls"))
     assert len(names) == 8
     for name in names:
-        path = store.local_path(f"clusters/tls-test/tls/{name}")
+        path = store.local_path(f"clusters/local/tls-test/tls/{name}")
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o600, name
 
-    delete_tls(store, "tls-test")
-    assert ClusterTLS.load(store, "tls-test") is None
-    delete_tls(store, "tls-test")  # deleting twice is fine
+    delete_tls(store, "tls-test", "local")
+    assert ClusterTLS.load(store, "tls-test", "local") is None
+    delete_tls(store, "tls-test", "local")  # deleting twice is fine
+
+
+def test_same_named_clusters_on_two_backends_keep_their_own_material(tmp_path):
+    from coiled_core import credentials
+
+    store = Store(str(tmp_path / "store"))
+    mine, theirs = ClusterTLS.generate("twin"), ClusterTLS.generate("twin")
+    credentials.save_for_start(store, "twin", mine, "local", {})
+    credentials.save_for_start(store, "twin", theirs, "aws", {})
+    assert ClusterTLS.load(store, "twin", "local") == mine and ClusterTLS.load(store, "twin", "aws") == theirs
+    credentials.delete(store, "twin", "local")
+    assert ClusterTLS.load(store, "twin", "local") is None
+    assert ClusterTLS.load(store, "twin", "aws") == theirs  # untouched
+    # The emptied backend folder goes with the last cluster's material; the other stays.
+    assert list(store.list("clusters")) == ["aws"]
+    credentials.delete(store, "twin", "aws")
+    assert list(store.list("clusters")) == []
 
 
 def test_incomplete_store_material_is_an_error(tls, tmp_path):
     store = Store(str(tmp_path / "store"))
-    tls.save(store, "partial")
-    store.delete("clusters/partial/tls/client-key.pem")
+    tls.save(store, "partial", "local")
+    store.delete("clusters/local/partial/tls/client-key.pem")
     with pytest.raises(ValueError, match="client-key.pem"):
-        ClusterTLS.load(store, "partial")
+        ClusterTLS.load(store, "partial", "local")
 
 
 # -- a real TLS-only cluster -------------------------------------------------------------------

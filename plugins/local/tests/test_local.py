@@ -255,7 +255,7 @@ def test_tls_cluster_refuses_clients_without_its_certificates(tmp_path):
     from coiled_core.security import ClusterTLS
     from coiled_core.store import Store
 
-    assert ClusterTLS.load(Store(), cluster.name) is None  # shut down: its credentials are gone
+    assert ClusterTLS.load(Store(), cluster.name, "local") is None  # shut down: its credentials are gone
 
 
 def test_attached_objects_do_not_steal_each_others_worker_updates():

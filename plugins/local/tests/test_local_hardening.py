@@ -17,12 +17,13 @@ from distributed import Client
 
 import coiled
 from coiled_core.errors import ClusterSpecError, ProvisionError
-from coiled_core.records import ClusterState
+from coiled_core.records import ClusterState, TLSPolicy
 from coiled_core.store import Store
 from coiled_core.testing import wait_until
 from coiled_core.testing.contract import dashboard_ssl_context, stored_credentials
 
 from coiled_local.options import LocalOptions
+from coiled_local.plugin import tls_policy
 
 SMALL = {"n_workers": 1, "worker_cpu": 1, "worker_memory": "1 GiB", "show_widget": False}
 
@@ -207,17 +208,18 @@ def test_gc_deletes_credentials_of_ended_clusters_only_if_they_are_provably_ours
         # Material made by another user or machine, or by an older version, is never ours to delete.
         foreign = {"backend": "local", "backend_options": {}, "created_by": {"user": "someone", "host": "elsewhere"},
                    "provisioned": True}
-        store.write("clusters/foreign/cluster.json", json.dumps(foreign).encode(), private=True)
-        store.write("clusters/foreign/tls/ca.pem", b"x", private=True)
+        store.write("clusters/local/foreign/cluster.json", json.dumps(foreign).encode(), private=True)
+        store.write("clusters/local/foreign/tls/ca.pem", b"x", private=True)
+        # The layout of older versions (no backend in the key).
         store.write("clusters/older/tls/ca.pem", b"x", private=True)
         removed = coiled.gc()
         assert f"deleted the TLS credentials of ended cluster {dead.name!r}" in removed
         assert stored_credentials("local", dead.name) == []
         assert sorted(stored_credentials("local", live.name)) == ["ca.pem", "client-key.pem", "client.pem"]
-        assert stored_credentials("local", "foreign") == ["ca.pem"] and stored_credentials("local", "older") == ["ca.pem"]
+        assert stored_credentials("local", "foreign") == ["ca.pem"] and list(store.list("clusters/older/tls")) == ["ca.pem"]
     finally:
         live.shutdown()
-        store.delete("clusters/foreign")
+        store.delete("clusters/local/foreign")
         store.delete("clusters/older")
         coiled.gc()
 
@@ -227,7 +229,7 @@ def test_gc_deletes_credentials_of_ended_clusters_only_if_they_are_provably_ours
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "10.1.2.3", "my-laptop.example.com", "::"])
 def test_a_cluster_reachable_from_other_machines_requires_tls(host, state_root):
-    assert LocalOptions(host=host).TLS_REQUIRED and LocalOptions(host=host).TLS_BY_DEFAULT
+    assert tls_policy(LocalOptions(host=host)) == TLSPolicy(default=True, required=True)
     before = set(os.listdir(state_root))
     with pytest.raises(ClusterSpecError, match="security: False is refused"):
         coiled.Cluster(security=False, backend_options={"host": host}, **SMALL)
@@ -236,7 +238,7 @@ def test_a_cluster_reachable_from_other_machines_requires_tls(host, state_root):
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "localhost", "::1"])
 def test_loopback_clusters_leave_tls_to_the_user(host):
-    assert not LocalOptions(host=host).TLS_REQUIRED and not LocalOptions(host=host).TLS_BY_DEFAULT
+    assert tls_policy(LocalOptions(host=host)) == TLSPolicy(default=False, required=False)
 
 
 def test_dashboard_of_a_tls_cluster_speaks_https_with_the_cluster_certificate():
