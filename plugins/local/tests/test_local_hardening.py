@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -185,13 +186,53 @@ def test_state_is_readable_by_its_owner_only_and_keys_do_not_stay_on_disk():
 # -- item 6: credentials end with the cluster ---------------------------------------------------
 
 
-def test_delete_cluster_and_the_cli_delete_the_credentials():
-    cluster = coiled.Cluster(security=True, shutdown_on_close=False, **SMALL)
+def _end_by_close(cluster):
+    cluster.close()  # it created the cluster: close() shuts it down
+
+
+def _end_by_shutdown(cluster):
+    cluster.shutdown()
+
+
+def _end_by_delete_cluster(cluster):
+    cluster.close(), coiled.delete_cluster(cluster.name)
+
+
+def _end_by_cli_stop(cluster):
+    from click.testing import CliRunner
+
+    from coiled_core import cli
+
     cluster.close()
-    assert stored_credentials("local", cluster.name)
-    coiled.delete_cluster(cluster.name)
-    assert stored_credentials("local", cluster.name) == []
-    assert Store().read(f"clusters/{cluster.name}/cluster.json") is None
+    result = CliRunner().invoke(cli.cli, ["cluster", "stop", cluster.name], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+
+
+def _end_by_itself_then_gc(cluster):
+    agent = psutil.Process(cluster.record.backend_ids["pid"])
+    cluster.close()
+    agent.kill()  # a node that could not clean up after itself
+    wait_until(lambda: not agent.is_running() or agent.status() == psutil.STATUS_ZOMBIE, 30, message="the agent to die")
+    coiled.gc()
+
+
+@pytest.mark.parametrize(
+    "end", [_end_by_close, _end_by_shutdown, _end_by_delete_cluster, _end_by_cli_stop, _end_by_itself_then_gc],
+    ids=["close", "shutdown", "delete_cluster", "cli-stop", "ended-by-itself-gc"],
+)
+def test_credentials_are_deleted_by_every_path_that_ends_a_cluster(end):
+    detached = end not in (_end_by_close, _end_by_shutdown)
+    cluster = coiled.Cluster(security=True, shutdown_on_close=not detached, **SMALL)
+    assert sorted(stored_credentials("local", cluster.name)) == ["ca.pem", "client-key.pem", "client.pem"]
+    try:
+        end(cluster)
+        assert stored_credentials("local", cluster.name) == []
+        assert Store().read(f"clusters/local/{cluster.name}/cluster.json") is None
+    finally:
+        if cluster.status.name != "closed":
+            cluster.shutdown()
+        with contextlib.suppress(coiled.ClusterNotFoundError):
+            coiled.delete_cluster(cluster.name)
 
 
 def test_gc_deletes_credentials_of_ended_clusters_only_if_they_are_provably_ours():
