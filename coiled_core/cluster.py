@@ -473,16 +473,17 @@ class Cluster(DistributedCluster):
         record = await asyncio.to_thread(self.backend.describe, self.name, self.backend_options)
         problem = None
         if record is None or not record.state.is_live:
-            problem = f"cluster {self.name!r} stopped while {self._phase}"
+            problem = "the cluster stopped"
         elif len(record.workers) < workers_needed:
             problem = (
-                f"cluster {self.name!r}: only {len(record.workers)} of the {workers_needed} workers "
-                f"waited for are still running; the others ended while starting"
+                f"only {len(record.workers)} of the {workers_needed} workers waited for are still "
+                "running; the others ended while starting"
             )
         if problem:
             logs = await asyncio.to_thread(self.backend.logs, self.record, self.backend_options, 30)
             tail = "\n".join(logs.values())
-            raise ProvisionError(f"{problem}:\n{tail}")
+            # Named like every other failed start: the step, then what the backend saw.
+            raise ProvisionError(f"cluster {self.name!r} failed to start (step: {self._phase}): {problem}:\n{tail}")
 
     async def _wait_for_scheduler(self) -> None:
         """Wait until the scheduler answers (a cloud node may still be booting)."""

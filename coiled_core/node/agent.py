@@ -524,7 +524,7 @@ def _worker_pid(worker: Any) -> int | None:
 def _prepare_worker_processes(config: NodeConfig):
     """Choose how nannies start worker processes, and for ``forkserver`` start a warm one.
 
-    Forking the preloaded agent is what makes a node start fast (see DESIGN.md); forking it
+    Forking the preloaded agent is what makes a node start fast; forking it
     from the agent's own threads can hang the child (see :mod:`coiled_core.node.zygote`), so by
     default workers are forked from a copy of the agent made before it starts any thread.
     Returns the warm fork server, or ``None``.

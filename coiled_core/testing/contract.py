@@ -32,7 +32,8 @@ capability             mixin                       needs from the backend's test
 =====================  ==========================  ============================================
 
 Each test creates a small real cluster (two single-thread workers), so a backend needs a stand-in
-world in which a real Dask cluster can form (see DESIGN.md, "Testing without a cloud").
+world in which a real Dask cluster can form (``docs/writing-a-backend.md`` says how the built-in
+backends test without a cloud).
 """
 
 from __future__ import annotations
