@@ -65,8 +65,7 @@ def _check_name(name: Any) -> str:
         # No backend can hold such a cluster; refusing here also keeps odd names (paths, globs)
         # away from the backends.
         raise ClusterNotFoundError(
-            f"no cluster is named {name!r}: cluster names are lowercase letters, digits and hyphens, "
-            "starting and ending with a letter or digit"
+            f"no cluster is named {name!r}: cluster names are 1 to 128 letters, digits, '_' and '-'"
         )
     return name
 

@@ -23,6 +23,7 @@ from tornado.ioloop import IOLoop, PeriodicCallback
 
 from coiled_core import config
 from coiled_core.errors import ClusterSpecError, CoiledError, ProvisionError
+from coiled_core.keywords import PACKAGE_SYNC_VARIANTS
 from coiled_core.progress import StartProgress
 from coiled_core.security import ClusterTLS
 from coiled_core.states import ClusterState
@@ -52,6 +53,29 @@ def teardown_cluster(backend: Backend, record: ClusterRecord, options: Any) -> C
     from coiled_core.api import teardown_cluster as teardown
 
     return teardown(backend, record, options)
+
+
+def _check_call(name: Any, more: dict[str, Any]) -> None:
+    """Refuse, as a ClusterSpecError naming it, what Python itself would refuse with a bare
+    TypeError: a keyword ``coiled.Cluster`` does not know, or a number where the name goes."""
+    import difflib
+    import inspect
+
+    from coiled_core.keywords import PACKAGE_SYNC_VARIANTS
+
+    if name is not None and not isinstance(name, str):
+        hint = f"; to ask for {name} workers, use n_workers={name}" if isinstance(name, int) and not isinstance(name, bool) else ""
+        raise ClusterSpecError(
+            f"name: the first positional argument of coiled.Cluster is the cluster's name, a string, "
+            f"not {name!r}{hint}"
+        )
+    unknown = sorted(set(more) - set(PACKAGE_SYNC_VARIANTS))
+    if unknown:
+        valid = [p for p in inspect.signature(Cluster.__init__).parameters if p not in ("self", "more")]
+        valid += list(PACKAGE_SYNC_VARIANTS)
+        close = difflib.get_close_matches(unknown[0], valid, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ClusterSpecError(f"{unknown[0]!r} is not a coiled.Cluster parameter{hint}")
 
 
 def _resolve_wait_for_workers(value: Any, n_workers: int) -> int:
@@ -150,7 +174,27 @@ class Cluster(DistributedCluster):
         security: bool | Security | None = None,
         show_widget: bool = True,
         loop: IOLoop | None = None,
+        region: str | None = None,
+        worker_vm_types: str | list[str] | None = None,
+        scheduler_vm_types: str | list[str] | None = None,
+        spot_policy: str | None = None,
+        compute_purchase_option: str | None = None,
+        tags: dict[str, str] | None = None,
+        arm: bool | None = None,
+        worker_disk_size: int | str | None = None,
+        scheduler_disk_size: int | str | None = None,
+        container: str | None = None,
+        package_sync: bool | list[str] | None = None,
+        allow_ssh: bool | None = None,
+        allow_ingress_from: str | None = None,
+        use_best_zone: bool | None = None,
+        scheduler_gpu: bool | None = None,
+        worker_gpu_type: str | None = None,
+        workspace: str | None = None,
+        account: str | None = None,
+        **more: Any,
     ):
+        _check_call(name, more)
         keywords = {
             "name": name,
             "n_workers": n_workers,
@@ -175,6 +219,25 @@ class Cluster(DistributedCluster):
             "cluster_timeout": cluster_timeout,
             # A distributed.Security of the user's own is used as is; the spec records "TLS on".
             "security": True if isinstance(security, Security) else security,
+            "region": region,
+            "worker_vm_types": worker_vm_types,
+            "scheduler_vm_types": scheduler_vm_types,
+            "spot_policy": spot_policy,
+            "compute_purchase_option": compute_purchase_option,
+            "tags": tags,
+            "arm": arm,
+            "worker_disk_size": worker_disk_size,
+            "scheduler_disk_size": scheduler_disk_size,
+            "container": container,
+            "package_sync": package_sync,
+            "allow_ssh": allow_ssh,
+            "allow_ingress_from": allow_ingress_from,
+            "use_best_zone": use_best_zone,
+            "scheduler_gpu": scheduler_gpu,
+            "worker_gpu_type": worker_gpu_type,
+            "workspace": workspace,
+            "account": account,
+            **{key: more[key] for key in PACKAGE_SYNC_VARIANTS if key in more},
         }
         # Everything is validated before any resource exists.
         configuration_name = configuration if configuration is not None else config.get("configuration")
@@ -192,7 +255,7 @@ class Cluster(DistributedCluster):
 
             get_software_info(spec.software)  # an unknown name fails here, with close matches
         self.backend: Backend = load_backend(spec.backend)
-        self.backend_options = self.backend.validate_options(spec.backend_options)
+        self.backend_options = self.backend.validate_spec_options(spec)
         self._tls_policy = self.backend.tls_policy(self.backend_options)
         if spec.security is False and self._tls_policy.required:
             raise ClusterSpecError(

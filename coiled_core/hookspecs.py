@@ -25,6 +25,7 @@ another process work.
 
 **The order of calls when a cluster is created** (``coiled.Cluster(...)``)::
 
+    keyword_options()                  today's Coiled keywords (region, ...) -> backend_options
     backend_options_model()            validate backend_options (unknown keys refused)
     tls_policy(options)                TLS default and whether security=False is allowed
     preflight(spec, options)           everything that can be wrong, before anything exists
@@ -80,8 +81,8 @@ HOOK_API_VERSION = 2
 
 PROJECT_NAME = "coiled_core"
 
-#: Hooks a backend must implement; the others (``tls_policy``, ``preflight``, ``dashboard_url``)
-#: have defaults.
+#: Hooks a backend must implement; the others (``keyword_options``, ``tls_policy``,
+#: ``preflight``, ``dashboard_url``) have defaults.
 REQUIRED_HOOKS = (
     "backend_options_model",
     "claim_name",
@@ -128,6 +129,39 @@ class BackendSpec:
             @hookimpl
             def backend_options_model():
                 return MyOptions
+        """
+
+    @hookspec(firstresult=True)
+    def keyword_options(self) -> dict[str, str]:
+        """Say which of today's generic Coiled keywords this backend understands, and where they go.
+
+        Called when a cluster is created, before ``backend_options`` are validated. Optional:
+        without it the backend understands none. The generic keywords are those of
+        :data:`coiled_core.keywords.GENERIC_KEYWORDS` (``region``, ``worker_vm_types``,
+        ``scheduler_vm_types``, ``spot_policy``, ``tags``, ``arm``, ``worker_disk_size``,
+        ``scheduler_disk_size``, ``allow_ssh``, ``allow_ingress_from``, ``use_best_zone``,
+        ``scheduler_gpu``, ``worker_gpu_type``). The core copies each given keyword's value
+        (already checked and normalised: vm types as a list, disk sizes in GiB, tags as strings)
+        into the named options field, so the options model validates it; an error there is
+        reported under the keyword the user wrote, so write messages for users
+        (``'us-central1' is not an AWS region``). The same value given both as a keyword and in
+        ``backend_options`` is fine; different values are an error naming both. A given keyword
+        this backend does not map is accepted with one warning naming it.
+
+        Parameters:
+            None.
+
+        Returns:
+            A mapping from generic keyword to the name of a field of the options model.
+
+        Raises:
+            Nothing.
+
+        Example::
+
+            @hookimpl
+            def keyword_options():
+                return {"region": "region", "worker_vm_types": "instance_types", "tags": "tags"}
         """
 
     @hookspec(firstresult=True)

@@ -168,6 +168,28 @@ class Backend:
     def options_from_record(self, record: ClusterRecord) -> BaseModel:
         return self.options_model().model_validate(record.spec.get("backend_options", {}))
 
+    def keyword_options(self) -> dict[str, str]:
+        from coiled_core.keywords import GENERIC_KEYWORDS
+
+        mapping = dict(self._call("keyword_options") or {})
+        unknown = set(mapping) - set(GENERIC_KEYWORDS)
+        if unknown:
+            raise BackendContractError(
+                f"backend {self.name!r} broke the hook contract: keyword_options names {sorted(unknown)}, "
+                f"which are not generic keywords ({', '.join(GENERIC_KEYWORDS)})"
+            )
+        return mapping
+
+    def validate_spec_options(self, spec: ClusterSpec) -> BaseModel:
+        """The backend's options for ``spec``: its ``backend_options`` plus the generic keywords
+        the backend maps, validated; errors name the keyword the user wrote."""
+        from coiled_core.keywords import GENERIC_KEYWORDS, apply_generic_keywords
+
+        options, sources = apply_generic_keywords(
+            {k: getattr(spec, k) for k in GENERIC_KEYWORDS}, spec.backend_options, self.keyword_options(), self.name
+        )
+        return validate_backend_options(self.options_model(), options, self.name, sources)
+
     def tls_policy(self, options: BaseModel) -> TLSPolicy:
         return self._call("tls_policy", options=options) or TLSPolicy()
 

@@ -24,9 +24,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from coiled_core import config
 from coiled_core.errors import ClusterSpecError
 
-#: Cluster names must be DNS labels so that every backend (cloud tags, Kubernetes labels,
-#: Compute Engine names) can carry them unchanged.
-NAME_PATTERN = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+#: Cluster names as Coiled accepts them: letters of either case, digits, ``_`` and ``-``. A backend
+#: whose resources need a stricter form (DNS labels, label values) derives it with
+#: :func:`coiled_core.names.dns_label` and keeps the user's name on the resource.
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 #: ``account/name`` or a bare ``name`` (software environments, cluster configurations).
 ACCOUNT_NAME_PATTERN = re.compile(r"^([a-z0-9][a-z0-9_-]*/)?[a-z0-9][a-z0-9._-]*$", re.IGNORECASE)
 DOTTED_NAME_PATTERN = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$")
@@ -56,7 +57,27 @@ SPEC_KEYWORDS = (
     "no_client_timeout",
     "cluster_timeout",
     "security",
+    # Today's Coiled keywords (see coiled_core.keywords): generic, each backend maps those it
+    # understands onto its own options.
+    "region",
+    "worker_vm_types",
+    "scheduler_vm_types",
+    "spot_policy",
+    "tags",
+    "arm",
+    "worker_disk_size",
+    "scheduler_disk_size",
+    "container",
+    "package_sync",
+    "allow_ssh",
+    "allow_ingress_from",
+    "use_best_zone",
+    "scheduler_gpu",
+    "worker_gpu_type",
+    "workspace",
 )
+#: Spot policies as Coiled names them (``compute_purchase_option`` is the older keyword).
+SPOT_POLICIES = ("on-demand", "spot", "spot_with_fallback")
 
 
 def _size(value: Any, what: str) -> int:
@@ -154,11 +175,37 @@ def generate_cluster_name() -> str:
 
 
 class AdaptiveRange(BaseModel):
-    """``n_workers=[minimum, maximum]``: the client scales adaptively between the two."""
+    """``n_workers=[minimum, maximum]`` (or ``[minimum, initial, maximum]``): the client scales
+    adaptively between the two."""
 
     model_config = ConfigDict(frozen=True)
     minimum: int
     maximum: int
+
+
+def _vm_types(value: Any) -> list[str] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not value or not all(isinstance(v, str) and v.strip() for v in value):
+        raise ValueError(f"must be an instance type name or a list of them (e.g. ['m7i.xlarge']), not {value!r}")
+    return [v.strip() for v in value]
+
+
+def _disk_gib(value: Any) -> int | None:
+    """Coiled's disk sizes: a whole number of GiB, or a size with units ("100 GiB")."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ValueError(f"must be a number of GiB (e.g. 100) or a size such as '100 GiB', not {value!r}")
+    if isinstance(value, (int, float)):
+        gib = int(value)
+    else:
+        gib = -(-_size(value, "100 GiB") // 2**30)  # round up to whole GiB
+    if gib < 1:
+        raise ValueError(f"must be at least 1 GiB, not {value!r}")
+    return gib
 
 
 class ClusterSpec(BaseModel):
@@ -171,8 +218,12 @@ class ClusterSpec(BaseModel):
     n_workers: int
     adaptive: AdaptiveRange | None = None
     worker_cpu: int
+    #: Upper end of ``worker_cpu=[min, max]`` (the backend may pick anything in the range).
+    worker_cpu_max: int | None = None
     worker_gpu: int
     worker_memory: int = Field(description="bytes")
+    #: Upper end of ``worker_memory=[min, max]``, bytes.
+    worker_memory_max: int | None = None
     scheduler_cpu: int
     scheduler_memory: int = Field(description="bytes")
     software: str | None = None
@@ -195,6 +246,29 @@ class ClusterSpec(BaseModel):
     #: TLS between client, scheduler and workers; None: the backend's default (on, except local).
     security: bool | None = None
 
+    # -- today's Coiled keywords (generic: each backend maps those it understands) ------------
+    region: str | None = None
+    worker_vm_types: list[str] | None = None
+    scheduler_vm_types: list[str] | None = None
+    spot_policy: str | None = None
+    tags: dict[str, str] = Field(default_factory=dict)
+    arm: bool | None = None
+    #: GiB.
+    worker_disk_size: int | None = None
+    #: GiB.
+    scheduler_disk_size: int | None = None
+    #: A container image used as an ad hoc software environment.
+    container: str | None = None
+    #: Coiled's package sync and its variants (``package_sync_ignore``, ...), as given.
+    package_sync: dict[str, Any] | None = None
+    allow_ssh: bool | None = None
+    allow_ingress_from: str | None = None
+    use_best_zone: bool | None = None
+    scheduler_gpu: bool | None = None
+    worker_gpu_type: str | None = None
+    #: The account (Coiled's workspace) of bare software environment and configuration names.
+    workspace: str | None = None
+
     @property
     def idle_timeout(self) -> float | None:
         return self.scheduler_options.get("idle_timeout")
@@ -204,34 +278,109 @@ class ClusterSpec(BaseModel):
     def _name(cls, v: Any) -> str:
         if not isinstance(v, str) or not NAME_PATTERN.fullmatch(v):
             raise ValueError(
-                f"{v!r} is not a valid cluster name; use 1 to 63 lowercase letters, digits and "
-                "hyphens, starting and ending with a letter or digit (e.g. 'production')"
+                f"{v!r} is not a valid cluster name; use 1 to 128 letters, digits, '_' and '-' "
+                "(e.g. 'production' or 'My_Cluster-2')"
             )
         return v
+
+    @field_validator("worker_vm_types", "scheduler_vm_types", mode="before")
+    @classmethod
+    def _vm_types(cls, v: Any) -> list[str] | None:
+        return _vm_types(v)
+
+    @field_validator("worker_disk_size", "scheduler_disk_size", mode="before")
+    @classmethod
+    def _disk(cls, v: Any) -> int | None:
+        return _disk_gib(v)
+
+    @field_validator("spot_policy", mode="before")
+    @classmethod
+    def _spot_policy(cls, v: Any) -> str | None:
+        if v is not None and v not in SPOT_POLICIES:
+            raise ValueError(f"{v!r} is not a spot policy; use one of {', '.join(repr(p) for p in SPOT_POLICIES)}")
+        return v
+
+    @field_validator("tags", mode="before")
+    @classmethod
+    def _tags(cls, v: Any) -> dict[str, str]:
+        if v is None:
+            return {}
+        if not isinstance(v, Mapping) or not all(isinstance(k, str) and k for k in v):
+            raise ValueError(f"must be a mapping of tag names to values (e.g. {{'team': 'data'}}), not {v!r}")
+        out = {}
+        for key, value in v.items():
+            if isinstance(value, (dict, list, tuple, set)) or value is None:
+                raise ValueError(f"value of tag {key!r} must be a string, not {value!r}")
+            out[key] = str(value)
+        return out
+
+    @field_validator("arm", "allow_ssh", "use_best_zone", "scheduler_gpu", mode="before")
+    @classmethod
+    def _optional_bool(cls, v: Any) -> bool | None:
+        if v is not None and not isinstance(v, bool):
+            raise ValueError(f"must be True or False, not {v!r}")
+        return v
+
+    @field_validator("region", "container", "allow_ingress_from", "worker_gpu_type", "workspace", mode="before")
+    @classmethod
+    def _optional_text(cls, v: Any) -> str | None:
+        if v is not None and (not isinstance(v, str) or not v.strip()):
+            raise ValueError(f"must be a non-empty string, not {v!r}")
+        return v.strip() if isinstance(v, str) else v
 
     @model_validator(mode="before")
     @classmethod
     def _n_workers(cls, data: Any) -> Any:
         v = data.get("n_workers")
         if isinstance(v, (list, tuple)):
-            if len(v) != 2 or not all(isinstance(x, int) and not isinstance(x, bool) for x in v):
+            if len(v) not in (2, 3) or not all(isinstance(x, int) and not isinstance(x, bool) for x in v):
                 raise ClusterSpecError(
-                    f"n_workers: {v!r} is not valid; give a number of workers (e.g. 5) or "
-                    "[minimum, maximum] for adaptive scaling (e.g. [2, 10])"
+                    f"n_workers: {v!r} is not valid; give a number of workers (e.g. 5), or "
+                    "[minimum, maximum] or [minimum, initial, maximum] for adaptive scaling (e.g. [2, 10])"
                 )
-            low, high = v
-            if low < 0 or high < low or high == 0:
+            low, initial, high = (v[0], v[0], v[1]) if len(v) == 2 else tuple(v)
+            if low < 0 or high < low or high == 0 or not low <= initial <= high:
                 raise ClusterSpecError(
-                    f"n_workers: [{low}, {high}] is not a valid range; need 0 <= minimum <= maximum "
-                    "and maximum >= 1"
+                    f"n_workers: {list(v)} is not a valid range; need 0 <= minimum <= maximum and maximum >= 1 "
+                    "(and minimum <= initial <= maximum for [minimum, initial, maximum])"
                 )
-            data = {**data, "n_workers": low, "adaptive": {"minimum": low, "maximum": high}}
+            data = {**data, "n_workers": initial, "adaptive": {"minimum": low, "maximum": high}}
         elif isinstance(v, bool) or not isinstance(v, int) or v < 0:
             raise ClusterSpecError(
                 f"n_workers: {v!r} is not valid; give a number of workers >= 0 (e.g. 5) or "
                 "[minimum, maximum] for adaptive scaling (e.g. [2, 10])"
             )
+        for key, parse in (("worker_cpu", None), ("worker_memory", _size)):
+            value = data.get(key)
+            if isinstance(value, (list, tuple)):
+                # Coiled's [min, max] range: the minimum is what is asked for; the backend may
+                # choose a machine anywhere in the range.
+                if len(value) != 2 or any(x is None for x in value):
+                    raise ClusterSpecError(f"{key}: {value!r} is not valid; give one value or [minimum, maximum]")
+                data = {**data, key: value[0], f"{key}_max": value[1]}
         return data
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "ClusterSpec":
+        if self.worker_cpu_max is not None and self.worker_cpu_max < self.worker_cpu:
+            raise ClusterSpecError(f"worker_cpu: [{self.worker_cpu}, {self.worker_cpu_max}] is not a range (maximum < minimum)")
+        if self.worker_memory_max is not None and self.worker_memory_max < self.worker_memory:
+            raise ClusterSpecError("worker_memory: the range's maximum is below its minimum")
+        return self
+
+    @field_validator("worker_cpu_max", mode="before")
+    @classmethod
+    def _cpu_max(cls, v: Any) -> int | None:
+        if v is None:
+            return None
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"must be a whole number of CPUs >= 1, not {v!r}")
+        return v
+
+    @field_validator("worker_memory_max", mode="before")
+    @classmethod
+    def _memory_max(cls, v: Any) -> int | None:
+        return None if v is None else _size(v, "32 GiB")
 
     @field_validator("worker_cpu", "scheduler_cpu", mode="before")
     @classmethod
@@ -302,12 +451,16 @@ class ClusterSpec(BaseModel):
     def _environ(cls, v: Any) -> dict[str, str]:
         if not isinstance(v, Mapping):
             raise ValueError(f"must be a mapping of variable names to strings, not {v!r}")
+        out = {}
         for key, value in v.items():
             if not isinstance(key, str) or not ENV_NAME_PATTERN.fullmatch(key):
                 raise ValueError(f"{key!r} is not a valid environment variable name")
+            if isinstance(value, (bool, int, float)):
+                value = str(value)  # as Coiled does: numbers and booleans become strings
             if not isinstance(value, str):
-                raise ValueError(f"value of {key!r} must be a string, not {value!r}")
-        return dict(v)
+                raise ValueError(f"value of {key!r} must be a string, number or boolean, not {value!r}")
+            out[key] = value
+        return out
 
     @field_validator("shutdown_on_close", "security", mode="before")
     @classmethod
@@ -346,13 +499,16 @@ def resolve_cluster_spec(
     ``configuration_values`` holds a named configuration's values, which sit between the
     keywords and dask config. Raises :class:`ClusterSpecError` naming the bad parameter.
     """
+    from coiled_core.keywords import normalise
+
+    keywords = normalise(keywords)
     unknown = set(keywords) - set(SPEC_KEYWORDS)
     if unknown:
         key = sorted(unknown)[0]
         close = difflib.get_close_matches(key, SPEC_KEYWORDS, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise ClusterSpecError(f"{key!r} is not a coiled.Cluster parameter{hint}")
-    configuration_values = configuration_values or {}
+    configuration_values = normalise(configuration_values or {})
 
     def pick(key: str) -> Any:
         if keywords.get(key) is not None:
@@ -427,8 +583,14 @@ def resolve_cluster_spec(
     return spec
 
 
-def validate_backend_options(model: type[BaseModel], options: Mapping[str, Any], backend: str) -> BaseModel:
-    """Validate ``backend_options`` against a backend's model, suggesting close matches for typos."""
+def validate_backend_options(
+    model: type[BaseModel], options: Mapping[str, Any], backend: str, sources: Mapping[str, str] | None = None
+) -> BaseModel:
+    """Validate ``backend_options`` against a backend's model, suggesting close matches for typos.
+
+    ``sources`` names the generic keyword an option's value came from (``{"region": "region"}``):
+    an error in such an option names that keyword, which is what the user wrote.
+    """
     fields = set(model.model_fields)
     fields.update(f.alias for f in model.model_fields.values() if f.alias)
     for key in options:
@@ -442,4 +604,10 @@ def validate_backend_options(model: type[BaseModel], options: Mapping[str, Any],
     try:
         return model.model_validate(dict(options))
     except ValidationError as e:
+        sources = sources or {}
+        for item in e.errors():
+            field = str(item["loc"][0]) if item["loc"] else ""
+            if field in sources:
+                message = item["msg"].removeprefix("Value error, ")
+                raise ClusterSpecError(f"{sources[field]}: {message}") from None
         raise ClusterSpecError(_format_validation_error(e, prefix="backend_options.")) from None

@@ -130,7 +130,7 @@ def test_unknown_cluster_names_close_matches(live_cluster):
     with pytest.raises(ClusterNotFoundError, match=repr(typo)):
         coiled.cluster_logs(typo)
     # Names no cluster can have never reach the backend (no paths into its state directory).
-    for bad in ("../" + live_cluster, "Upper", ""):
+    for bad in ("../" + live_cluster, "a b", ""):
         with pytest.raises(ClusterNotFoundError, match="cluster names are"):
             coiled.delete_cluster(bad)
     # The live cluster was not touched by any of this.

@@ -240,6 +240,23 @@ def test_every_cluster_parameter_but_name_and_configuration_is_accepted():
         "no_client_timeout": "10 minutes",
         "cluster_timeout": "1 day",
         "security": False,
+        # Today's Coiled keywords.
+        "region": "us-east-2",
+        "worker_vm_types": ["m7i.xlarge"],
+        "scheduler_vm_types": ["m7i.large"],
+        "spot_policy": "spot_with_fallback",
+        "tags": {"team": "data"},
+        "arm": False,
+        "worker_disk_size": 100,
+        "scheduler_disk_size": "50 GiB",
+        "container": "ghcr.io/dask/dask:latest",
+        "package_sync": True,
+        "allow_ssh": False,
+        "allow_ingress_from": "10.0.0.0/8",
+        "use_best_zone": True,
+        "scheduler_gpu": False,
+        "worker_gpu_type": "nvidia-tesla-t4",
+        "workspace": "team",
     }
     assert set(values) == set(configurations.CONFIGURATION_KEYWORDS)
     assert create_cluster_configuration("everything", **values).values == values

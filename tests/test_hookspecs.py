@@ -29,6 +29,7 @@ def test_the_contract_has_the_expected_hooks():
     assert HOOKS == sorted(
         [
             "backend_options_model",
+            "keyword_options",
             "tls_policy",
             "preflight",
             "claim_name",
@@ -42,7 +43,7 @@ def test_the_contract_has_the_expected_hooks():
             "logs",
         ]
     )
-    assert set(hookspecs.REQUIRED_HOOKS) == set(HOOKS) - {"tls_policy", "preflight", "dashboard_url"}
+    assert set(hookspecs.REQUIRED_HOOKS) == set(HOOKS) - {"keyword_options", "tls_policy", "preflight", "dashboard_url"}
     assert hookspecs.HOOK_API_VERSION == 2
     # Every public function of the spec class is a hook spec.
     public = sorted(n for n, _ in inspect.getmembers(BackendSpec, inspect.isfunction) if not n.startswith("_"))

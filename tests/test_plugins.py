@@ -84,6 +84,12 @@ def backend_options_model():
 
 
 @hookimpl
+def keyword_options():
+    CALLS.append(("keyword_options", {{}}))
+    return {{"region": "flavour"}}
+
+
+@hookimpl
 def tls_policy(options):
     CALLS.append(("tls_policy", {{"options": options}}))
     return TLSPolicy(default=False)
@@ -251,6 +257,7 @@ def _call_every_method(backend: Backend) -> None:
     record = _record("c")
     assert backend.options_from_record(record.model_copy(update={"spec": {"backend_options": {"flavour": "x"}}})).flavour == "x"
     spec = resolve_cluster_spec({"name": "c", "backend": backend.name, "n_workers": 2, "worker_memory": "1 GiB"})
+    assert backend.keyword_options() == {"region": "flavour"}
     assert backend.tls_policy(options) == TLSPolicy(default=False)
     assert backend.preflight(spec, options) is None
     assert backend.claim_name("c", options) is True
@@ -270,6 +277,7 @@ EVERY_METHOD_HOOKS = [
     "backend_options_model",
     "backend_options_model",
     "backend_options_model",
+    "keyword_options",
     "tls_policy",
     "preflight",
     "claim_name",
@@ -370,7 +378,9 @@ def test_cluster_calls_only_its_backend(site):
     assert "describe" in hooks and "claim_name" in hooks and "provision" in hooks
     assert hooks.index("describe") < hooks.index("claim_name") < hooks.index("provision")
     assert hooks.count("provision") == 1
-    assert set(hooks[: hooks.index("provision")]) <= {"backend_options_model", "tls_policy", "preflight", "describe", "claim_name"}, hooks
+    assert set(hooks[: hooks.index("provision")]) <= {
+        "backend_options_model", "keyword_options", "tls_policy", "preflight", "describe", "claim_name"
+    }, hooks
     # The check step comes before any claim or resource.
     assert hooks.index("preflight") < hooks.index("describe")
     kwargs = dict(calls_a)
@@ -536,12 +546,13 @@ def test_optional_hooks_have_defaults(site):
     site.add_backend("fake_a", extra="")
     module = site.module_name("fake_backend_fake_a")
     source = (site.root / f"{module}.py").read_text()
-    for hook in ("tls_policy", "preflight", "dashboard_url"):
+    for hook in ("keyword_options", "tls_policy", "preflight", "dashboard_url"):
         source = source.replace(f"@hookimpl\ndef {hook}(", f"def {hook}(")
     (site.root / f"{module}.py").write_text(source)
     backend = load_backend("fake_a", path=site.path)
     options = backend.validate_options({})
     assert backend.tls_policy(options) == TLSPolicy(default=True, required=False)
+    assert backend.keyword_options() == {}
     record = _record().model_copy(update={"dashboard_url": "http://x/status"})
     assert backend.dashboard_url(record, options) == "http://x/status"
 
@@ -668,3 +679,42 @@ def test_listing_backends_does_not_import_cloud_sdks(tmp_path):
 
 def test_importing_coiled_does_not_import_cloud_sdks(tmp_path):
     assert _imported_sdks("import sys, coiled", tmp_path) == "[]"
+
+
+def test_generic_keywords_reach_the_options_the_backend_maps_them_to(site):
+    site.add_backend("fake_a", describe_finds=False, provision_fails=True)
+    with pytest.raises(ProvisionError):
+        coiled.Cluster(name="kw", backend="fake_a", region="sweet", n_workers=1, worker_memory="1 GiB", timeout=60)
+    provision = dict(site.calls("fake_a"))["provision"]
+    assert provision["options"].flavour == "sweet"
+    assert provision["spec"].backend_options["flavour"] == "sweet"
+    with pytest.raises(coiled.ClusterSpecError, match=r"region='sweet' and backend_options \{'flavour': 'sour'\} disagree"):
+        coiled.Cluster(name="kw", backend="fake_a", region="sweet", backend_options={"flavour": "sour"})
+    with pytest.warns(UserWarning, match=r"worker_vm_types, spot_policy: no meaning on the 'fake_a' backend"):
+        with pytest.raises(ProvisionError):
+            coiled.Cluster(name="kw", backend="fake_a", worker_vm_types=["x"], spot_policy="spot", n_workers=1,
+                           worker_memory="1 GiB", timeout=60)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
+
+
+def test_a_bad_mapped_value_names_the_keyword_the_user_wrote(site):
+    extra = """
+from pydantic import field_validator as _fv
+
+class Options(BaseModel):
+    flavour: str = "plain"
+
+    @_fv("flavour")
+    @classmethod
+    def _known(cls, v):
+        if v not in ("plain", "sweet"):
+            raise ValueError(f"{v!r} is not a flavour of this backend")
+        return v
+"""
+    module = site.add_backend("fake_a", describe_finds=False)
+    with open(site.root / f"{module}.py", "a") as f:
+        f.write(extra)
+    with pytest.raises(coiled.ClusterSpecError, match=r"^region: 'salty' is not a flavour of this backend$"):
+        coiled.Cluster(name="kw", backend="fake_a", region="salty")

@@ -61,7 +61,7 @@ def test_keywords_all_none_is_the_same_as_no_keywords():
     keywords = {
         key: None
         for key in inspect.signature(coiled.Cluster).parameters
-        if key not in ("asynchronous", "wait_for_workers", "loop", "show_widget")
+        if key not in ("asynchronous", "wait_for_workers", "loop", "show_widget", "more")
     }
     spec = resolve_cluster_spec(keywords)
     defaults = resolve_cluster_spec({})
@@ -220,7 +220,7 @@ def test_n_workers_range_from_zero_and_fixed_count():
     assert (spec.n_workers, spec.adaptive.maximum) == (1, 5)
 
 
-@pytest.mark.parametrize("value", [[3, 1], [-1, 2], [1, 2, 3], ["a", 2], [0, 0], [True, 2], [1.5, 2], []])
+@pytest.mark.parametrize("value", [[3, 1], [-1, 2], [1, 4, 3], ["a", 2], [0, 0], [True, 2], [1.5, 2], [], [1, 2, 3, 4]])
 def test_invalid_n_workers_ranges(value):
     message = spec_error({"n_workers": value})
     assert message.startswith("n_workers"), message
@@ -294,17 +294,17 @@ BAD_INPUTS = [
     ({"worker_options": ["nthreads"]}, "worker_options", ["mapping"]),
     ({"scheduler_options": {"dashbord": True}}, "scheduler_options", ["'dashbord'", "'dashboard'"]),
     ({"scheduler_options": "idle"}, "scheduler_options", ["mapping"]),
-    ({"environ": {"A": 1}}, "environ", ["'A'", "string"]),
+    ({"environ": {"A": None}}, "environ", ["'A'", "string"]),
     ({"environ": {"1BAD": "x"}}, "environ", ["'1BAD'", "variable name"]),
     ({"environ": "A=1"}, "environ", ["mapping"]),
     ({"timeout": "never"}, "timeout", ["'never'", "seconds"]),
     ({"timeout": -1}, "timeout", ["-1", "seconds"]),
     ({"timeout": 0}, "timeout", ["positive"]),
-    ({"name": "Bad Name!"}, "name", ["'Bad Name!'", "lowercase letters"]),
-    ({"name": "-leading-hyphen"}, "name", ["lowercase letters"]),
-    ({"name": "x" * 64}, "name", ["63"]),
+    ({"name": "Bad Name!"}, "name", ["'Bad Name!'", "letters, digits, '_' and '-'"]),
+    ({"name": "a/b"}, "name", ["letters, digits, '_' and '-'"]),
+    ({"name": "x" * 129}, "name", ["128"]),
     # Patterns match the whole string: a trailing newline would break boot scripts and paths.
-    ({"name": "prod\n"}, "name", ["lowercase letters"]),
+    ({"name": "prod\n"}, "name", ["letters, digits, '_' and '-'"]),
     ({"software": "coiled/env\n"}, "software", ["account/name"]),
     ({"configuration": "coiled/conf\n"}, "configuration", ["account/name"]),
     ({"environ": {"A\n": "x"}}, "environ", ["variable name"]),
@@ -467,6 +467,24 @@ REFERENCE_KEYWORDS = [
 
 
 LIFECYCLE_KEYWORDS = ["wait_for_workers", "no_client_timeout", "cluster_timeout", "security"]
+MODERN_KEYWORDS = [
+    "region",
+    "worker_vm_types",
+    "scheduler_vm_types",
+    "spot_policy",
+    "tags",
+    "arm",
+    "worker_disk_size",
+    "scheduler_disk_size",
+    "container",
+    "package_sync",
+    "allow_ssh",
+    "allow_ingress_from",
+    "use_best_zone",
+    "scheduler_gpu",
+    "worker_gpu_type",
+    "workspace",
+]
 
 
 def test_cluster_signature_has_the_reference_keywords():
@@ -477,10 +495,15 @@ def test_cluster_signature_has_the_reference_keywords():
         expected = False if key == "asynchronous" else None
         assert params[key].default is expected, key
     assert params["name"].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
-    for key in names[1:]:
+    for key in names[1:-1]:
         assert params[key].kind is inspect.Parameter.KEYWORD_ONLY, key
-    # Coiled's lifecycle keywords, LocalCluster's security, and the event loop.
-    assert set(names) - set(REFERENCE_KEYWORDS) == set(LIFECYCLE_KEYWORDS) | {"loop", "show_widget"}
+    # Anything else (package_sync's variants, or a typo) is caught to be refused as a
+    # ClusterSpecError naming it, never a bare TypeError.
+    assert params[names[-1]].kind is inspect.Parameter.VAR_KEYWORD
+    # Coiled's lifecycle keywords, LocalCluster's security, the event loop, today's keywords.
+    assert set(names[:-1]) - set(REFERENCE_KEYWORDS) == set(LIFECYCLE_KEYWORDS) | {"loop", "show_widget"} | set(
+        MODERN_KEYWORDS
+    ) | {"compute_purchase_option", "account"}
 
 
 def test_cluster_rejects_positional_arguments_after_name():
@@ -495,4 +518,4 @@ def test_spec_keywords_match_the_signature():
 
     assert list(SPEC_KEYWORDS) == [k for k in REFERENCE_KEYWORDS if k != "asynchronous"] + [
         k for k in LIFECYCLE_KEYWORDS if k != "wait_for_workers"
-    ]
+    ] + MODERN_KEYWORDS

@@ -24,6 +24,7 @@ from coiled_core.backend import (
     STOP_WORKERS_HANDLER,
     ClusterRecord,
     ClusterSpec,
+    ClusterSpecError,
     ClusterState,
     ClusterTLS,
     NodeConfig,
@@ -58,6 +59,12 @@ def tls_policy(options: LocalOptions) -> TLSPolicy:
 
 @hookimpl
 def preflight(spec: ClusterSpec, options: LocalOptions) -> None:
+    if spec.container is not None:
+        raise ClusterSpecError(
+            f"container: the local backend runs Dask in Python environments on this machine and cannot "
+            f"run the image {spec.container!r}; leave container out to use this Python environment (or "
+            "software= for a built one), or use a backend that runs containers"
+        )
     if spec.software is not None:
         software_environment(spec)  # an unknown environment fails here, with close matches
 
