@@ -29,7 +29,8 @@ Addresses
 TLS
     ``ClusterTLS`` (what ``provision`` receives), ``credentials_directory`` (where the store
     keeps a cluster's credentials when it is on this machine)
-Name claims
+Names and claims
+    ``dns_label`` (a DNS label derived from a cluster name, for resources that need one),
     ``ClaimLease`` (a claim that expires, for backends without a process table)
 Files and settings
     ``make_private_dirs``, ``config_get`` (the ``coiled.*`` dask config)
@@ -80,6 +81,7 @@ _LAZY = {
     "loopback_address": "coiled_core.node.addresses",
     "ClusterTLS": "coiled_core.security",
     "ClaimLease": "coiled_core.claims",
+    "dns_label": "coiled_core.names",
     "make_private_dirs": "coiled_core.store",
     "SoftwareEnvironment": "coiled_core.software",
 }

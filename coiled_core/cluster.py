@@ -241,6 +241,9 @@ class Cluster(DistributedCluster):
         }
         # Everything is validated before any resource exists.
         configuration_name = configuration if configuration is not None else config.get("configuration")
+        owner = workspace or account
+        if configuration_name is not None and owner and "/" not in configuration_name:
+            configuration_name = f"{owner}/{configuration_name}"  # the workspace of a bare name
         values = {}
         if configuration_name is not None:
             from coiled_core.configurations import configuration_values

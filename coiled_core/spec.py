@@ -572,6 +572,9 @@ def resolve_cluster_spec(
         raise
     except ValidationError as e:
         raise ClusterSpecError(_format_validation_error(e)) from None
+    if spec.workspace and spec.software and "/" not in spec.software:
+        # Coiled's workspace (or account) is the account of a bare software environment name.
+        spec = spec.model_copy(update={"software": f"{spec.workspace}/{spec.software}"})
 
     # Class names are importable only where the cluster uses the client's own environment.
     if spec.software is None:

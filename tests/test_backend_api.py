@@ -187,3 +187,18 @@ def test_the_agent_bundle_carries_a_backends_add_on(tmp_path):
     names = zipfile.ZipFile(bundle).namelist()
     assert "coiled_core/node/agent.py" in names and "coiled_core/testing/faulty.py" in names
     assert backend_api.agent_bundle(tmp_path, ["coiled_core.testing.faulty"]) == bundle  # built once
+
+
+# -- names --------------------------------------------------------------------------------------
+def test_dns_labels_are_deterministic_and_never_collide():
+    from coiled_core.backend import dns_label
+
+    assert dns_label("production") == "production"
+    derived = {name: dns_label(name) for name in ("My_Cluster", "my-cluster", "my_cluster", "MY-CLUSTER", "x" * 128)}
+    assert derived["my-cluster"] == "my-cluster"
+    assert len(set(derived.values())) == len(derived)
+    for name, label in derived.items():
+        assert len(label) <= 63 and label == dns_label(name)
+        assert __import__("re").fullmatch(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?", label), label
+    assert dns_label("ab", prefix="coiled-") == "coiled-ab"
+    assert len(dns_label("y" * 128, max_length=40, prefix="coiled-")) <= 40

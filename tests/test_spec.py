@@ -519,3 +519,51 @@ def test_spec_keywords_match_the_signature():
     assert list(SPEC_KEYWORDS) == [k for k in REFERENCE_KEYWORDS if k != "asynchronous"] + [
         k for k in LIFECYCLE_KEYWORDS if k != "wait_for_workers"
     ] + MODERN_KEYWORDS
+
+
+def test_workspace_and_account_are_the_account_of_bare_names():
+    assert resolve_cluster_spec({"software": "env", "workspace": "team"}).software == "team/env"
+    assert resolve_cluster_spec({"software": "env", "account": "team"}).software == "team/env"
+    assert resolve_cluster_spec({"software": "other/env", "workspace": "team"}).software == "other/env"
+    with pytest.raises(ClusterSpecError, match="account='a' and workspace='b' disagree"):
+        resolve_cluster_spec({"account": "a", "workspace": "b"})
+
+
+def test_todays_keywords_are_validated_and_normalised():
+    spec = resolve_cluster_spec(
+        {"worker_vm_types": "m7i.xlarge", "worker_disk_size": "100 GiB", "scheduler_disk_size": 50,
+         "tags": {"cost-center": 42}, "compute_purchase_option": "spot", "n_workers": [1, 2, 5],
+         "worker_cpu": [2, 8], "worker_memory": ["4 GiB", "16 GiB"], "environ": {"N": 3, "FLAG": False},
+         "package_sync": True, "package_sync_ignore": ["torch"]}
+    )
+    assert spec.worker_vm_types == ["m7i.xlarge"] and spec.worker_disk_size == 100 and spec.scheduler_disk_size == 50
+    assert spec.tags == {"cost-center": "42"} and spec.spot_policy == "spot"
+    assert (spec.n_workers, spec.adaptive.minimum, spec.adaptive.maximum) == (2, 1, 5)
+    assert (spec.worker_cpu, spec.worker_cpu_max) == (2, 8)
+    assert (spec.worker_memory, spec.worker_memory_max) == (4 * 2**30, 16 * 2**30)
+    assert spec.environ == {"N": "3", "FLAG": "False"}
+    assert spec.package_sync == {"enabled": True, "package_sync_ignore": ["torch"]}
+
+
+@pytest.mark.parametrize(
+    "keywords, message",
+    [
+        ({"spot_policy": "cheap"}, "spot_policy: 'cheap' is not a spot policy"),
+        ({"worker_vm_types": []}, "worker_vm_types: must be an instance type name"),
+        ({"worker_disk_size": "lots"}, "worker_disk_size: 'lots' is not a size"),
+        ({"tags": ["a"]}, "tags: must be a mapping"),
+        ({"arm": "yes"}, "arm: must be True or False"),
+        ({"worker_cpu": [4, 2]}, r"worker_cpu: \[4, 2\] is not a range"),
+        ({"region": ""}, "region: must be a non-empty string"),
+    ],
+)
+def test_todays_keywords_with_bad_values_name_the_keyword(keywords, message):
+    with pytest.raises(ClusterSpecError, match=message):
+        resolve_cluster_spec(keywords)
+
+
+def test_unknown_keywords_and_a_number_for_the_name_are_cluster_spec_errors():
+    with pytest.raises(ClusterSpecError, match=r"'worker_vm_type' is not a coiled.Cluster parameter; did you mean 'worker_vm_types'\?"):
+        coiled.Cluster(worker_vm_type="m5.large")
+    with pytest.raises(ClusterSpecError, match=r"first positional argument .* name.*n_workers=10"):
+        coiled.Cluster(10)
