@@ -763,21 +763,19 @@ class Cluster(DistributedCluster):
         )
 
     def _repr_html_(self, cluster_status=None) -> str:
+        """distributed's own cluster repr (dashboard, workers, threads, memory, scheduler info),
+        which its notebook widget also shows next to the scale and adapt controls, with this
+        cluster's backend, state and requested workers added as rows."""
         s = self._summary()
-        link = (
-            f'<a href="{html.escape(s["dashboard"])}" target="_blank">{html.escape(s["dashboard"])}</a>'
-            if s["dashboard"]
-            else "not available"
+
+        def cell(label: str, value: Any) -> str:
+            return f'<td style="text-align: left;"><strong>{label}:</strong> {html.escape(str(value))}</td>'
+
+        rows = (
+            f"<tr>{cell('Backend', s['backend'])}{cell('State', s['state'])}</tr>"
+            f"<tr>{cell('Requested workers', s['requested'])}{cell('Connected workers', s['workers'])}</tr>"
         )
-        rows = [
-            ("Name", html.escape(s["name"])),
-            ("Backend", html.escape(s["backend"])),
-            ("State", html.escape(s["state"])),
-            ("Workers", f"{s['workers']} connected of {s['requested']} requested"),
-            ("Dashboard", link),
-        ]
-        body = "".join(f"<tr><th style='text-align:left'>{k}</th><td style='text-align:left'>{v}</td></tr>" for k, v in rows)
-        return f"<div><strong>coiled.Cluster</strong><table>{body}</table></div>"
+        return super()._repr_html_(cluster_status=rows + (cluster_status or ""))
 
 
 @atexit.register

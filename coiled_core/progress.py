@@ -248,7 +248,9 @@ class StartProgress:
                 self,
                 console=console,
                 refresh_per_second=REFRESH_PER_SECOND,
-                transient=False,
+                # In a notebook the live display is a widget, which a saved notebook does not
+                # keep: it goes when the start ends, and the final state is printed instead.
+                transient=console.is_jupyter,
                 # Only our own console is standard output: redirecting prints into a console
                 # given for testing would swallow them.
                 redirect_stdout=own_console,
@@ -298,7 +300,9 @@ class StartProgress:
             finally:
                 live.stop()
                 console = live.console
-                if not console.is_terminal and not console.is_jupyter:
+                if console.is_jupyter:
+                    console.print(self)  # an output cell keeps it, also in a saved notebook
+                elif not console.is_terminal:
                     console.line()  # a file gets the final display without its last newline
 
     def refresh(self) -> None:
