@@ -17,7 +17,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from coiled_core.cluster import Cluster
+from coiled_core.cluster import Cluster, check_cluster
 from coiled_core.errors import ClusterNotFoundError, ClusterSpecError, CoiledError, ProvisionError
 from coiled_core.states import ClusterState
 
@@ -65,6 +65,7 @@ def __dir__() -> list[str]:
 # standard library's gc module.
 __all__ = [
     "Cluster",
+    "check_cluster",
     "ClusterNotFoundError",
     "ClusterSpecError",
     "ClusterState",

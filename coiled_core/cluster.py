@@ -78,6 +78,85 @@ def _check_call(name: Any, more: dict[str, Any]) -> None:
         raise ClusterSpecError(f"{unknown[0]!r} is not a coiled.Cluster parameter{hint}")
 
 
+#: ``coiled.Cluster`` arguments that are not spec keywords.
+_NOT_SPEC = ("asynchronous", "wait_for_workers", "show_widget", "loop")
+
+
+def _validate_call(arguments: dict[str, Any]) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
+    """Everything ``coiled.Cluster(...)`` checks before any resource exists.
+
+    ``arguments`` are the call's arguments by name (``more`` holds the extra keywords). Returns
+    the spec (with the backend's options in it), the loaded backend, its validated options, its
+    TLS policy and the spec keywords as given. Raises :class:`ClusterSpecError` (or another
+    ``CoiledError``) naming what is wrong.
+    """
+    arguments = dict(arguments)
+    more = arguments.pop("more", None) or {}
+    _check_call(arguments.get("name"), more)
+    security = arguments.get("security")
+    keywords = {key: value for key, value in arguments.items() if key not in _NOT_SPEC}
+    # A distributed.Security of the user's own is used as is; the spec records "TLS on".
+    keywords["security"] = True if isinstance(security, Security) else security
+    keywords.update({key: more[key] for key in PACKAGE_SYNC_VARIANTS if key in more})
+
+    configuration_name = keywords["configuration"] if keywords.get("configuration") is not None else config.get("configuration")
+    owner = keywords.get("workspace") or keywords.get("account")
+    if configuration_name is not None and owner and "/" not in configuration_name:
+        configuration_name = f"{owner}/{configuration_name}"  # the workspace of a bare name
+    values = {}
+    if configuration_name is not None:
+        from coiled_core.configurations import configuration_values
+
+        values = configuration_values(configuration_name)
+    from coiled_core.plugins import load_backend
+    from coiled_core.spec import resolve_cluster_spec
+
+    spec = resolve_cluster_spec(keywords, configuration_values=values)
+    if spec.software is not None:
+        from coiled_core.software import get_software_info
+
+        get_software_info(spec.software)  # an unknown name fails here, with close matches
+    backend = load_backend(spec.backend)
+    options = backend.validate_spec_options(spec)
+    tls_policy = backend.tls_policy(options)
+    if spec.security is False and tls_policy.required:
+        raise ClusterSpecError(
+            f"security: False is refused by backend {spec.backend!r} with these backend_options: "
+            "the cluster would be reachable from other machines without TLS, so anyone there could "
+            "run code on it; leave security unset (TLS is then on) or bind to a loopback address"
+        )
+    spec = spec.model_copy(update={"backend_options": options.model_dump(mode="json")})
+    # What only the backend can check, before any claim or resource.
+    backend.preflight(spec, options)
+    _resolve_wait_for_workers(arguments.get("wait_for_workers"), spec.n_workers)
+    return spec, backend, options, tls_policy, keywords
+
+
+def check_cluster(*args: Any, **kwargs: Any) -> tuple[Any, Any]:
+    """Check a ``coiled.Cluster(...)`` call without creating anything.
+
+    Takes exactly what ``coiled.Cluster`` takes and checks it the same way, backend included (its
+    options, and its ``preflight`` check, which may ask the cloud whether a region or machine
+    type exists). Returns the resolved ``ClusterSpec`` and the backend's validated options.
+    Raises :class:`~coiled_core.errors.ClusterSpecError` (or another ``CoiledError``) naming the
+    parameter that is wrong.
+
+    Example::
+
+        spec, options = coiled.check_cluster(n_workers=10, region="us-east-2", backend="aws")
+    """
+    import inspect
+
+    try:
+        bound = inspect.signature(Cluster.__init__).bind(None, *args, **kwargs)
+    except TypeError as e:
+        raise ClusterSpecError(f"coiled.Cluster takes the name positionally and everything else by keyword: {e}") from None
+    bound.apply_defaults()
+    arguments = {key: value for key, value in bound.arguments.items() if key != "self"}
+    spec, _, options, _, _ = _validate_call(arguments)
+    return spec, options
+
+
 def _resolve_wait_for_workers(value: Any, n_workers: int) -> int:
     """Coiled's ``wait_for_workers``: True (all), False (none), a count, or a fraction."""
     if value is None:
@@ -194,81 +273,10 @@ class Cluster(DistributedCluster):
         account: str | None = None,
         **more: Any,
     ):
-        _check_call(name, more)
-        keywords = {
-            "name": name,
-            "n_workers": n_workers,
-            "worker_cpu": worker_cpu,
-            "worker_gpu": worker_gpu,
-            "worker_memory": worker_memory,
-            "scheduler_cpu": scheduler_cpu,
-            "scheduler_memory": scheduler_memory,
-            "software": software,
-            "worker_class": worker_class,
-            "worker_options": worker_options,
-            "scheduler_class": scheduler_class,
-            "scheduler_options": scheduler_options,
-            "idle_timeout": idle_timeout,
-            "environ": environ,
-            "shutdown_on_close": shutdown_on_close,
-            "backend": backend,
-            "backend_options": backend_options,
-            "configuration": configuration,
-            "timeout": timeout,
-            "no_client_timeout": no_client_timeout,
-            "cluster_timeout": cluster_timeout,
-            # A distributed.Security of the user's own is used as is; the spec records "TLS on".
-            "security": True if isinstance(security, Security) else security,
-            "region": region,
-            "worker_vm_types": worker_vm_types,
-            "scheduler_vm_types": scheduler_vm_types,
-            "spot_policy": spot_policy,
-            "compute_purchase_option": compute_purchase_option,
-            "tags": tags,
-            "arm": arm,
-            "worker_disk_size": worker_disk_size,
-            "scheduler_disk_size": scheduler_disk_size,
-            "container": container,
-            "package_sync": package_sync,
-            "allow_ssh": allow_ssh,
-            "allow_ingress_from": allow_ingress_from,
-            "use_best_zone": use_best_zone,
-            "scheduler_gpu": scheduler_gpu,
-            "worker_gpu_type": worker_gpu_type,
-            "workspace": workspace,
-            "account": account,
-            **{key: more[key] for key in PACKAGE_SYNC_VARIANTS if key in more},
-        }
         # Everything is validated before any resource exists.
-        configuration_name = configuration if configuration is not None else config.get("configuration")
-        owner = workspace or account
-        if configuration_name is not None and owner and "/" not in configuration_name:
-            configuration_name = f"{owner}/{configuration_name}"  # the workspace of a bare name
-        values = {}
-        if configuration_name is not None:
-            from coiled_core.configurations import configuration_values
-
-            values = configuration_values(configuration_name)
-        from coiled_core.plugins import load_backend
-        from coiled_core.spec import resolve_cluster_spec
-
-        spec = resolve_cluster_spec(keywords, configuration_values=values)
-        if spec.software is not None:
-            from coiled_core.software import get_software_info
-
-            get_software_info(spec.software)  # an unknown name fails here, with close matches
-        self.backend: Backend = load_backend(spec.backend)
-        self.backend_options = self.backend.validate_spec_options(spec)
-        self._tls_policy = self.backend.tls_policy(self.backend_options)
-        if spec.security is False and self._tls_policy.required:
-            raise ClusterSpecError(
-                f"security: False is refused by backend {spec.backend!r} with these backend_options: "
-                "the cluster would be reachable from other machines without TLS, so anyone there could "
-                "run code on it; leave security unset (TLS is then on) or bind to a loopback address"
-            )
-        self.spec: ClusterSpec = spec.model_copy(update={"backend_options": self.backend_options.model_dump(mode="json")})
-        # What only the backend can check, before any claim or resource.
-        self.backend.preflight(self.spec, self.backend_options)
+        arguments = {key: value for key, value in locals().items() if key != "self" and not key.startswith("__")}
+        spec, self.backend, self.backend_options, self._tls_policy, keywords = _validate_call(arguments)
+        self.spec: ClusterSpec = spec
         self._wait_for_workers_count = _resolve_wait_for_workers(wait_for_workers, spec.n_workers)
         #: Keywords the caller gave explicitly (attaching warns if they differ from the cluster's).
         self._explicit = {key for key, value in keywords.items() if value is not None}
