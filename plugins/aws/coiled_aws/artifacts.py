@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from coiled_core.errors import ProvisionError
+from coiled_core.backend import ProvisionError
 
 from coiled_aws.session import AWS
 

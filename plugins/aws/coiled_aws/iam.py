@@ -207,6 +207,28 @@ def boundary_arn(aws: AWS, boundary: str | None = None) -> str:
     return f"arn:{aws.partition}:iam::{aws.account_id}:policy/{boundary or BOUNDARY_NAME}"
 
 
+def find_boundary(aws: AWS, boundary: str | None = None) -> str | None:
+    """The ARN of the permissions boundary if it exists; None if it is the default one and does
+    not exist yet (:func:`ensure_boundary` makes it). Creates nothing: the check before anything
+    exists.
+
+    Raises ValueError naming ``permissions_boundary`` if a given boundary does not exist, or if
+    the boundary cannot be read.
+    """
+    from botocore.exceptions import ClientError
+
+    arn = boundary_arn(aws, boundary)
+    try:
+        aws.client("iam").get_policy(PolicyArn=arn)
+        return arn
+    except ClientError as e:
+        if _error_code(e) != "NoSuchEntity":
+            raise ValueError(f"permissions_boundary {arn!r} cannot be read ({e})") from e
+    if boundary and arn != boundary_arn(aws):
+        raise ValueError(f"permissions_boundary {arn!r} does not exist; create it, or leave the option out")
+    return None
+
+
 def ensure_boundary(aws: AWS, boundary: str | None = None) -> str:
     """Check that the permissions boundary exists, creating the default one if it does not (and
     the caller may); return its ARN. Never changes an existing policy.
@@ -215,16 +237,11 @@ def ensure_boundary(aws: AWS, boundary: str | None = None) -> str:
     """
     from botocore.exceptions import ClientError
 
+    found = find_boundary(aws, boundary)
+    if found is not None:
+        return found
     iam = aws.client("iam")
     arn = boundary_arn(aws, boundary)
-    try:
-        iam.get_policy(PolicyArn=arn)
-        return arn
-    except ClientError as e:
-        if _error_code(e) != "NoSuchEntity":
-            raise ValueError(f"permissions_boundary {arn!r} cannot be read ({e})") from e
-    if boundary and arn != boundary_arn(aws):
-        raise ValueError(f"permissions_boundary {arn!r} does not exist; create it, or leave the option out")
     try:
         iam.create_policy(
             PolicyName=BOUNDARY_NAME,

@@ -29,7 +29,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from coiled_core.errors import ClusterSpecError
+from coiled_core.backend import ClusterSpecError
 
 from .prices import price
 

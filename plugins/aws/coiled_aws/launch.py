@@ -11,7 +11,7 @@ import base64
 from dataclasses import dataclass, field
 from typing import Any
 
-from coiled_core.errors import ProvisionError
+from coiled_core.backend import ProvisionError
 
 #: Errors that mean "not this type or market, now": try the next candidate.
 CAPACITY_ERRORS = {

@@ -14,7 +14,7 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
-from coiled_core.errors import ClusterSpecError, CoiledError
+from coiled_core.backend import ClusterSpecError, CoiledError
 
 from coiled_aws.options import AWSOptions
 

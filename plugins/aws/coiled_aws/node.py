@@ -64,16 +64,16 @@ class AWSNode(NodeAddOn):
         delete_ssm_secrets(self.settings, stop_reason)
 
 
-def _secrets_from_ssm(source: dict[str, Any]) -> dict[str, str]:
-    """The node's secrets kept in SSM Parameter Store (SecureStrings under ``source["secrets_prefix"]``,
+def _secrets_from_ssm(settings: dict[str, Any]) -> dict[str, str]:
+    """The node's secrets kept in SSM Parameter Store (SecureStrings under ``settings["secrets_prefix"]``,
     its own role's path), read with the node's own role: its TLS material and, under
     ``environ``, the cluster's environment variables as JSON.
 
     Cloud nodes get them this way rather than in user data, which other principals can read
     through DescribeInstanceAttribute.
     """
-    client = _ssm_client(source)
-    prefix = source["secrets_prefix"].rstrip("/")
+    client = _ssm_client(settings)
+    prefix = settings["secrets_prefix"].rstrip("/")
     found: dict[str, str] = {}
     token = None
     while True:
@@ -87,25 +87,25 @@ def _secrets_from_ssm(source: dict[str, Any]) -> dict[str, str]:
             return found
 
 
-def _ssm_client(source: dict[str, Any]) -> Any:
+def _ssm_client(settings: dict[str, Any]) -> Any:
     import boto3
 
-    return boto3.client("ssm", region_name=source.get("region"), endpoint_url=source.get("endpoint_url"))
+    return boto3.client("ssm", region_name=settings.get("region"), endpoint_url=settings.get("endpoint_url"))
 
 
-def delete_ssm_secrets(source: dict[str, Any], stop_reason: str | None) -> None:
-    """When the cluster ends on its own, delete its secrets in SSM (``source["delete_on_end"]``,
+def delete_ssm_secrets(settings: dict[str, Any], stop_reason: str | None) -> None:
+    """When the cluster ends on its own, delete its secrets in SSM (``settings["delete_on_end"]``,
     the scheduler node's list of every role's parameters), so that they do not outlive it.
 
     Not on a signal: whoever terminates the node (teardown, gc) deletes them itself, and may
     already have made a new cluster of the same name whose parameters these names now are.
     Best effort: a failure is logged, never stops the node's end; gc removes what is left.
     """
-    names = list(source.get("delete_on_end") or [])
+    names = list(settings.get("delete_on_end") or [])
     if not names or stop_reason in ("SIGTERM", "SIGINT"):
         return
     try:
-        client = _ssm_client(source)
+        client = _ssm_client(settings)
         for start in range(0, len(names), 10):  # DeleteParameters takes at most 10 names
             client.delete_parameters(Names=names[start : start + 10])
         logger.info("deleted the cluster's %d secret parameters", len(names))
@@ -116,10 +116,11 @@ def delete_ssm_secrets(source: dict[str, Any], stop_reason: str | None) -> None:
 class LogUploader:
     """Copies the tail of this node's log file to object storage, so logs outlive the machine.
 
-    ``settings`` is the node config's ``log_upload``: ``bucket``, ``key`` (``{instance_id}`` is
-    filled in), ``file``, ``region``, ``endpoint_url``, ``interval`` (seconds between looks,
-    default 10) and ``expected_bucket_owner``, the account that must own the bucket: S3 refuses
-    the upload if another account does, so a log never lands in a bucket someone took over.
+    ``settings`` are the add-on's: ``log_bucket``, ``log_key`` (``{instance_id}`` is filled in),
+    ``region``, ``endpoint_url`` and ``expected_bucket_owner``, the account that must own the
+    bucket: S3 refuses the upload if another account does, so a log never lands in a bucket
+    someone took over. The agent calls :meth:`upload` with the log's path (at start, every
+    ``log_interval`` seconds, and last of all).
 
     An upload happens only when the file changed since the last one (its identity, size or
     modification time), and sends at most the last :attr:`MAX_BYTES`, read by seeking to them.
@@ -131,8 +132,6 @@ class LogUploader:
     MAX_BYTES = 2_000_000
 
     def __init__(self, settings: dict[str, Any]):
-        import threading
-
         self.settings = settings
         # One upload at a time, each reading the file afresh: a slow earlier upload must never
         # land after, and overwrite, the final one.
@@ -141,10 +140,11 @@ class LogUploader:
         self._client: Any = None
         self._failed = False
 
-    def upload(self) -> None:
+    def upload(self, path: str) -> None:
+        """Send the tail of the log file ``path`` if it changed (best effort: failures are logged)."""
         with self.lock:
             try:
-                self._upload()
+                self._upload(path)
                 self._failed = False
             except Exception:
                 # Once with its traceback: the warning itself grows the log, and a failing
@@ -152,18 +152,18 @@ class LogUploader:
                 logger.log(logging.DEBUG if self._failed else logging.WARNING, "uploading the log failed", exc_info=True)
                 self._failed = True
 
-    def _upload(self) -> None:
-        with open(self.settings["file"], "rb") as f:
+    def _upload(self, path: str) -> None:
+        with open(path, "rb") as f:
             stat = os.fstat(f.fileno())
             version = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
             if version == self._uploaded:
                 return
             f.seek(max(0, stat.st_size - self.MAX_BYTES))
             body = f.read(self.MAX_BYTES)
-        key = self.settings["key"].format(instance_id=os.environ.get("COILED_INSTANCE_ID", "node"))
+        key = self.settings["log_key"].format(instance_id=instance_id())
         owner = self.settings.get("expected_bucket_owner")
         extra = {"ExpectedBucketOwner": owner} if owner else {}
-        self._s3().put_object(Bucket=self.settings["bucket"], Key=key, Body=body, **extra)
+        self._s3().put_object(Bucket=self.settings["log_bucket"], Key=key, Body=body, **extra)
         # What was read; a write since then changes size or mtime and is sent next time.
         self._uploaded = version
 
@@ -173,10 +173,3 @@ class LogUploader:
 
             self._client = boto3.client("s3", region_name=self.settings.get("region"), endpoint_url=self.settings.get("endpoint_url"))
         return self._client
-
-    async def run(self) -> None:
-        while True:
-            await asyncio.to_thread(self.upload)
-            await asyncio.sleep(self.settings.get("interval", 10))
-
-

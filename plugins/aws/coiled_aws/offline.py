@@ -152,7 +152,7 @@ import psutil
 # The address rule is the project's, shared with the node agent and the client:
 # ``A.B.C.D`` -> ``127.B.C.D``, unique within one VPC (a VPC's CIDR is at most a /16, so its
 # addresses share their first octet and differ in the last three). Re-exported here.
-from coiled_core.node.addresses import loopback_address
+from coiled_core.backend import loopback_address
 
 __all__ = [
     "Credentials",

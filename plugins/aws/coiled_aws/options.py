@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -61,9 +61,6 @@ class AWSOptions(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-    #: Cloud clusters are reachable over the network, so TLS is on unless ``security=False``.
-    TLS_BY_DEFAULT: ClassVar[bool] = True
 
     region: str | None = Field(
         default=None,

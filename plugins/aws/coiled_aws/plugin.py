@@ -1,16 +1,17 @@
-"""Hook implementations of the ``aws`` backend: Dask clusters on EC2.
+"""Hook implementations of the ``aws`` backend: Dask clusters on EC2 (hook contract version 2).
 
 A cluster is what EC2 says it is: instances, a security group, a launch template, a node role
 for its scheduler and one for its workers (:mod:`coiled_aws.iam`) and SSM parameters
 (:mod:`coiled_aws.parameters`), all tagged ``coiled:cluster=<name>``. ``describe`` and
 ``list_clusters`` read those tags; nothing depends on a file on the client. Each node runs the
-node agent from its boot script (see :mod:`coiled_aws.bootstrap`) and powers itself off when the
-agent ends.
+node agent from its boot script (see :mod:`coiled_aws.bootstrap`) with the backend's node add-on
+(:class:`coiled_aws.node.AWSNode`), and powers itself off when the agent ends.
 
 Secrets (each role's TLS material, the cluster's ``environ``, the spec that holds it) are
 SecureStrings in SSM, never in user data; a node reads its role's with its own role, and the
 scheduler deletes them all when the cluster ends on its own. ``gc`` removes what clusters without
-a live scheduler left, found by instances, security groups or parameters.
+a live scheduler left, found by instances, security groups or parameters, and clusters past their
+lifetime cap by more than ``EXPIRY_GRACE``.
 """
 
 from __future__ import annotations
@@ -20,21 +21,42 @@ import json
 import logging
 import time
 import warnings
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from coiled_core import hookimpl
-from coiled_core.errors import ClusterSpecError, ProvisionError
-from coiled_core.node.addresses import loopback_mode, map_address
-from coiled_core.node.bundle import AGENT_REQUIREMENTS, agent_bundle
-from coiled_core.node.config import lifecycle_settings
-from coiled_core.records import ClusterRecord, ClusterState, WorkerRecord
-from coiled_core.spec import ClusterSpec
+from coiled_core.backend import (
+    EXPIRY_GRACE,
+    AddOnRef,
+    ClaimLease,
+    ClusterRecord,
+    ClusterSpec,
+    ClusterSpecError,
+    ClusterState,
+    ClusterTLS,
+    NodeConfig,
+    ProvisionError,
+    TLSPolicy,
+    WorkerRecord,
+    agent_bundle,
+    build_node_config,
+    hookimpl,
+    loopback_mode,
+    map_address,
+    node_requirements,
+    past_lifetime,
+    software_environment,
+    worker_name_prefix,
+)
 
 from coiled_aws import artifacts, bootstrap, iam, launch, network, parameters
+from coiled_aws.network import Placement
 from coiled_aws.options import AWSOptions
 from coiled_aws.session import AWS
+
+#: The hook contract this backend implements (see ``coiled_core.hookspecs``).
+HOOK_API_VERSION = 2
 
 TAG_CLUSTER = "coiled:cluster"
 TAG_ROLE = "coiled:role"
@@ -44,10 +66,10 @@ TAG_EXPIRES = "coiled:expires-at"
 logger = logging.getLogger("coiled_aws")
 
 LIVE_STATES = ["pending", "running", "shutting-down", "stopping", "stopped"]
-#: Workers are named after their instance, so scale-down knows which machine to stop.
-WORKER_PREFIX = "{cluster}-"
-#: A name claim that never became a cluster is stale after this long.
-CLAIM_SECONDS = 1800
+#: The node add-on every AWS node runs (shipped in the agent bundle).
+NODE_ADDON = "coiled_aws.node:AWSNode"
+#: The module of the add-on, by import name, for the agent bundle.
+NODE_ADDON_MODULE = "coiled_aws.node"
 
 
 @hookimpl
@@ -55,15 +77,14 @@ def backend_options_model() -> type[AWSOptions]:
     return AWSOptions
 
 
+@hookimpl
+def tls_policy(options: AWSOptions) -> TLSPolicy:
+    # Cloud nodes are reachable over the network, so TLS is on unless the user turns it off;
+    # security=False stays allowed (a private VPC may not need it) and warns on public addresses.
+    return TLSPolicy(default=True, required=False)
+
+
 # -- helpers ----------------------------------------------------------------------------------
-def _aws(options: AWSOptions | dict) -> AWS:
-    return AWS(options if isinstance(options, AWSOptions) else AWSOptions.model_validate(options or {}))
-
-
-def _record_options(record: ClusterRecord) -> AWSOptions:
-    return AWSOptions.model_validate(record.spec.get("backend_options") or {})
-
-
 def _tags(spec: ClusterSpec, options: AWSOptions, role: str | None = None) -> list[dict]:
     now = datetime.now(timezone.utc)
     try:
@@ -83,12 +104,6 @@ def _tags(spec: ClusterSpec, options: AWSOptions, role: str | None = None) -> li
     if role:
         tags[TAG_ROLE] = role
     return [{"Key": k, "Value": v} for k, v in tags.items()]
-
-
-def _software(spec: ClusterSpec):
-    from coiled_core.software import default_software_spec, get_software_info
-
-    return get_software_info(spec.software) if spec.software else default_software_spec()
 
 
 def _resolve_ami(aws: AWS, options: AWSOptions) -> str:
@@ -139,6 +154,20 @@ def _tag(instance: dict, key: str) -> str | None:
     return next((t["Value"] for t in instance.get("Tags", []) if t["Key"] == key), None)
 
 
+def _scheduler_live(instances: list[dict]) -> bool:
+    """Whether one of ``instances`` is a scheduler that is starting or running."""
+    return any(_tag(i, TAG_ROLE) == "scheduler" and i["State"]["Name"] in ("pending", "running") for i in instances)
+
+
+def _own_roles(options: AWSOptions, record: ClusterRecord | None = None) -> bool:
+    """Whether the cluster's nodes run with the backend's own roles (to delete with it), not a
+    pre-created ``iam_instance_profile``. The record's spec says so too: a caller tearing a
+    cluster down by name may not repeat the options it was made with, and a client that may
+    only pass a pre-created profile must not be made to touch IAM."""
+    made_with = ((record.spec if record is not None else None) or {}).get("backend_options") or {}
+    return not (options.iam_instance_profile or made_with.get("iam_instance_profile"))
+
+
 # -- secrets ----------------------------------------------------------------------------------
 def _has_node_secrets(spec: ClusterSpec) -> bool:
     """Whether nodes read secrets from SSM: TLS material, or an ``environ`` to keep out of user data."""
@@ -154,16 +183,8 @@ def _secret_names(spec: ClusterSpec) -> list[str]:
     ]
 
 
-def _node_secrets(spec: ClusterSpec) -> dict[str, dict[str, str]]:
-    """Each node role's secrets: its own TLS material (separate keys per role) and ``environ``."""
-    tls = None
-    if spec.security:
-        from coiled_core.security import ClusterTLS
-        from coiled_core.store import Store
-
-        tls = ClusterTLS.load(Store(), spec.name)
-        if tls is None:
-            raise ProvisionError("the store holds no TLS material for this cluster")
+def _node_secrets(spec: ClusterSpec, tls: ClusterTLS | None) -> dict[str, dict[str, str]]:
+    """Each node role's secrets: its own part of ``tls`` (separate keys per role) and ``environ``."""
     return {
         role: parameters.role_secrets(role, tls.to_node_config(role) if tls else None, spec.environ)
         for role in parameters.NODE_ROLES
@@ -204,84 +225,141 @@ def _warn_if_exposed(spec: ClusterSpec, options: AWSOptions, cidr: str) -> None:
     warnings.warn(message, UserWarning, stacklevel=2)
 
 
+# -- checks before anything exists ------------------------------------------------------------
+@dataclass
+class _Plan:
+    """What the checks before anything exists resolved, for ``provision`` to use."""
+
+    worker_types: list[str]
+    scheduler_types: list[str]
+    ami: str
+    cidr: str
+    placement: Placement
+    kms_key_arn: str | None
+
+
+def _plan(aws: AWS, spec: ClusterSpec, options: AWSOptions) -> _Plan:
+    """Check everything that can be wrong with the request, creating nothing.
+
+    Raises ``CoiledError`` without credentials, ``ClusterSpecError`` naming the option or
+    parameter that cannot be met.
+    """
+    aws.account_id  # credentials first: every other check needs them
+    if spec.software is not None:
+        software_environment(spec)  # an unknown software environment fails here
+    plan = _Plan(
+        worker_types=_instance_types(aws, options, spec.worker_cpu, spec.worker_memory, spec.worker_gpu),
+        scheduler_types=_instance_types(aws, options, spec.scheduler_cpu, spec.scheduler_memory, 0, what="scheduler"),
+        ami=_resolve_ami(aws, options),
+        cidr=network.client_cidr(options),
+        placement=network.find_placement(aws.ec2, options),
+        kms_key_arn=_kms_key_arn(aws, options),
+    )
+    _check_secret_sizes(spec)
+    _check_boundary(aws, options)
+    return plan
+
+
+def _check_boundary(aws: AWS, options: AWSOptions) -> None:
+    """A given permissions boundary must exist (the default one may be made by ``provision``)."""
+    if options.iam_instance_profile:
+        return  # no roles of the backend's own: no boundary, and no IAM call at all
+    try:
+        iam.find_boundary(aws, options.permissions_boundary)
+    except ValueError as e:
+        raise ClusterSpecError(f"backend_options: {e}") from None
+
+
+def _permissions_boundary(aws: AWS, options: AWSOptions) -> str | None:
+    """The ARN of the boundary of the node roles to create (None with a pre-created profile):
+    checked, or the default one created, before anything of the cluster exists."""
+    if options.iam_instance_profile:
+        return None
+    try:
+        return iam.ensure_boundary(aws, options.permissions_boundary)
+    except ValueError as e:
+        raise ClusterSpecError(f"backend_options: {e}") from None
+
+
+@hookimpl
+def preflight(spec: ClusterSpec, options: AWSOptions) -> None:
+    _plan(AWS(options), spec, options)
+
+
 # -- node configs and boot scripts --------------------------------------------------------------
+#: The agent rotates node.log past this size, so a long-lived node's disk never fills.
 NODE_LOG_MAX_BYTES = 50 * 2**20
+
+
 class _Boot:
-    """Renders boot scripts for one cluster (both waves and later scale-ups)."""
+    """Renders the node configs and boot scripts of one cluster (both waves and later scale-ups)."""
 
     def __init__(self, aws: AWS, spec: ClusterSpec, options: AWSOptions):
         self.aws, self.spec, self.options = aws, spec, options
-        self.software = _software(spec)
+        self.software = software_environment(spec)
         # A bucket another account owns is refused here (ProvisionError), before anything exists.
         self.bucket = artifacts.ensure_bucket(aws)
-        bundle = agent_bundle(Path.home() / ".cache" / "coiled" / "aws")
+        bundle = agent_bundle(Path.home() / ".cache" / "coiled" / "aws", extra_modules=[NODE_ADDON_MODULE])
         # Nodes fetch it with their own role and run it only if its sha256 is this one.
         self.bundle = artifacts.upload_once(aws, self.bucket, f"agent/{bundle.name}", bundle)
 
-    def _base(self, role: str) -> dict[str, Any]:
-        config: dict[str, Any] = {
-            "cluster_name": self.spec.name,
-            "host": None,  # the node's private address (or its loopback one, offline)
-            # No `environ` here: user data is readable by other principals. The node reads it
-            # from SSM with its own role, with its TLS material (`tls_ssm`).
-            "lifecycle": lifecycle_settings(self.spec),
-            # The boot script appends all output to node.log (in the node's root, the agent's
-            # working directory); the agent rotates it so a long-lived node's disk never fills.
-            "log_file": "node.log",
-            "log_max_bytes": NODE_LOG_MAX_BYTES,
-            "log_upload": {
-                "bucket": self.bucket,
-                "key": f"logs/{self.spec.name}/{{instance_id}}.log",
-                "region": self.aws.region,
-                "file": "node.log",
-                # S3 refuses the upload if another account owns the bucket.
-                "expected_bucket_owner": self.aws.account_id,
-            },
+    def _addon(self, role: str) -> AddOnRef:
+        """The node add-on's settings for a node of ``role`` (see :mod:`coiled_aws.node`)."""
+        settings: dict[str, Any] = {
+            "region": self.aws.region,
+            "log_bucket": self.bucket,
+            "log_key": artifacts.log_key(self.spec.name, "{instance_id}"),
+            # S3 refuses the upload if another account owns the bucket.
+            "expected_bucket_owner": self.aws.account_id,
         }
         if _has_node_secrets(self.spec):
-            config["tls_ssm"] = {"region": self.aws.region, "prefix": parameters.role_secrets_path(self.spec.name, role)}
+            # No `environ` or TLS material in the config: user data is readable by other
+            # principals. The node reads them from SSM with its own role.
+            settings["secrets_prefix"] = parameters.role_secrets_path(self.spec.name, role)
+            if role == "scheduler":
+                # A cluster that ends on its own takes its secrets with it: the scheduler deletes
+                # them (its role may, on this cluster's paths only) while its node still counts
+                # as live, so no new cluster of the same name can own them yet.
+                settings["delete_on_end"] = _secret_names(self.spec)
+        return AddOnRef(NODE_ADDON, settings)
+
+    def _finish(self, config: NodeConfig) -> NodeConfig:
+        # The boot script appends all output to node.log (in the node's root, the agent's working
+        # directory); the agent rotates it and the add-on ships it to the bucket.
+        config.log_file = "node.log"
+        config.log_max_bytes = NODE_LOG_MAX_BYTES
         return config
 
-    def scheduler(self) -> dict[str, Any]:
-        config = self._base("scheduler")
-        if "tls_ssm" in config:
-            # A cluster that ends on its own takes its secrets with it: the scheduler deletes
-            # them (its role may, on this cluster's paths only) while its node still counts as
-            # live, so no new cluster of the same name can own them yet.
-            config["tls_ssm"]["delete_on_end"] = _secret_names(self.spec)
-        return {
-            **config,
-            "scheduler": {
-                "class": self.spec.scheduler_class,
-                "options": dict(self.spec.scheduler_options),
-                "port": network.SCHEDULER_PORT,
-                "dashboard_port": network.DASHBOARD_PORT,
-            },
-        }
+    def scheduler(self) -> NodeConfig:
+        """The scheduler node's config; it binds to its own (pre-allocated) private address."""
+        config = build_node_config(
+            self.spec,
+            "scheduler",
+            scheduler_port=network.SCHEDULER_PORT,
+            dashboard_port=network.DASHBOARD_PORT,
+            include_environ=False,
+            addon=self._addon("scheduler"),
+        )
+        return self._finish(config)
 
-    def worker(self, scheduler_address: str, memory_limit: int | None) -> dict[str, Any]:
-        return {
-            **self._base("worker"),
-            "scheduler_address": scheduler_address,
-            "workers": {
-                "class": self.spec.worker_class,
-                "count": 1,
-                "name_prefix": WORKER_PREFIX.format(cluster=self.spec.name),
-                "name_from_instance": True,
-                "nthreads": self.spec.worker_cpu,
-                "memory_limit": memory_limit or self.spec.worker_memory,
-                "gpus_per_worker": self.spec.worker_gpu,
-                "gpu_devices": list(range(self.spec.worker_gpu)),
-                "options": self.spec.worker_options,
-            },
-        }
+    def worker(self, scheduler_address: str, memory_limit: int | None) -> NodeConfig:
+        """A worker node's config: one worker, named by the add-on after its instance."""
+        config = build_node_config(
+            self.spec,
+            "worker",
+            scheduler_address=scheduler_address,
+            memory_limit=memory_limit,
+            include_environ=False,
+            addon=self._addon("worker"),
+        )
+        return self._finish(config)
 
-    def script(self, node_config: dict[str, Any]) -> str:
+    def script(self, config: NodeConfig) -> str:
         software = self.software
-        requirements = [*(software.pip or []), *AGENT_REQUIREMENTS, "boto3"]
+        requirements = [*(software.pip or []), *node_requirements("boto3")]
         return bootstrap.render(
             self.spec.name,
-            node_config,
+            config.to_dict(),
             requirements,
             software.python,
             software.spec_hash()[:24],
@@ -312,68 +390,89 @@ def _launch_workers(aws: AWS, boot: _Boot, request_base: dict[str, Any], types: 
     return [i["InstanceId"] for i in instances]
 
 
-# -- hooks ------------------------------------------------------------------------------------
-@hookimpl
-def claim_name(name: str, options: AWSOptions) -> bool:
-    """An SSM parameter created with ``Overwrite=False`` is the atomic claim."""
+# -- name claims --------------------------------------------------------------------------------
+def _read_claim(aws: AWS, name: str) -> ClaimLease | None:
+    """The lease in ``name``'s claim parameter, or None if there is none."""
     from botocore.exceptions import ClientError
 
-    aws = _aws(options)
-    ssm = aws.client("ssm")
-    value = json.dumps({"state": "claimed", "expires": time.time() + CLAIM_SECONDS})
+    try:
+        value = aws.client("ssm").get_parameter(Name=parameters.claim_parameter(name))["Parameter"]["Value"]
+    except ClientError as e:
+        if e.response["Error"]["Code"] == "ParameterNotFound":
+            return None
+        raise
+    return ClaimLease.from_json(value)
+
+
+def _write_claim(aws: AWS, name: str, lease: ClaimLease, overwrite: bool) -> None:
+    aws.client("ssm").put_parameter(
+        Name=parameters.claim_parameter(name), Value=lease.to_json(), Type="String", Overwrite=overwrite
+    )
+
+
+@hookimpl
+def claim_name(name: str, options: AWSOptions) -> bool:
+    """An SSM parameter created with ``Overwrite=False`` is the atomic claim; it holds a
+    :class:`ClaimLease`, since no client can see whether another one's process still lives."""
+    from botocore.exceptions import ClientError
+
+    aws = AWS(options)
     for _ in range(3):
         try:
-            ssm.put_parameter(Name=parameters.claim_parameter(name), Value=value, Type="String", Overwrite=False)
+            _write_claim(aws, name, ClaimLease.new(), overwrite=False)
             return True
         except ClientError as e:
             if e.response["Error"]["Code"] != "ParameterAlreadyExists":
                 raise
-        current = json.loads(ssm.get_parameter(Name=parameters.claim_parameter(name))["Parameter"]["Value"])
-        live = any(_tag(i, TAG_ROLE) == "scheduler" for i in _instances(aws, name, ["pending", "running"]))
-        stale = not live and (current.get("state") == "provisioned" or current.get("expires", 0) < time.time())
-        if not stale:
+        held = _read_claim(aws, name)
+        if held is None:
+            continue  # released meanwhile: try again
+        if not held.is_stale(cluster_live=_scheduler_live(_instances(aws, name, ["pending", "running"]))):
             return False
-        ssm.delete_parameter(Name=parameters.claim_parameter(name))
+        aws.client("ssm").delete_parameter(Name=parameters.claim_parameter(name))
     return False
 
 
+def _being_created(aws: AWS, name: str) -> bool:
+    """Whether a live claim says some process is creating ``name`` right now."""
+    held = _read_claim(aws, name)
+    return held is not None and held.state == "claimed" and not held.is_stale(cluster_live=False)
+
+
+# -- hooks ------------------------------------------------------------------------------------
 @hookimpl
-def provision(spec: ClusterSpec, options: AWSOptions) -> ClusterRecord:
-    aws = _aws(options)
-    aws.account_id  # credentials, before anything exists
-    # Everything that can be wrong with the request is found before anything is created.
-    worker_types = _instance_types(aws, options, spec.worker_cpu, spec.worker_memory, spec.worker_gpu)
-    scheduler_types = _instance_types(aws, options, spec.scheduler_cpu, spec.scheduler_memory, 0, what="scheduler")
-    ami = _resolve_ami(aws, options)
-    cidr = network.client_cidr(options)
-    placement = network.find_placement(aws.ec2, options)
-    _check_secret_sizes(spec)
-    kms_key_arn = _kms_key_arn(aws, options)
+def provision(spec: ClusterSpec, options: AWSOptions, tls: ClusterTLS | None) -> ClusterRecord:
+    if spec.security and tls is None:
+        raise ProvisionError("security is on but the core handed over no TLS material")
+    aws = AWS(options)
+    # Everything that can be wrong with the request is found before anything is created (the
+    # core ran preflight already; a direct caller did not).
+    plan = _plan(aws, spec, options)
     boundary = _permissions_boundary(aws, options)
-    _warn_if_exposed(spec, options, cidr)
+    _warn_if_exposed(spec, options, plan.cidr)
 
     step = "preparing artifacts"
     try:
         boot = _Boot(aws, spec, options)
         step = "creating the security group"
-        group_id = network.create_security_group(aws.ec2, placement, spec.name, cidr, _tags(spec, options))
+        group_id = network.create_security_group(aws.ec2, plan.placement, spec.name, plan.cidr, _tags(spec, options))
         step = "creating the node roles"
-        profiles = _node_profiles(aws, spec, options, boundary, kms_key_arn)
+        profiles = _node_profiles(aws, spec, options, boundary, plan.kms_key_arn)
         step = "storing secrets"
         # The spec holds `environ`: a SecureString like the nodes' secrets.
-        parameters.put_secure(aws, parameters.spec_parameter(spec.name), spec.model_dump_json(), kms_key_arn)
+        parameters.put_secure(aws, parameters.spec_parameter(spec.name), spec.model_dump_json(), plan.kms_key_arn)
         if _has_node_secrets(spec):
-            parameters.put_secrets(aws, spec.name, _node_secrets(spec), _tags(spec, options), kms_key_arn)
+            parameters.put_secrets(aws, spec.name, _node_secrets(spec, tls), _tags(spec, options), plan.kms_key_arn)
         base = {
-            "ami": ami,
-            "subnet_id": placement.subnet_id,
+            "ami": plan.ami,
+            "subnet_id": plan.placement.subnet_id,
             "security_group_ids": [group_id, *options.security_group_ids],
             "key_name": options.key_name,
             "root_volume_gib": options.root_volume_gib,
             "use_public_ip": options.use_public_ip,
         }
         step = "launching the scheduler"
-        scheduler_ip = network.free_private_address(aws.ec2, placement)
+        scheduler_ip = network.free_private_address(aws.ec2, plan.placement)
         scheme = "tls" if spec.security else "tcp"
         scheduler_address = f"{scheme}://{scheduler_ip}:{network.SCHEDULER_PORT}"
         request = launch.LaunchRequest(
@@ -383,34 +482,22 @@ def provision(spec: ClusterSpec, options: AWSOptions) -> ClusterRecord:
             instance_profile=profiles["scheduler"],
             **base,
         )
-        launch.run_instances(aws.ec2, request, scheduler_types, 1, spot=False)
+        launch.run_instances(aws.ec2, request, plan.scheduler_types, 1, spot=False)
         # Same wave: the workers know the scheduler's address before it has booted.
         if spec.n_workers:
             step = f"launching {spec.n_workers} workers"
             worker_base = {**base, "instance_profile": profiles["worker"]}
-            _launch_workers(aws, boot, worker_base, worker_types, spec.n_workers, scheduler_address)
-        aws.client("ssm").put_parameter(
-            Name=parameters.claim_parameter(spec.name), Value=json.dumps({"state": "provisioned"}), Type="String", Overwrite=True
-        )
+            _launch_workers(aws, boot, worker_base, plan.worker_types, spec.n_workers, scheduler_address)
+        # From now on the cluster's own liveness decides whether the claim is stale.
+        _write_claim(aws, spec.name, ClaimLease.new().provisioned(), overwrite=True)
     except Exception as error:
-        _delete_everything(aws, spec.name, own_roles=not options.iam_instance_profile)
+        _delete_everything(aws, spec.name, own_roles=_own_roles(options))
         if isinstance(error, (ProvisionError, ClusterSpecError)):
             raise ProvisionError(f"{step} failed: {error}") from error
         raise ProvisionError(f"{step} failed: {type(error).__name__}: {error}") from error
     record = describe(spec.name, options)
     assert record is not None
     return record
-
-
-def _permissions_boundary(aws: AWS, options: AWSOptions) -> str | None:
-    """The ARN of the boundary of the node roles to create (None with a pre-created profile):
-    checked, or the default one created, before anything else exists."""
-    if options.iam_instance_profile:
-        return None
-    try:
-        return iam.ensure_boundary(aws, options.permissions_boundary)
-    except ValueError as e:
-        raise ClusterSpecError(f"backend_options: {e}") from None
 
 
 def _node_profiles(
@@ -440,29 +527,34 @@ def _read_spec(aws: AWS, name: str) -> dict[str, Any]:
     return json.loads(reply["Parameter"]["Value"])
 
 
+_STATES = {
+    "pending": ClusterState.starting,
+    "running": ClusterState.running,
+    "shutting-down": ClusterState.stopping,
+    "stopping": ClusterState.stopping,
+    "stopped": ClusterState.stopping,
+    "terminated": ClusterState.stopped,
+}
+
+
 @hookimpl
 def describe(name: str, options: AWSOptions) -> ClusterRecord | None:
-    aws = _aws(options)
+    aws = AWS(options)
     instances = _instances(aws, name, LIVE_STATES + ["terminated"])
     if not instances:
         return None
     schedulers = [i for i in instances if _tag(i, TAG_ROLE) == "scheduler"]
     live_schedulers = [i for i in schedulers if i["State"]["Name"] != "terminated"]
     scheduler = (live_schedulers or schedulers or [None])[0]
-    state = {
-        "pending": ClusterState.starting,
-        "running": ClusterState.running,
-        "shutting-down": ClusterState.stopping,
-        "stopping": ClusterState.stopping,
-        "stopped": ClusterState.stopping,
-        "terminated": ClusterState.stopped,
-    }[scheduler["State"]["Name"]] if scheduler else ClusterState.stopped
+    state = _STATES[scheduler["State"]["Name"]] if scheduler else ClusterState.stopped
     spec = _read_spec(aws, name)
     scheme = "tls" if spec.get("security") else "tcp"
     # With TLS, the node agent serves the dashboard over HTTPS with the scheduler's certificate.
     dashboard_scheme = "https" if spec.get("security") else "http"
+    # One worker per instance, named after it by the node add-on (scale-down stops that machine).
+    prefix = worker_name_prefix(name)
     workers = [
-        WorkerRecord(name=f"{WORKER_PREFIX.format(cluster=name)}{i['InstanceId']}", backend_ids={"instance_id": i["InstanceId"]})
+        WorkerRecord(name=f"{prefix}{i['InstanceId']}", backend_ids={"instance_id": i["InstanceId"]})
         for i in instances
         if _tag(i, TAG_ROLE) == "worker" and i["State"]["Name"] in ("pending", "running")
     ]
@@ -473,7 +565,7 @@ def describe(name: str, options: AWSOptions) -> ClusterRecord | None:
         scheduler_address=_client_address(scheduler, network.SCHEDULER_PORT, scheme) if scheduler else None,
         dashboard_url=(_client_address(scheduler, network.DASHBOARD_PORT, dashboard_scheme) + "/status") if scheduler else None,
         workers=workers,
-        created_at=_tag(scheduler, TAG_CREATED) if scheduler else datetime.now(timezone.utc),
+        created_at=(_tag(scheduler, TAG_CREATED) if scheduler else None) or datetime.now(timezone.utc),
         spec=spec,
         backend_ids={
             "region": aws.region,
@@ -484,41 +576,44 @@ def describe(name: str, options: AWSOptions) -> ClusterRecord | None:
 
 
 @hookimpl
-def scale(record: ClusterRecord, n_workers: int, retired: list[str]) -> ClusterRecord:
-    options = _record_options(record)
-    aws = _aws(options)
+def scale(record: ClusterRecord, options: AWSOptions, n_workers: int, retired: list[str], tls: ClusterTLS | None) -> ClusterRecord:
+    # New workers read their TLS material from SSM, where provision put it: `tls` (the client's
+    # part only) is not needed to start them.
+    aws = AWS(options)
     by_name = {w.name: w.backend_ids["instance_id"] for w in record.workers}
     doomed = [by_name[n] for n in retired if n in by_name]
     if doomed:
         aws.ec2.terminate_instances(InstanceIds=doomed)
     missing = n_workers - (len(record.workers) - len(doomed))
     if missing > 0:
-        spec = ClusterSpec.model_validate(record.spec)
-        placement = network.find_placement(aws.ec2, options)
-        group_ids = [
-            g["GroupId"]
-            for g in aws.ec2.describe_security_groups(Filters=[{"Name": f"tag:{TAG_CLUSTER}", "Values": [record.name]}])[
-                "SecurityGroups"
-            ]
-        ]
-        boot = _Boot(aws, spec, options)
-        base = {
-            "ami": _resolve_ami(aws, options),
-            "subnet_id": placement.subnet_id,
-            "security_group_ids": [*group_ids, *options.security_group_ids],
-            "instance_profile": options.iam_instance_profile or iam.node_role_name(aws, record.name, "worker"),
-            "key_name": options.key_name,
-            "root_volume_gib": options.root_volume_gib,
-            "use_public_ip": options.use_public_ip,
-        }
-        scheme = "tls" if spec.security else "tcp"
-        private = f"{scheme}://{record.backend_ids['scheduler_private_ip']}:{network.SCHEDULER_PORT}"
-        types = _instance_types(aws, options, spec.worker_cpu, spec.worker_memory, spec.worker_gpu)
-        _launch_workers(aws, boot, base, types, missing, private)
+        _add_workers(aws, record, options, missing)
     updated = describe(record.name, options)
     if updated is None:
         raise ProvisionError(f"cluster {record.name!r} disappeared while scaling")
     return updated
+
+
+def _add_workers(aws: AWS, record: ClusterRecord, options: AWSOptions, count: int) -> None:
+    """Launch ``count`` more workers into the cluster's own group, with its worker role."""
+    spec = ClusterSpec.model_validate(record.spec)
+    placement = network.find_placement(aws.ec2, options)
+    tag_filter = [{"Name": f"tag:{TAG_CLUSTER}", "Values": [record.name]}]
+    group_ids = [g["GroupId"] for g in aws.ec2.describe_security_groups(Filters=tag_filter)["SecurityGroups"]]
+    boot = _Boot(aws, spec, options)
+    base = {
+        "ami": _resolve_ami(aws, options),
+        "subnet_id": placement.subnet_id,
+        "security_group_ids": [*group_ids, *options.security_group_ids],
+        "instance_profile": options.iam_instance_profile or iam.node_role_name(aws, record.name, "worker"),
+        "key_name": options.key_name,
+        "root_volume_gib": options.root_volume_gib,
+        "use_public_ip": options.use_public_ip,
+    }
+    scheme = "tls" if spec.security else "tcp"
+    # Workers reach the scheduler at its private address, whatever the client connects to.
+    private = f"{scheme}://{record.backend_ids['scheduler_private_ip']}:{network.SCHEDULER_PORT}"
+    types = _instance_types(aws, options, spec.worker_cpu, spec.worker_memory, spec.worker_gpu)
+    _launch_workers(aws, boot, base, types, count, private)
 
 
 def _wait_terminated(aws: AWS, instance_ids: list[str], timeout: float = 600) -> None:
@@ -575,10 +670,9 @@ def _delete_everything(aws: AWS, name: str, own_roles: bool = True) -> list[str]
 
 
 @hookimpl
-def teardown(record: ClusterRecord) -> ClusterRecord:
-    options = _record_options(record)
-    aws = _aws(options)
-    _delete_everything(aws, record.name, own_roles=not options.iam_instance_profile)
+def teardown(record: ClusterRecord, options: AWSOptions) -> ClusterRecord:
+    aws = AWS(options)
+    _delete_everything(aws, record.name, own_roles=_own_roles(options, record))
     left = _instances(aws, record.name)
     groups = aws.ec2.describe_security_groups(Filters=[{"Name": f"tag:{TAG_CLUSTER}", "Values": [record.name]}])["SecurityGroups"]
     if left or groups:
@@ -587,61 +681,73 @@ def teardown(record: ClusterRecord) -> ClusterRecord:
 
 
 @hookimpl
-def dashboard_url(record: ClusterRecord) -> str | None:
-    return record.dashboard_url
-
-
-@hookimpl
 def list_clusters(options: AWSOptions) -> list[ClusterRecord]:
-    aws = _aws(options)
+    aws = AWS(options)
     names = sorted({_tag(i, TAG_CLUSTER) for i in _instances(aws, None)} - {None})
     records = (describe(name, options) for name in names)
     return [r for r in records if r is not None]
 
 
 @hookimpl
-def logs(record: ClusterRecord, tail: int | None) -> dict[str, str]:
-    aws = _aws(_record_options(record))
+def logs(record: ClusterRecord, options: AWSOptions, tail: int | None) -> dict[str, str]:
+    """Each node's log as its agent last uploaded it, by instance id: they outlive the nodes."""
+    aws = AWS(options)
     return artifacts.read_logs(aws, artifacts.bucket_name(aws), record.name, tail)
+
+
+# -- gc -----------------------------------------------------------------------------------------
+def _past_lifetime(record: ClusterRecord | None, scheduler: dict) -> bool:
+    """Whether a cluster with a live scheduler has outlived its lifetime cap by more than
+    ``EXPIRY_GRACE``: its node should have ended it (a frozen machine), so gc may.
+
+    The record's spec and creation time decide; without a readable spec, the scheduler's
+    expires-at tag (written with the same cap at launch).
+    """
+    if record is not None and record.spec:
+        return past_lifetime(record)
+    expires = _tag(scheduler, TAG_EXPIRES)
+    if not expires or expires == "never":
+        return False
+    try:
+        deadline = datetime.fromisoformat(expires)
+    except ValueError:
+        return False
+    return datetime.now(timezone.utc) > deadline + timedelta(seconds=EXPIRY_GRACE)
+
+
+def _ended_or_outlived(name: str, instances: list[dict], options: AWSOptions) -> bool:
+    """The gc rule for a cluster that still has instances: its scheduler ended, or it is past
+    its lifetime cap (see :func:`_past_lifetime`). Never a live cluster within its lifetime."""
+    if not _scheduler_live(instances):
+        return True
+    scheduler = next(i for i in instances if _tag(i, TAG_ROLE) == "scheduler" and i["State"]["Name"] in ("pending", "running"))
+    return _past_lifetime(describe(name, options), scheduler)
 
 
 @hookimpl
 def gc(options: AWSOptions) -> list[str]:
-    """Delete what clusters without a live scheduler left behind, and clusters past expiry.
+    """Delete what clusters without a live scheduler left behind, and clusters past their
+    lifetime cap by more than ``EXPIRY_GRACE``.
 
     Leftovers are found by their instances, their security groups and their SSM parameters (a
     cluster's secrets and spec outlive its last instance and may outlive its group too); a
-    cluster that some process is creating right now (a live claim) is left alone.
+    cluster that some process is creating right now (a live claim) is left alone, and so is a
+    live cluster within its lifetime.
     """
-    aws = _aws(options)
-    own_roles = not options.iam_instance_profile
+    aws = AWS(options)
+    own_roles = _own_roles(options)
     removed: list[str] = []
-    now = datetime.now(timezone.utc)
     by_cluster: dict[str, list[dict]] = {}
     for instance in _instances(aws, None):
         by_cluster.setdefault(_tag(instance, TAG_CLUSTER) or "", []).append(instance)
-    for name, instances in by_cluster.items():
-        expires = _tag(instances[0], TAG_EXPIRES)
-        expired = bool(expires and expires != "never" and datetime.fromisoformat(expires) < now)
-        scheduler_alive = any(_tag(i, TAG_ROLE) == "scheduler" and i["State"]["Name"] in ("pending", "running") for i in instances)
-        if expired or not scheduler_alive:
+    by_cluster.pop("", None)
+    for name, instances in sorted(by_cluster.items()):
+        if _ended_or_outlived(name, instances, options):
             removed += _delete_everything(aws, name, own_roles)
     groups = aws.ec2.describe_security_groups(Filters=[{"Name": "tag-key", "Values": [TAG_CLUSTER]}])["SecurityGroups"]
-    without_instances = {next((t["Value"] for t in g.get("Tags", []) if t["Key"] == TAG_CLUSTER), "") for g in groups}
+    without_instances = {_tag(g, TAG_CLUSTER) or "" for g in groups}
     without_instances |= parameters.clusters_with_parameters(aws)
     for name in sorted(without_instances - set(by_cluster) - {""}):
         if not _being_created(aws, name):
             removed += _delete_everything(aws, name, own_roles)
     return removed
-
-
-def _being_created(aws: AWS, name: str) -> bool:
-    """Whether a live claim says some process is creating ``name`` right now."""
-    from botocore.exceptions import ClientError
-
-    try:
-        claim = json.loads(aws.client("ssm").get_parameter(Name=parameters.claim_parameter(name))["Parameter"]["Value"])
-    except ClientError:
-        return False
-    return claim.get("state") == "claimed" and claim.get("expires", 0) > time.time()
-

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from functools import cached_property
 from typing import Any
 
-from coiled_core.errors import CoiledError
+from coiled_core.backend import CoiledError
 
 from coiled_aws.options import AWSOptions
 

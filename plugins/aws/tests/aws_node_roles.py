@@ -1,5 +1,6 @@
-"""Helpers for the AWS tests: the instances of a cluster, the node roles they run with, and what
-those roles may do, judged with moto's own IAM policy evaluator."""
+"""Helpers for the AWS tests: the instances of a cluster, the node config in their user data, the
+node roles they run with, and what those roles may do, judged with moto's own IAM policy
+evaluator."""
 
 from __future__ import annotations
 
@@ -18,6 +19,14 @@ def instances(simulator, name, region):
         for i in r["Instances"]
         if i["State"]["Name"] != "terminated"
     ]
+
+
+def node_config(script):
+    """The node config (a ``NodeConfig``) a boot script writes to ``node.json``."""
+    from coiled_core.backend import NodeConfig
+
+    text = script.split("<<'COILED_NODE_JSON'\n", 1)[1].split("\nCOILED_NODE_JSON", 1)[0]
+    return NodeConfig.from_json(text)
 
 
 def role_of(simulator, instance):

@@ -18,9 +18,8 @@ import pytest
 from aws_node_roles import allowed
 
 from coiled_core.plugins import load_backend
-from coiled_core.security import ClusterTLS, delete_tls
+from coiled_core.security import ClusterTLS
 from coiled_core.spec import resolve_cluster_spec
-from coiled_core.store import Store
 
 from coiled_aws import iam, session
 from coiled_aws.instance_types import clear_cache
@@ -111,20 +110,20 @@ def _spec(name, options, **extra):
 def _lifecycle(backend, spec):
     """Everything a user does with one cluster, through the hooks the core calls."""
     options = backend.validate_options(spec.backend_options)
+    backend.tls_policy(options)
+    backend.preflight(spec, options)
     assert backend.claim_name(spec.name, options)
-    if spec.security:
-        ClusterTLS.generate(spec.name).save(Store(), spec.name)
-    record = backend.provision(spec, options)
+    tls = ClusterTLS.generate(spec.name) if spec.security else None
+    record = backend.provision(spec, options, tls)
     try:
         backend.describe(spec.name, options)
         assert [r.name for r in backend.list_clusters(options)] == [spec.name]
-        record = backend.scale(record, 2, [])
-        record = backend.scale(record, 1, [record.workers[0].name])
-        backend.dashboard_url(record)
-        backend.logs(record, 10)
+        record = backend.scale(record, options, 2, [], tls)
+        record = backend.scale(record, options, 1, [record.workers[0].name], tls)
+        backend.dashboard_url(record, options)
+        backend.logs(record, options, 10)
     finally:
-        backend.teardown(record)
-        delete_tls(Store(), spec.name)
+        backend.teardown(record, options)
     backend.gc(options)
     return record
 

@@ -28,6 +28,11 @@ def _account(simulator):
     return simulator.credentials.account_id
 
 
+def _options(backend, record):
+    """The options ``record``'s cluster was made with (each test's are in its spec)."""
+    return backend.validate_options(record.spec["backend_options"])
+
+
 @pytest.fixture
 def backend():
     return load_backend("aws")
@@ -52,14 +57,15 @@ def test_same_cluster_name_in_two_regions_gets_two_roles(offline_ec2, backend):
                 other = "us-west-2" if region == "us-east-1" else "us-east-1"
                 assert not allowed(documents, "ssm:GetParameter", own.replace(region, other))
         # Ending one leaves the other's roles and policies as they were.
-        backend.teardown(records.pop("us-west-2"))
+        west = records.pop("us-west-2")
+        backend.teardown(west, _options(backend, west))
         iam = offline_ec2.client("iam")
         for role in roles["us-east-1"]:
             assert iam.get_role(RoleName=role)["Role"]["RoleName"] == role
             assert role_policies(offline_ec2, role)
     finally:
         for record in records.values():
-            backend.teardown(record)
+            backend.teardown(record, _options(backend, record))
 
 
 def test_node_roles_cannot_terminate_instances(offline_ec2, backend):
@@ -73,7 +79,7 @@ def test_node_roles_cannot_terminate_instances(offline_ec2, backend):
             assert not allowed(documents, "ec2:TerminateInstances", arn)
             assert not any(a.startswith("ec2:") for a in actions_of(documents))
     finally:
-        backend.teardown(record)
+        backend.teardown(record, _options(backend, record))
 
 
 
@@ -90,7 +96,7 @@ def test_every_node_role_gets_the_permissions_boundary(offline_ec2, backend):
         for role in roles:
             assert iam.get_role(RoleName=role)["Role"]["PermissionsBoundary"]["PermissionsBoundaryArn"] == expected
     finally:
-        backend.teardown(record)
+        backend.teardown(record, _options(backend, record))
 
 
 def test_a_given_permissions_boundary_must_exist_before_anything_is_made(offline_ec2, backend):
@@ -110,6 +116,6 @@ def test_a_given_permissions_boundary_must_exist_before_anything_is_made(offline
             roles = {role_of(offline_ec2, i) for i in instances(offline_ec2, spec.name, "us-east-1")}
             assert {iam.get_role(RoleName=r)["Role"]["PermissionsBoundary"]["PermissionsBoundaryArn"] for r in roles} == {arn}
         finally:
-            backend.teardown(record)
+            backend.teardown(record, options)
     finally:
         iam.delete_policy(PolicyArn=arn)

@@ -11,7 +11,7 @@ import base64
 import os
 
 import pytest
-from aws_node_roles import allowed, instances, role_of, role_policies
+from aws_node_roles import allowed, instances, node_config, role_of, role_policies
 
 from coiled_core.errors import ClusterSpecError
 from coiled_core.plugins import load_backend
@@ -40,20 +40,20 @@ def backend():
 
 @pytest.fixture
 def provisioned(backend):
-    """Provision specs (their TLS material made first, as the core does); tear down afterwards."""
+    """Provision specs (their TLS material made and handed over, as the core does); tear down
+    afterwards."""
     records = []
 
     def provision(spec):
-        if spec.security:
-            ClusterTLS.generate(spec.name).save(Store(), spec.name)
-        record = backend.provision(spec, backend.validate_options(spec.backend_options))
-        records.append(record)
+        options = backend.validate_options(spec.backend_options)
+        tls = ClusterTLS.generate(spec.name) if spec.security else None
+        record = backend.provision(spec, options, tls)
+        records.append((record, options))
         return record
 
     yield provision
-    for record in records:
-        backend.teardown(record)
-        delete_tls(Store(), record.name)
+    for record, options in records:
+        backend.teardown(record, options)
 
 
 def _parameters(simulator, name):
@@ -149,7 +149,8 @@ def test_environ_is_not_in_user_data_and_the_spec_is_a_secure_string(offline_ec2
     for instance in nodes:
         data = ec2.describe_instance_attribute(InstanceId=instance["InstanceId"], Attribute="userData")
         script = base64.b64decode(data["UserData"]["Value"]).decode()
-        assert SECRET not in script and '"environ"' not in script
+        assert SECRET not in script and "TOKEN" not in script
+        assert node_config(script).environ == {}  # the node reads it from SSM
     found = _parameters(offline_ec2, spec.name)
     assert found[f"/coiled/{spec.name}/spec"]["Type"] == "SecureString"
     assert all(p["Type"] == "SecureString" for n, p in found.items() if "/secrets/" in n)
@@ -237,9 +238,10 @@ def test_nodes_get_environ_and_a_cluster_that_ends_by_itself_takes_its_secrets(o
     finally:
         record = backend.describe(name, options)
         if record is not None:
-            backend.teardown(record)
+            backend.teardown(record, options)
         backend.gc(options)
-        delete_tls(Store(), name)
+        # The core keeps the client's TLS material until its own teardown or gc.
+        delete_tls(Store(), name, "aws")
 
 
 

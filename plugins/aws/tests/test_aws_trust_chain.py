@@ -19,13 +19,13 @@ import pytest
 from botocore.exceptions import ClientError
 
 from coiled_core.errors import ProvisionError
-from coiled_core.node.agent import LogUploader
 from coiled_core.plugins import load_backend
 from coiled_core.spec import resolve_cluster_spec
 from coiled_core.testing.contract import wait_until
 
 from coiled_aws import artifacts
 from coiled_aws.artifacts import ForeignBucketError, StoredObject
+from coiled_aws.node import LogUploader
 from coiled_aws.options import AWSOptions
 from coiled_aws.plugin import _Boot
 from coiled_aws.session import AWS
@@ -167,10 +167,10 @@ def test_a_node_fetches_with_its_role_and_every_s3_call_names_the_owner(offline_
             node_json = json.loads(script.split("<<'COILED_NODE_JSON'\n", 1)[1].split("\nCOILED_NODE_JSON", 1)[0])
             assert node_json["log_file"] == "node.log" and node_json["log_max_bytes"] > 0
         # The nodes fetched and verified the bundle, ran the agent and uploaded their logs.
-        wait_until(lambda: len([t for t in backend.logs(record, None).values() if "coiled" in t]) == len(ids),
+        wait_until(lambda: len([t for t in backend.logs(record, options, None).values() if "coiled" in t]) == len(ids),
                    timeout=240, message="every node's log in the bucket")
     finally:
-        backend.teardown(record)
+        backend.teardown(record, options)
     assert offline_ec2.errors == []
     assert offline_ec2.s3_requests_without_expected_owner == []
 
@@ -212,57 +212,57 @@ def uploader_settings(offline_ec2, tmp_path, monkeypatch):
     monkeypatch.setenv("COILED_INSTANCE_ID", "i-uploader")
     aws = _aws()
     return {
-        "bucket": artifacts.ensure_bucket(aws),
-        "key": "logs/uploader-test/{instance_id}.log",
+        "log_bucket": artifacts.ensure_bucket(aws),
+        "log_key": "logs/uploader-test/{instance_id}.log",
         "region": REGION,
-        "file": str(tmp_path / "node.log"),
         "expected_bucket_owner": aws.account_id,
     }
 
 
 def _uploaded(offline_ec2, settings):
     try:
-        reply = offline_ec2.client("s3", REGION).get_object(Bucket=settings["bucket"], Key="logs/uploader-test/i-uploader.log")
+        reply = offline_ec2.client("s3", REGION).get_object(Bucket=settings["log_bucket"], Key="logs/uploader-test/i-uploader.log")
     except ClientError as e:
         assert e.response["Error"]["Code"] == "NoSuchKey"
         return None
     return reply["Body"].read()
 
 
-def test_the_log_uploader_sends_the_tail_only_when_the_file_changed(offline_ec2, uploader_settings):
+def test_the_log_uploader_sends_the_tail_only_when_the_file_changed(offline_ec2, uploader_settings, tmp_path):
     settings = uploader_settings
-    log = open(settings["file"], "wb")
+    path = str(tmp_path / "node.log")
+    log = open(path, "wb")
     s3 = offline_ec2.client("s3", REGION)
     try:
         log.write(b"a" * 1_500_000 + b"b" * 1_500_000)
         log.flush()
         uploader = LogUploader(settings)
-        uploader.upload()
+        uploader.upload(path)
         assert _uploaded(offline_ec2, settings) == b"a" * 500_000 + b"b" * 1_500_000
         # Unchanged: not sent again (the deleted object stays deleted).
-        s3.delete_object(Bucket=settings["bucket"], Key="logs/uploader-test/i-uploader.log")
-        uploader.upload()
+        s3.delete_object(Bucket=settings["log_bucket"], Key="logs/uploader-test/i-uploader.log")
+        uploader.upload(path)
         assert _uploaded(offline_ec2, settings) is None
         log.write(b"c" * 10)
         log.flush()
-        uploader.upload()
+        uploader.upload(path)
         assert _uploaded(offline_ec2, settings) == b"a" * 499_990 + b"b" * 1_500_000 + b"c" * 10
         # Rotated by copy-and-truncate: the file shrank, and that is what is sent.
         log.seek(0)
         log.truncate()
         log.write(b"rotated\n")
         log.flush()
-        uploader.upload()
+        uploader.upload(path)
         assert _uploaded(offline_ec2, settings) == b"rotated\n"
     finally:
         log.close()
-        s3.delete_object(Bucket=settings["bucket"], Key="logs/uploader-test/i-uploader.log")
+        s3.delete_object(Bucket=settings["log_bucket"], Key="logs/uploader-test/i-uploader.log")
 
 
-def test_the_log_uploader_refuses_a_bucket_another_account_owns(offline_ec2, uploader_settings, other_account):
+def test_the_log_uploader_refuses_a_bucket_another_account_owns(offline_ec2, uploader_settings, other_account, tmp_path):
     _, foreign_s3 = other_account
     foreign_s3.create_bucket(Bucket="someone-elses-logs")
-    with open(uploader_settings["file"], "w") as f:
-        f.write("a secret in a log line\n")
-    LogUploader({**uploader_settings, "bucket": "someone-elses-logs"}).upload()
+    path = tmp_path / "node.log"
+    path.write_text("a secret in a log line\n")
+    LogUploader({**uploader_settings, "log_bucket": "someone-elses-logs"}).upload(str(path))
     assert _objects(foreign_s3, "someone-elses-logs") == []

@@ -25,7 +25,6 @@ def test_defaults_make_empty_options_valid():
     assert opts.use_public_ip is True
     assert opts.root_volume_gib == 50
     assert opts.endpoint_url is None
-    assert AWSOptions.TLS_BY_DEFAULT is True
 
 
 def test_every_option_is_documented():

@@ -2,17 +2,26 @@
 fault at any step leaves nothing behind."""
 
 import base64
+import io
 import warnings
+import zipfile
+from datetime import datetime, timedelta, timezone
 
 import botocore.client
 import pytest
 from botocore.exceptions import ClientError
 
+from aws_node_roles import node_config
+
+from coiled_core.backend import NodeConfig, worker_name_prefix
 from coiled_core.errors import CoiledError, ProvisionError
 from coiled_core.plugins import load_backend
 from coiled_core.spec import resolve_cluster_spec
 
 from coiled_aws.bootstrap import USER_DATA_LIMIT
+from coiled_aws.options import AWSOptions
+from coiled_aws.plugin import _Boot
+from coiled_aws.session import AWS
 
 pytestmark = pytest.mark.usefixtures("offline_ec2")
 
@@ -48,11 +57,9 @@ def backend():
 def test_resources_are_tagged_secured_and_small(offline_ec2, backend):
     backend, options = backend
     from coiled_core.security import ClusterTLS
-    from coiled_core.store import Store
 
     spec = _spec("provision-details", security=True)
-    ClusterTLS.generate(spec.name).save(Store(), spec.name)
-    record = backend.provision(spec, options)
+    record = backend.provision(spec, options, ClusterTLS.generate(spec.name))
     try:
         # The node agent serves the dashboard over HTTPS with the scheduler's certificate.
         assert record.dashboard_url.startswith("https://")
@@ -75,6 +82,9 @@ def test_resources_are_tagged_secured_and_small(offline_ec2, backend):
             script = base64.b64decode(data["UserData"]["Value"]).decode()
             assert "PRIVATE KEY" not in script
             assert len(script.encode()) < USER_DATA_LIMIT
+            config = node_config(script)
+            assert config.tls is None and config.tls_file is None and config.environ == {}
+            assert config.addon.object == "coiled_aws.node:AWSNode"
             behaviour = ec2.describe_instance_attribute(
                 InstanceId=instance["InstanceId"], Attribute="instanceInitiatedShutdownBehavior"
             )
@@ -82,7 +92,7 @@ def test_resources_are_tagged_secured_and_small(offline_ec2, backend):
         secrets = [p for p in params if "/secrets/" in p["Name"]]
         assert secrets and all(p["Type"] == "SecureString" for p in secrets)
     finally:
-        backend.teardown(record)
+        backend.teardown(record, options)
     assert _tagged(offline_ec2, spec.name) == ([], [], [])
 
 
@@ -90,13 +100,77 @@ def test_scale_down_terminates_exactly_the_retired_workers(offline_ec2, backend)
     backend, options = backend
     record = backend.provision(_spec("scale-exact", n_workers=3), options)
     try:
+        # One worker per instance, named after it: scale-down knows which machine to stop.
+        assert {w.name for w in record.workers} == {f"{worker_name_prefix(record.name)}{w.backend_ids['instance_id']}" for w in record.workers}
         doomed = record.workers[1].name
-        after = backend.scale(record, 2, [doomed])
+        after = backend.scale(record, options, 2, [doomed])
         assert sorted(w.name for w in after.workers) == sorted(w.name for w in record.workers if w.name != doomed)
-        grown = backend.scale(after, 4, [])
+        grown = backend.scale(after, options, 4, [])
         assert len(grown.workers) == 4
     finally:
-        backend.teardown(record)
+        backend.teardown(record, options)
+
+
+def test_node_configs_are_valid_node_protocol_naming_the_aws_add_on(offline_ec2):
+    """What a node reads from its user data is a NodeConfig the agent accepts (a round trip),
+    names the AWS add-on with each role's SSM path, and holds no environ and no TLS keys."""
+    spec = _spec("node-protocol", security=True, environ={"TOKEN": "not-in-user-data"})
+    aws = AWS(AWSOptions.model_validate(OPTIONS))
+    boot = _Boot(aws, spec, AWSOptions.model_validate(OPTIONS))
+    scripts = {"scheduler": boot.script(boot.scheduler()), "worker": boot.script(boot.worker("tls://10.0.0.5:8786", None))}
+    for role, script in scripts.items():
+        assert "not-in-user-data" not in script and "PRIVATE KEY" not in script
+        config = node_config(script)
+        assert NodeConfig.from_json(config.to_json()) == config
+        assert config.role == role and config.cluster_name == spec.name
+        assert config.environ == {} and config.tls is None and config.tls_file is None
+        assert config.log_file == "node.log" and config.log_max_bytes > 0
+        assert config.addon.object == "coiled_aws.node:AWSNode"
+        settings = config.addon.settings
+        assert settings["secrets_prefix"] == f"/coiled/{spec.name}/secrets/{role}"
+        assert settings["log_key"] == f"logs/{spec.name}/{{instance_id}}.log"
+        assert settings["log_bucket"] == boot.bucket and settings["expected_bucket_owner"] == aws.account_id
+        assert settings["region"] == "us-east-1"
+    scheduler, worker = (node_config(scripts[role]) for role in ("scheduler", "worker"))
+    assert (scheduler.scheduler.port, scheduler.scheduler.dashboard_port) == (8786, 8787)
+    assert worker.scheduler_address == "tls://10.0.0.5:8786" and worker.workers.count == 1
+    assert worker.workers.name_prefix == worker_name_prefix(spec.name)
+    # Only the scheduler, whose end is the cluster's, deletes every role's secrets.
+    assert f"/coiled/{spec.name}/secrets/worker/worker_key" in scheduler.addon.settings["delete_on_end"]
+    assert "delete_on_end" not in worker.addon.settings
+    # The agent bundle the nodes fetch carries the add-on, so the node can import it.
+    s3 = offline_ec2.client("s3", "us-east-1")
+    bundle = s3.get_object(Bucket=boot.bundle.bucket, Key=boot.bundle.key)["Body"].read()
+    assert {"coiled_aws/__init__.py", "coiled_aws/node.py"} <= set(zipfile.ZipFile(io.BytesIO(bundle)).namelist())
+
+
+def _set_created_at(simulator, name, when):
+    """Make cluster ``name`` look launched at ``when`` (its created-at and expires-at tags)."""
+    ec2 = simulator.client("ec2", "us-east-1")
+    ids = [i["InstanceId"] for i in _tagged(simulator, name)[0]]
+    tags = [{"Key": "coiled:created-at", "Value": when.isoformat(timespec="seconds")},
+            {"Key": "coiled:expires-at", "Value": (when + timedelta(hours=1)).isoformat(timespec="seconds")}]
+    ec2.create_tags(Resources=ids, Tags=tags)
+
+
+def test_gc_spares_a_live_cluster_within_its_lifetime_and_removes_one_past_it(offline_ec2, backend):
+    backend, options = backend
+    spec = _spec("gc-lifetime", n_workers=1, cluster_timeout="1h")
+    record = backend.provision(spec, options)
+    try:
+        # Live, and within its lifetime (also past its cap by less than the grace): left alone.
+        for age in (timedelta(0), timedelta(hours=1, minutes=2)):
+            _set_created_at(offline_ec2, spec.name, datetime.now(timezone.utc) - age)
+            assert backend.gc(options) == []
+            assert backend.describe(spec.name, options).state.is_live
+            assert len(_tagged(offline_ec2, spec.name)[0]) == 2
+        # Past its cap by more than EXPIRY_GRACE: its node failed to end it, gc does.
+        _set_created_at(offline_ec2, spec.name, datetime.now(timezone.utc) - timedelta(hours=2))
+        removed = backend.gc(options)
+        assert any("terminated 2 instance(s) of 'gc-lifetime'" in line for line in removed)
+        assert _tagged(offline_ec2, spec.name) == ([], [], [])
+    finally:
+        backend.teardown(record, options)
 
 
 STEPS = [
@@ -170,7 +244,7 @@ def test_capacity_error_falls_back_to_the_next_instance_type(offline_ec2, backen
         assert len(tried) == 3 and tried[1] != tried[2]
         assert len(record.workers) == 2
     finally:
-        backend.teardown(record)
+        backend.teardown(record, options)
 
 
 @pytest.mark.parametrize("policy", ["spot", "spot_with_fallback"])
@@ -185,7 +259,7 @@ def test_spot_policies_launch_all_workers_in_one_call(offline_ec2, backend, poli
     try:
         assert len(record.workers) == 3
     finally:
-        backend.teardown(record)
+        backend.teardown(record, options)
     assert _tagged(offline_ec2, spec.name) == ([], [], [])
 
 
@@ -198,7 +272,7 @@ def test_security_off_on_public_addresses_warns_loudly(offline_ec2, backend, cap
         assert record.dashboard_url.startswith("http://")
         assert any("security=False" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
     finally:
-        backend.teardown(record)
+        backend.teardown(record, options)
 
 
 def test_security_off_on_private_addresses_does_not_warn(offline_ec2, backend):
@@ -210,4 +284,4 @@ def test_security_off_on_private_addresses_does_not_warn(offline_ec2, backend):
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         record = backend.provision(spec, options)
-    backend.teardown(record)
+    backend.teardown(record, options)
