@@ -34,6 +34,7 @@ import json
 import os
 import platform
 import re
+import secrets
 import sys
 from collections.abc import Mapping
 from datetime import datetime, timezone
@@ -130,11 +131,21 @@ def _now() -> datetime:
 class SoftwareEnvironment(BaseModel):
     """A software environment spec, as stored and as backends receive it.
 
-    Exactly one of ``pip``, ``conda`` and ``container`` is set, the one named by ``kind``.
-    ``pip`` holds normalised PEP 508 requirement strings; ``conda`` an environment.yml mapping
-    (``channels``, ``dependencies`` with an optional ``{"pip": [...]}`` entry, ``variables``);
-    ``container`` an image reference. ``python`` is the ``major.minor`` of the client that
-    created the spec; for pip environments it is the Python the environment must run.
+    ``kind`` names the base: ``pip`` (a virtual environment), ``conda`` (a conda environment;
+    pip packages given with it are in its ``{"pip": [...]}`` dependency) or ``container`` (an
+    image, optionally with ``pip`` or ``conda`` packages layered on it). ``pip`` holds normalised
+    PEP 508 requirement strings; ``conda`` an environment.yml mapping (``channels``,
+    ``dependencies`` with an optional ``{"pip": [...]}`` entry, ``variables``); ``container`` an
+    image reference. ``python`` is the ``major.minor`` of the client that created the spec; for
+    pip environments it is the Python the environment must run.
+
+    ``post_build`` commands run (with bash, the environment's ``bin`` first on ``PATH``) after
+    the packages are installed; ``gpu_enabled`` and ``arm`` say what hardware the environment is
+    for (a backend that cannot provide it refuses the cluster, naming the flag);
+    ``include_local_code`` puts the client's working directory on the cluster's ``PYTHONPATH``
+    where the backend can (the local backend: the directory itself); ``private`` marks it as its
+    creator's (listing others' environments leaves it out); ``build_nonce`` is set by
+    ``force_rebuild`` so that the next cluster builds it afresh.
     """
 
     model_config = ConfigDict(frozen=True, extra="ignore")
@@ -145,6 +156,14 @@ class SoftwareEnvironment(BaseModel):
     conda: dict[str, Any] | None = None
     container: str | None = None
     python: str = Field(default_factory=_python_major_minor, description="'major.minor' of the creating client.")
+    post_build: list[str] | None = None
+    gpu_enabled: bool = False
+    arm: bool = False
+    include_local_code: bool = False
+    private: bool = False
+    build_nonce: str | None = None
+    #: The user who created it (for ``private``).
+    created_by: str | None = None
     builtin: bool = False
     created_at: datetime = Field(default_factory=_now)
 
@@ -165,8 +184,9 @@ class SoftwareEnvironment(BaseModel):
     @model_validator(mode="after")
     def _one_kind(self) -> SoftwareEnvironment:
         given = [k for k in ("pip", "conda", "container") if getattr(self, k) is not None]
-        if given != [self.kind]:
-            raise ValueError(f"a {self.kind!r} environment must set {self.kind!r} and nothing else (set: {given})")
+        allowed = {"pip": [["pip"]], "conda": [["conda"]], "container": [["container"], ["pip", "container"], ["conda", "container"]]}
+        if given not in allowed[self.kind]:
+            raise ValueError(f"a {self.kind!r} environment cannot set {given} (only a container takes pip or conda packages on top)")
         return self
 
     @property
@@ -194,29 +214,33 @@ class SoftwareEnvironment(BaseModel):
             strings = sorted(d for d in deps if isinstance(d, str))
             pips = sorted(p for d in deps if isinstance(d, dict) for p in d.get("pip") or [])
             conda["dependencies"] = strings + ([{"pip": pips}] if any(isinstance(d, dict) for d in deps) else [])
-        canonical = {
+        canonical: dict[str, Any] = {
             "kind": self.kind,
             "pip": sorted(self.pip) if self.pip is not None else None,
             "conda": conda,
             "container": self.container,
             "python": self.python,
         }
+        # Added only when set, so that the hashes (and built environments) of specs made before
+        # these existed stay valid.
+        for key in ("post_build", "gpu_enabled", "arm", "build_nonce"):
+            value = getattr(self, key)
+            if value:
+                canonical[key] = value
         text = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         return hashlib.sha256(text.encode()).hexdigest()
 
     def packages(self) -> list[str]:
-        """What the environment lists, one entry each: requirements, conda specs, or the image."""
-        if self.kind == "pip":
-            return list(self.pip or [])
-        if self.kind == "conda":
-            out: list[str] = []
-            for dep in (self.conda or {}).get("dependencies") or []:
+        """What the environment lists, one entry each: the image, conda specs, requirements."""
+        out: list[str] = [self.container] if self.container else []
+        if self.conda is not None:
+            for dep in self.conda.get("dependencies") or []:
                 if isinstance(dep, str):
                     out.append(dep)
                 elif isinstance(dep, dict):
                     out.extend(f"pip: {p}" for p in dep.get("pip") or [])
-            return out
-        return [self.container or ""]
+        out.extend(self.pip or [])
+        return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -402,8 +426,8 @@ def _read_requirements_file(path: str) -> list[tuple[str, str]]:
     return out
 
 
-def _pip_requirements(pip: Any) -> list[str]:
-    """Normalised requirement strings, with ``distributed`` checked or added."""
+def _pip_requirements(pip: Any, add_distributed: bool = True) -> list[str]:
+    """Normalised requirement strings, with ``distributed`` checked or (``add_distributed``) added."""
     if isinstance(pip, (str, os.PathLike)):
         path = os.fspath(pip)
         if not os.path.isfile(path):
@@ -428,7 +452,7 @@ def _pip_requirements(pip: Any) -> list[str]:
     requirements = [(_parse_requirement(text, where), where) for text, where in entries]
     _check_or_add_distributed_pip(requirements)
     out = [str(r) for r, _ in requirements]
-    if not any(canonicalize_name(r.name) == "distributed" for r, _ in requirements):
+    if add_distributed and not any(canonicalize_name(r.name) == "distributed" for r, _ in requirements):
         client = _installed_version("distributed")
         out.append(f"distributed=={client}" if client else f"distributed>={MIN_DISTRIBUTED_VERSION}")
     return out
@@ -751,42 +775,156 @@ def _not_found(name: str, full_name: str, store) -> SoftwareEnvironmentNotFoundE
     return SoftwareEnvironmentNotFoundError(f"no software environment named {shown!r}{hint}")
 
 
+def _conda_input(conda: Any) -> Any:
+    """Coiled's plain list of conda packages is an environment.yml with conda-forge."""
+    if isinstance(conda, (list, tuple)):
+        return {"channels": ["conda-forge"], "dependencies": list(conda)}
+    return conda
+
+
+def _with_pip(conda: dict[str, Any], pip: list[str]) -> dict[str, Any]:
+    """``conda`` with ``pip`` requirements added to its ``{"pip": [...]}`` dependency."""
+    dependencies = list(conda.get("dependencies") or [])
+    entries = [d for d in dependencies if isinstance(d, dict)]
+    merged = [p for d in entries for p in d.get("pip") or []]
+    names = {canonicalize_name(Requirement(p).name) for p in pip}
+    merged = [p for p in merged if canonicalize_name(Requirement(p).name) not in names] + list(pip)
+    return {**conda, "dependencies": [d for d in dependencies if not isinstance(d, dict)] + [{"pip": merged}]}
+
+
+def _post_build(post_build: Any) -> list[str] | None:
+    """Commands (a list, one shell line each) or the path of a script, as a list of lines."""
+    if post_build is None:
+        return None
+    if isinstance(post_build, (str, os.PathLike)) and os.path.isfile(os.fspath(post_build)):
+        with open(os.fspath(post_build), encoding="utf-8") as f:
+            lines = [line.rstrip("\n") for line in f]
+        return [line for line in lines if line.strip() and not line.startswith("#!")] or None
+    if isinstance(post_build, str):
+        raise SoftwareEnvironmentError(f"post_build: {post_build!r} is not a file; give a list of commands or the path of a script")
+    if not isinstance(post_build, (list, tuple)) or not all(isinstance(c, str) and c.strip() for c in post_build):
+        raise SoftwareEnvironmentError(f"post_build: expected a list of shell commands or the path of a script, not {post_build!r}")
+    return [c.strip() for c in post_build] or None
+
+
 def create_software_environment(
-    name: str,
+    name: str | None = None,
     pip: list[str] | str | os.PathLike | None = None,
-    conda: Mapping[str, Any] | str | os.PathLike | None = None,
+    conda: Mapping[str, Any] | list[str] | str | os.PathLike | None = None,
     container: str | None = None,
+    *,
+    post_build: list[str] | str | os.PathLike | None = None,
+    gpu_enabled: bool = False,
+    arm: bool = False,
+    architecture: str | None = None,
+    include_local_code: bool = False,
+    private: bool = False,
+    workspace: str | None = None,
+    account: str | None = None,
+    force_rebuild: bool = False,
+    **ignored: Any,
 ) -> SoftwareEnvironment:
     """Check a software environment spec and store it under ``name``; return the stored spec.
 
-    Give exactly one of:
+    Give at least one of:
 
     - ``pip``: a list of requirement strings, or the path of a requirements file (blank lines and
       ``#`` comments are skipped; ``-r``, ``-e`` and other option lines are refused);
     - ``conda``: an environment.yml mapping (``channels``, ``dependencies`` with an optional
-      ``{"pip": [...]}`` entry, ``variables``), or the path of an environment.yml;
-    - ``container``: an image reference, ``[registry/]repository[:tag][@sha256:...]``.
+      ``{"pip": [...]}`` entry, ``variables``), its path, or a plain list of conda packages (from
+      conda-forge); with ``pip`` too, the pip packages go into the conda environment;
+    - ``container``: an image reference, ``[registry/]repository[:tag][@sha256:...]``; with
+      ``pip`` or ``conda``, those packages are installed on top of the image.
+
+    ``post_build``: shell commands (or a script's path) run after the packages are installed.
+    ``gpu_enabled``, ``arm`` (or ``architecture="aarch64"``/``"arm64"``): the hardware the
+    environment is for. ``include_local_code``: the client's working directory goes on the
+    cluster's ``PYTHONPATH`` where the backend can. ``private``: only its creator lists it.
+    ``workspace``/``account``: the account of a bare ``name``. ``force_rebuild``: the next
+    cluster builds it afresh rather than reusing a build of the same spec.
 
     A listed ``distributed`` must admit a version >= 2.23.0; an unlisted one is added, pinned at
     the client's version (``distributed==X`` for pip, ``distributed=X`` for conda). A bare
     ``name`` gets the default account (:func:`default_account`). An existing environment of that
-    name is replaced; built-in ones cannot be. Raises :class:`SoftwareEnvironmentError`.
+    name is replaced; built-in ones cannot be. Other keywords of Coiled's client (``log_output``,
+    ``interactive``, ``region_name``, ``use_uv_installer``, ...) are accepted and have no effect
+    here. Raises :class:`SoftwareEnvironmentError`.
     """
+    if name is None:
+        raise SoftwareEnvironmentError("name: a software environment needs a name (e.g. name='my-env')")
+    unknown = sorted(set(ignored) - set(_ACCEPTED_ENV_KEYWORDS))
+    if unknown:
+        import difflib
+
+        valid = ["name", "pip", "conda", "container", "post_build", "gpu_enabled", "arm", "architecture",
+                 "include_local_code", "private", "workspace", "account", "force_rebuild", *_ACCEPTED_ENV_KEYWORDS]
+        close = difflib.get_close_matches(unknown[0], valid, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise SoftwareEnvironmentError(f"{unknown[0]!r} is not a create_software_environment parameter{hint}")
+    owner = workspace or account
+    if workspace and account and workspace != account:
+        raise SoftwareEnvironmentError(f"account={account!r} and workspace={workspace!r} disagree; give only workspace")
+    if owner and isinstance(name, str) and "/" not in name:
+        name = f"{owner}/{name}"
     full_name = resolve_name(name)
-    given = [k for k, v in (("pip", pip), ("conda", conda), ("container", container)) if v is not None]
-    if len(given) != 1:
-        detail = f"got {', '.join(given)}" if given else "got none"
-        raise SoftwareEnvironmentError(f"software environment {full_name!r}: give exactly one of pip, conda or container ({detail})")
+    if architecture is not None:
+        if architecture not in ("x86_64", "aarch64", "arm64"):
+            raise SoftwareEnvironmentError(f"architecture: {architecture!r} is not one of 'x86_64', 'aarch64'")
+        arm = arm or architecture in ("aarch64", "arm64")
+    for flag, value in (("gpu_enabled", gpu_enabled), ("arm", arm), ("include_local_code", include_local_code),
+                        ("private", private), ("force_rebuild", force_rebuild)):
+        if not isinstance(value, bool):
+            raise SoftwareEnvironmentError(f"{flag}: must be True or False, not {value!r}")
+    if pip is None and conda is None and container is None:
+        raise SoftwareEnvironmentError(f"software environment {full_name!r}: give pip, conda or container (got none)")
     if full_name in BUILTIN_ENVIRONMENTS:
         raise SoftwareEnvironmentError(f"{full_name!r} is a built-in software environment and cannot be overwritten; choose another name")
-    if pip is not None:
-        env = SoftwareEnvironment(name=full_name, kind="pip", pip=_pip_requirements(pip))
-    elif conda is not None:
-        env = SoftwareEnvironment(name=full_name, kind="conda", conda=_conda_spec(conda))
+    # On top of conda or an image, distributed comes from there (the conda spec adds it).
+    requirements = _pip_requirements(pip, add_distributed=conda is None and container is None) if pip is not None else None
+    conda_spec = _conda_spec(_conda_input(conda)) if conda is not None else None
+    if conda_spec is not None and requirements is not None:
+        conda_spec, requirements = _with_pip(conda_spec, requirements), None
+    extra = {
+        "post_build": _post_build(post_build),
+        "gpu_enabled": gpu_enabled,
+        "arm": arm,
+        "include_local_code": include_local_code,
+        "private": private,
+        "build_nonce": secrets.token_hex(8) if force_rebuild else None,
+        "created_by": _current_user(),
+    }
+    if container is not None:
+        env = SoftwareEnvironment(
+            name=full_name, kind="container", container=_container_image(container), pip=requirements, conda=conda_spec, **extra
+        )
+    elif conda_spec is not None:
+        env = SoftwareEnvironment(name=full_name, kind="conda", conda=conda_spec, **extra)
     else:
-        env = SoftwareEnvironment(name=full_name, kind="container", container=_container_image(container))
+        env = SoftwareEnvironment(name=full_name, kind="pip", pip=requirements, **extra)
     _store().write(_key(full_name), env.model_dump_json(indent=2).encode())
     return env
+
+
+def _current_user() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except Exception:
+        return "unknown"
+
+
+#: Keywords of Coiled's ``create_software_environment`` accepted without effect here.
+_ACCEPTED_ENV_KEYWORDS = (
+    "log_output",
+    "interactive",
+    "conda_env_name",
+    "backend_options",
+    "use_entrypoint",
+    "region_name",
+    "ignore_local_packages",
+    "use_uv_installer",
+)
 
 
 def get_software_info(name: str) -> SoftwareEnvironment:
@@ -809,7 +947,8 @@ def list_software_environments(account: str | None = None) -> list[SoftwareEnvir
     """Every software environment, built-ins included, sorted by name.
 
     ``account`` limits the list to one account (``None``: every account in the store, since a
-    shared store is shared by a team). Stored specs that cannot be read are skipped.
+    shared store is shared by a team). Stored specs that cannot be read are skipped, and so are
+    other users' private ones.
     """
     if account is not None:
         account = account.strip().lower()
@@ -824,8 +963,8 @@ def list_software_environments(account: str | None = None) -> list[SoftwareEnvir
             env = _load(store, full_name)
         except SoftwareEnvironmentError:
             continue
-        if env is not None:
-            envs[full_name] = env
+        if env is not None and not (env.private and env.created_by not in (None, _current_user())):
+            envs[full_name] = env  # another user's private environment is left out
     for full_name in BUILTIN_ENVIRONMENTS:
         if account is None or full_name.split("/", 1)[0] == account:
             envs[full_name] = _builtin(full_name)  # type: ignore[assignment]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -58,6 +59,12 @@ def check_buildable(env: SoftwareEnvironment) -> None:
             f"software={env.name!r} is a container ({env.container}); the local backend runs "
             "processes, not containers: use a pip or conda environment here, or a backend that runs "
             "containers (k8s)"
+        )
+    machine = platform.machine().lower()
+    if env.arm and machine not in ("arm64", "aarch64"):
+        raise ClusterSpecError(
+            f"software={env.name!r} was made with arm=True, but this machine is {machine}; the local backend "
+            "builds environments for this machine only: use one made without arm"
         )
     if env.kind == "conda" and conda_tool() is None:
         raise ClusterSpecError(
@@ -120,6 +127,22 @@ def _build_conda(env: SoftwareEnvironment, target: Path) -> None:
         raise ProvisionError(f"building conda environment {env.name!r} failed; {Path(tool).name} said:\n{output}")
 
 
+def _run_post_build(env: SoftwareEnvironment, target: Path) -> None:
+    """The environment's ``post_build`` commands, in bash, with the environment active."""
+    if not env.post_build:
+        return
+    script = "set -e\n" + "\n".join(env.post_build) + "\n"
+    variables = {
+        **os.environ,
+        "PATH": f"{target / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
+        "VIRTUAL_ENV": str(target),
+        "CONDA_PREFIX": str(target),
+    }
+    code, output = _run_streaming(["bash", "-c", script], env.name, env=variables)
+    if code != 0:
+        raise ProvisionError(f"post_build of software environment {env.name!r} failed (exit code {code}):\n{output}")
+
+
 def ensure_environment(env: SoftwareEnvironment, options: LocalOptions) -> tuple[Path, bool]:
     """The interpreter of ``env``'s environment, building it first if needed.
 
@@ -145,6 +168,7 @@ def ensure_environment(env: SoftwareEnvironment, options: LocalOptions) -> tuple
                 _build_conda(env, target)
             else:
                 _build_pip(env, target)
+            _run_post_build(env, target)
         except BaseException:
             shutil.rmtree(target, ignore_errors=True)
             raise
@@ -152,7 +176,11 @@ def ensure_environment(env: SoftwareEnvironment, options: LocalOptions) -> tuple
     return python, True
 
 
-def agent_environment(options: LocalOptions) -> dict[str, str]:
-    """Environment variables that let an environment's interpreter import the node agent."""
+def agent_environment(options: LocalOptions, env: SoftwareEnvironment | None = None) -> dict[str, str]:
+    """Environment variables that let an environment's interpreter import the node agent, and
+    (``include_local_code``) the client's working directory, as the client itself does."""
     bundle = agent_bundle(environments_root(options) / "agent")
-    return {"PYTHONPATH": str(bundle)}
+    paths = [str(bundle)]
+    if env is not None and env.include_local_code:
+        paths.append(os.getcwd())
+    return {"PYTHONPATH": os.pathsep.join(paths)}

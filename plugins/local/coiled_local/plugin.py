@@ -66,7 +66,8 @@ def preflight(spec: ClusterSpec, options: LocalOptions) -> None:
             "software= for a built one), or use a backend that runs containers"
         )
     if spec.software is not None:
-        software_environment(spec)  # an unknown environment fails here, with close matches
+        # An unknown environment, or one this machine cannot build, fails here.
+        environments.check_buildable(software_environment(spec))
 
 
 def _warn_if_oversubscribed(spec: ClusterSpec) -> None:
@@ -114,7 +115,7 @@ def provision(spec: ClusterSpec, options: LocalOptions, tls: ClusterTLS | None) 
     if spec.software is not None:
         software = software_environment(spec)
         python, _ = environments.ensure_environment(software, options)
-        extra_environ = environments.agent_environment(options)
+        extra_environ = environments.agent_environment(options, software)
     _warn_if_oversubscribed(spec)
     gpus = processes.detect_gpus() if spec.worker_gpu else []
     if spec.worker_gpu and not gpus:

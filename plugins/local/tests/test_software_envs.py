@@ -14,12 +14,20 @@ from coiled_local.options import LocalOptions
 SMALL = {"n_workers": 1, "worker_cpu": 1, "worker_memory": "1 GiB", "wait_for_workers": True}
 
 
-def test_cluster_runs_in_its_own_software_environment():
+def test_cluster_runs_in_its_own_software_environment(tmp_path, monkeypatch):
     # tabulate is a small package this test environment does not have.
     with pytest.raises(ImportError):
         __import__("tabulate")
-    env = coiled.create_software_environment("tests/with-tabulate", pip=["tabulate"])
+    # post_build runs in the built environment; include_local_code brings the client's directory.
+    env = coiled.create_software_environment(
+        "tests/with-tabulate",
+        pip=["tabulate"],
+        post_build=['python -c "import tabulate" && echo ran > "$VIRTUAL_ENV/post-build-ran"'],
+        include_local_code=True,
+    )
     assert any(r.startswith("distributed==") for r in env.pip)  # added at the client's version
+    (tmp_path / "my_local_code.py").write_text("ANSWER = 42\n")
+    monkeypatch.chdir(tmp_path)
 
     # Concurrent requests for one spec build it once.
     with ThreadPoolExecutor(2) as pool:
@@ -43,6 +51,8 @@ def test_cluster_runs_in_its_own_software_environment():
             assert "1" in table and "2" in table
             assert executable == str(python)
             assert client.run_on_scheduler(lambda: __import__("sys").executable) == str(python)
+            assert (python.parent.parent / "post-build-ran").read_text().strip() == "ran"
+            assert client.submit(lambda: __import__("my_local_code").ANSWER).result() == 42
 
         # Attaching from this (different) environment names the packages that differ.
         with pytest.warns(UserWarning, match="numpy: client .*, cluster not installed"):
@@ -86,3 +96,19 @@ def test_reference_xgboost_example_runs_unchanged():
         with Client(cluster) as client:
             version = client.submit(lambda: __import__("xgboost").__version__).result()
             assert version.split(".")[0].isdigit()
+
+
+def test_a_failing_post_build_fails_the_start_with_its_output(state_root):
+    coiled.create_software_environment("tests/bad-post-build", pip=["tabulate"], post_build=["echo about to fail", "false"])
+    with pytest.raises(ProvisionError, match=r"post_build .* failed \(exit code 1\)[\s\S]*about to fail"):
+        coiled.Cluster(software="tests/bad-post-build", **SMALL)
+
+
+def test_an_arm_environment_is_refused_on_another_machine():
+    import platform
+
+    if platform.machine().lower() in ("arm64", "aarch64"):
+        pytest.skip("this machine is arm")
+    coiled.create_software_environment("tests/armed", pip=["tabulate"], arm=True)
+    with pytest.raises(ClusterSpecError, match="arm=True"):
+        coiled.Cluster(software="tests/armed", **SMALL)
