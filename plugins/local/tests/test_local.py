@@ -291,3 +291,27 @@ def test_cluster_from_a_named_configuration():
             assert client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.idle_timeout) == 3600
     with pytest.raises(coiled.ConfigurationNotFoundError, match="team/small"):
         coiled.Cluster(configuration="team/smal")
+
+
+def test_a_coiled_style_name_is_kept_everywhere():
+    """Letters of either case and '_' (as Coiled accepts): describe, list, reuse and the CLI use it."""
+    from click.testing import CliRunner
+
+    from coiled_core import cli
+
+    name = f"My_Cluster-{os.getpid()}"
+    first = coiled.Cluster(name=name, shutdown_on_close=False, **SMALL)
+    try:
+        assert first.name == name
+        assert name in [r.name for r in coiled.list_clusters() if r.state.is_live]
+        again = coiled.Cluster(name=name)
+        assert not again.created and again.scheduler_address == first.scheduler_address
+        again.close()
+        listed = CliRunner().invoke(cli.cli, ["cluster", "list"], catch_exceptions=False)
+        assert name in listed.output
+        stopped = CliRunner().invoke(cli.cli, ["cluster", "stop", name], catch_exceptions=False)
+        assert stopped.exit_code == 0, stopped.output
+        assert first.state is ClusterState.stopped
+    finally:
+        first.close()
+        coiled.delete_cluster(name)
