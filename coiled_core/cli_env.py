@@ -54,13 +54,47 @@ def env() -> None:
     help="A requirements file, or one requirement (repeatable: --pip numpy --pip 'pandas>=2').",
 )
 @click.option("--conda", "conda", default=None, metavar="FILE", help="An environment.yml file.")
-@click.option("--container", "container", default=None, metavar="IMAGE", help="A container image, e.g. ghcr.io/dask/dask:latest.")
-def create_command(name: str, pip: tuple[str, ...], conda: str | None, container: str | None) -> None:
+@click.option("--container", "container", default=None, metavar="IMAGE", help="A container image, e.g. ghcr.io/dask/dask:latest (--pip/--conda packages go on top).")
+@click.option("--post-build", "post_build", multiple=True, metavar="FILE_OR_COMMAND", help="A script, or one shell command run after the packages are installed (repeatable).")
+@click.option("--gpu-enabled", is_flag=True, help="The environment is for GPU machines.")
+@click.option("--arm", is_flag=True, help="The environment is for ARM (aarch64) machines.")
+@click.option("--include-local-code", is_flag=True, help="Put the working directory on the cluster's PYTHONPATH.")
+@click.option("--private", is_flag=True, help="Only you list it.")
+@click.option("--force-rebuild", is_flag=True, help="The next cluster builds it afresh.")
+@click.option("--workspace", default=None, metavar="ACCOUNT", help="The account of a bare NAME.")
+def create_command(
+    name: str,
+    pip: tuple[str, ...],
+    conda: str | None,
+    container: str | None,
+    post_build: tuple[str, ...],
+    gpu_enabled: bool,
+    arm: bool,
+    include_local_code: bool,
+    private: bool,
+    force_rebuild: bool,
+    workspace: str | None,
+) -> None:
     """Create (or replace) software environment NAME ('account/name' or 'name')."""
     pip_arg: list[str] | str | None = None
     if pip:
         pip_arg = pip[0] if len(pip) == 1 and os.path.isfile(pip[0]) else list(pip)
-    created = software.create_software_environment(name, pip=pip_arg, conda=conda, container=container)
+    post: list[str] | str | None = None
+    if post_build:
+        post = post_build[0] if len(post_build) == 1 and os.path.isfile(post_build[0]) else list(post_build)
+    created = software.create_software_environment(
+        name,
+        pip=pip_arg,
+        conda=conda,
+        container=container,
+        post_build=post,
+        gpu_enabled=gpu_enabled,
+        arm=arm,
+        include_local_code=include_local_code,
+        private=private,
+        force_rebuild=force_rebuild,
+        workspace=workspace,
+    )
     output_console().print(
         Text(
             f"Created software environment {created.name!r} ({created.kind}, python {created.python}, "

@@ -528,6 +528,11 @@ def test_cli_create_list_inspect_delete(tmp_path):
     environment.write_text("dependencies: [numpy]\n")
     assert invoke("create", "conda-env", "--conda", str(environment)).exit_code == 0
     assert invoke("create", "image", "--container", "daskdev/dask:latest").exit_code == 0
+    layered = invoke("create", "layered", "--container", "daskdev/dask:latest", "--pip", "xarray", "--post-build",
+                     "echo hi", "--gpu-enabled", "--private", "--workspace", "team")
+    assert layered.exit_code == 0, layered.output
+    made = get_software_info("team/layered")
+    assert made.container and made.pip == ["xarray"] and made.post_build == ["echo hi"] and made.gpu_enabled and made.private
 
     result = invoke("list")
     assert result.exit_code == 0, result.output
