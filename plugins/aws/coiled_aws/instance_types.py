@@ -6,10 +6,13 @@ process. Prices come from the small table shipped in :mod:`coiled_aws.prices`.
 
 Matching, as Coiled does it (:func:`choose_instance_types`):
 
-- at least ``cpu`` vCPUs and, when GPUs are asked for, at least that many whole GPUs (types with
-  any GPU, fractional ones included, are only used when GPUs are asked for);
-- memory from 10 % under to 10 % over the request (16 GiB accepts 14.4 to 17.6 GiB); when no type
-  has that, the smallest memory at or above the request (and types up to 10 % over that);
+- at least ``cpu`` vCPUs (and at most ``cpu_max``, for Coiled's ``worker_cpu=[min, max]``) and,
+  when GPUs are asked for, at least that many whole GPUs (types with any GPU, fractional ones
+  included, are only used when GPUs are asked for);
+- memory from 10 % under to 10 % over the request (16 GiB accepts 14.4 to 17.6 GiB), or over a
+  range (``worker_memory=[min, max]``: 10 % under the minimum to 10 % over the maximum); when no
+  type has that and no range was given, the smallest memory at or above the request (and types
+  up to 10 % over that);
 - bare-metal types, types with other accelerators (Neuron, FPGA, inference, media) and
   types of another architecture are never chosen automatically;
 - order: family rank (CPU: ``m*``, then ``c*``/``r*``, then ``t*``, then the rest; GPU: ``g*``,
@@ -184,9 +187,13 @@ def _fmt_gib(n: float) -> str:
     return f"{gib:.0f} GiB" if abs(gib - round(gib)) < 0.05 else f"{gib:.1f} GiB"
 
 
-def _request_text(cpu: int, memory_bytes: int | None, gpus: int, arch: str | None) -> str:
-    parts = [f"{cpu} vCPU"]
-    if memory_bytes:
+def _request_text(
+    cpu: int, memory_bytes: int | None, gpus: int, arch: str | None, cpu_max: int | None = None, memory_max: int | None = None
+) -> str:
+    parts = [f"{cpu} to {cpu_max} vCPU" if cpu_max and cpu_max != cpu else f"{cpu} vCPU"]
+    if memory_bytes and memory_max and memory_max != memory_bytes:
+        parts.append(f"{_fmt_gib(memory_bytes)} to {_fmt_gib(memory_max)} memory")
+    elif memory_bytes:
         parts.append(f"{_fmt_gib(memory_bytes)} memory")
     if gpus:
         parts.append(f"{gpus} GPU")
@@ -237,24 +244,29 @@ def choose_instance_types(
     usage_class: str | None = None,
     what: str = "worker",
     region: str | None = None,
+    cpu_max: int | None = None,
+    memory_max: int | None = None,
 ) -> list[InstanceTypeInfo]:
     """Up to ``count`` instance types that fit the request, best first (see the module docstring).
 
     ``arch``: the architecture all candidates must support (None: any; then candidates may need
     different images). ``usage_class``: ``"spot"`` or ``"on-demand"`` to keep only types offered
-    that way. ``what`` (``"worker"`` or ``"scheduler"``) and ``region`` only shape the error.
-    Raises :class:`ClusterSpecError` naming the request and the nearest types when nothing fits.
+    that way. ``cpu_max`` and ``memory_max``: the upper ends of Coiled's ``[min, max]`` ranges
+    (None: no range). ``what`` (``"worker"`` or ``"scheduler"``) and ``region`` only shape the
+    error. Raises :class:`ClusterSpecError` naming the request and the nearest types when nothing
+    fits.
     """
     if cpu < 1:
         raise ClusterSpecError(f"{what}_cpu must be at least 1, not {cpu}")
     if gpus < 0:
         raise ClusterSpecError(f"{what}_gpu must be at least 0, not {gpus}")
     pool = [t for t in types if _usable(t, arch, usage_class)]
-    fitting = [t for t in pool if t.vcpus >= cpu and _gpu_fits(t, gpus)]
+    fitting = [t for t in pool if cpu <= t.vcpus <= (cpu_max or t.vcpus) and _gpu_fits(t, gpus)]
     if memory_bytes:
-        low, high = memory_bytes * (1 - MEMORY_TOLERANCE), memory_bytes * (1 + MEMORY_TOLERANCE)
+        low = memory_bytes * (1 - MEMORY_TOLERANCE)
+        high = max(memory_bytes, memory_max or 0) * (1 + MEMORY_TOLERANCE)
         tier = [t for t in fitting if low <= t.memory_bytes <= high]
-        if not tier:
+        if not tier and memory_max is None:
             above = [t for t in fitting if t.memory_bytes >= memory_bytes]
             if above:
                 smallest = min(t.memory_bytes for t in above)
@@ -262,7 +274,7 @@ def choose_instance_types(
     else:
         tier = fitting
     if not tier:
-        raise ClusterSpecError(_nothing_fits(pool, cpu, memory_bytes, gpus, arch, what, region))
+        raise ClusterSpecError(_nothing_fits(pool, cpu, memory_bytes, gpus, arch, what, region, cpu_max, memory_max))
     tier.sort(key=lambda t: _order_key(t, gpus))
     return tier[: max(1, count)]
 
@@ -313,9 +325,11 @@ def _nothing_fits(
     arch: str | None,
     what: str,
     region: str | None,
+    cpu_max: int | None = None,
+    memory_max: int | None = None,
 ) -> str:
     where = f" in {region}" if region else ""
-    request = _request_text(cpu, memory_bytes, gpus, arch)
+    request = _request_text(cpu, memory_bytes, gpus, arch, cpu_max, memory_max)
     nearest = nearest_instance_types(pool, cpu, memory_bytes, gpus)
     if not nearest:
         return (
@@ -331,10 +345,17 @@ def _nothing_fits(
     )
 
 
-def named_instance_types(types: Iterable[InstanceTypeInfo], names: Sequence[str]) -> list[InstanceTypeInfo]:
-    """The catalogue entries of ``names`` (``backend_options['instance_types']``), in that order.
+def named_instance_types(
+    types: Iterable[InstanceTypeInfo],
+    names: Sequence[str],
+    parameter: str = "backend_options.instance_types",
+    region: str | None = None,
+) -> list[InstanceTypeInfo]:
+    """The catalogue entries of ``names`` (``worker_vm_types``, ``backend_options['instance_types']``
+    and the scheduler's), in that order.
 
-    Raises :class:`ClusterSpecError` for a name the region does not offer, with close matches.
+    Raises :class:`ClusterSpecError` naming ``parameter`` (what the user wrote) for a name the
+    region does not offer, with the closest names it does offer.
     """
     import difflib
 
@@ -343,13 +364,31 @@ def named_instance_types(types: Iterable[InstanceTypeInfo], names: Sequence[str]
     for name in names:
         info = by_name.get(name)
         if info is None:
-            close = difflib.get_close_matches(name, list(by_name), n=3)
+            close = difflib.get_close_matches(name, list(by_name), n=3, cutoff=0.6)
+            if not close:  # at least the types of the same family, or the same size
+                family = name.partition(".")[0]
+                close = sorted(n for n in by_name if n.startswith(f"{family}."))[:3] or difflib.get_close_matches(
+                    name, list(by_name), n=3, cutoff=0.3
+                )
             hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-            raise ClusterSpecError(
-                f"backend_options.instance_types: {name!r} is not an instance type offered here{hint}"
-            )
+            where = f" in {region}" if region else " here"
+            raise ClusterSpecError(f"{parameter}: {name!r} is not an instance type offered{where}{hint}")
         chosen.append(info)
     return chosen
+
+
+def architecture_of(types: Sequence[InstanceTypeInfo], parameter: str) -> str:
+    """The one architecture every type of ``types`` runs (``"x86_64"`` or ``"arm64"``).
+
+    Raises :class:`ClusterSpecError` naming ``parameter`` when they have none in common (an image
+    is for one architecture, and all nodes of a role share one image).
+    """
+    common = set.intersection(*(set(t.architectures) for t in types)) if types else set()
+    for arch in ("x86_64", "arm64"):
+        if arch in common:
+            return arch
+    listed = ", ".join(f"{t.name} ({'/'.join(t.architectures) or 'unknown'})" for t in types)
+    raise ClusterSpecError(f"{parameter}: {listed} do not share one architecture; name only x86_64 or only arm64 types")
 
 
 def system_reserve(info: InstanceTypeInfo) -> int:

@@ -14,14 +14,16 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
-from coiled_core.backend import ClusterSpecError, CoiledError
+from coiled_core.backend import ClusterSpecError, CoiledError, dns_label
 
-from coiled_aws.options import AWSOptions
+from coiled_aws.options import INGRESS_ME, AWSOptions
 
 #: Scheduler and dashboard ports: each node has an address of its own, so they can be fixed.
 SCHEDULER_PORT = 8786
 DASHBOARD_PORT = 8787
-#: Where the client's public address is asked for when allow_ingress_from is not given.
+#: Opened to ``allow_ingress_from`` with ``allow_ssh``.
+SSH_PORT = 22
+#: Where the client's public address is asked for (allow_ingress_from 'me', the default).
 PUBLIC_ADDRESS_URL = "https://checkip.amazonaws.com"
 
 
@@ -33,8 +35,13 @@ class Placement:
     cidr: str
 
 
-def find_placement(ec2: Any, options: AWSOptions) -> Placement:
-    """The subnet to launch into: the given one, else a default subnet (in ``zone`` if given)."""
+def find_placements(ec2: Any, options: AWSOptions) -> list[Placement]:
+    """Every subnet the cluster may go to, the preferred one first: the given subnet, else the
+    default subnets of the region (or the subnets of ``vpc_id``), in ``zone`` if given.
+
+    Only the first is used unless ``use_best_zone`` lets the scheduler move on to the next zone
+    when none of its instance types has capacity in the first.
+    """
     if options.subnet_id:
         subnets = ec2.describe_subnets(SubnetIds=[options.subnet_id])["Subnets"]
     else:
@@ -50,7 +57,18 @@ def find_placement(ec2: Any, options: AWSOptions) -> Placement:
             f"backend_options: no subnet to launch into in {where}; give subnet_id (or vpc_id) of an "
             "existing subnet, or create a default VPC"
         )
-    subnet = sorted(subnets, key=lambda s: s["SubnetId"])[0]
+    ordered = sorted(subnets, key=lambda s: s["SubnetId"])
+    return [Placement(s["VpcId"], s["SubnetId"], s["AvailabilityZone"], s["CidrBlock"]) for s in ordered]
+
+
+def find_placement(ec2: Any, options: AWSOptions) -> Placement:
+    """The subnet to launch into: the given one, else a default subnet (in ``zone`` if given)."""
+    return find_placements(ec2, options)[0]
+
+
+def placement_of_subnet(ec2: Any, subnet_id: str) -> Placement:
+    """The placement of one known subnet (a running cluster's, for nodes added later)."""
+    subnet = ec2.describe_subnets(SubnetIds=[subnet_id])["Subnets"][0]
     return Placement(subnet["VpcId"], subnet["SubnetId"], subnet["AvailabilityZone"], subnet["CidrBlock"])
 
 
@@ -72,41 +90,64 @@ def free_private_address(ec2: Any, placement: Placement, avoid: set[str] = froze
     raise CoiledError(f"subnet {placement.subnet_id} ({placement.cidr}) has no free address for the scheduler")
 
 
+def public_address() -> str:
+    """This client's public address, as seen from AWS (raises OSError or ValueError if unknown)."""
+    with urllib.request.urlopen(PUBLIC_ADDRESS_URL, timeout=5) as response:
+        return str(ipaddress.ip_address(response.read().decode().strip()))
+
+
 def client_cidr(options: AWSOptions) -> str:
-    """``allow_ingress_from``, or this client's public address as a /32."""
-    if options.allow_ingress_from:
+    """``allow_ingress_from`` as a network: a given CIDR as is; for 'me' (and by default) this
+    client's public address as a /32 (/128 for IPv6)."""
+    if options.allow_ingress_from and options.allow_ingress_from != INGRESS_ME:
         return options.allow_ingress_from
     try:
-        with urllib.request.urlopen(PUBLIC_ADDRESS_URL, timeout=5) as response:
-            address = ipaddress.ip_address(response.read().decode().strip())
+        address = ipaddress.ip_address(public_address())
     except (OSError, ValueError):
+        asked = "allow_ingress_from is 'me'" if options.allow_ingress_from else "allow_ingress_from is not set"
         raise ClusterSpecError(
-            "backend_options: allow_ingress_from is not set and this machine's public address could not be "
-            f"detected (asked {PUBLIC_ADDRESS_URL}); give the address range allowed to reach the scheduler, "
-            "e.g. backend_options={'allow_ingress_from': '203.0.113.7/32'}"
+            f"allow_ingress_from: {asked} and this machine's public address could not be detected (asked "
+            f"{PUBLIC_ADDRESS_URL}); give the address range allowed to reach the scheduler, e.g. "
+            "allow_ingress_from='203.0.113.7/32' (or 'everyone')"
         ) from None
-    return f"{address}/32"
+    return f"{address}/{address.max_prefixlen}"
 
 
-def create_security_group(ec2: Any, placement: Placement, cluster: str, cidr: str, tags: list[dict]) -> str:
-    """A group admitting the scheduler and dashboard ports from ``cidr`` only, and everything
-    from inside the group (scheduler, workers and nannies talk on any port)."""
+def _ip_ranges(cidr: str, description: str) -> dict[str, list[dict[str, str]]]:
+    if ipaddress.ip_network(cidr).version == 6:
+        return {"Ipv6Ranges": [{"CidrIpv6": cidr, "Description": description}]}
+    return {"IpRanges": [{"CidrIp": cidr, "Description": description}]}
+
+
+def security_group_name(cluster: str) -> str:
+    """The group's name, from the cluster's: group names are unique in a VPC regardless of case,
+    so ``My_Cluster`` and ``my-cluster`` must not map to one name (:func:`dns_label` tells them
+    apart with a hash). The group carries the cluster's exact name in its tags."""
+    return dns_label(cluster, max_length=255, prefix="coiled-")
+
+
+def create_security_group(
+    ec2: Any, placement: Placement, cluster: str, cidr: str, tags: list[dict], allow_ssh: bool = False
+) -> str:
+    """A group admitting the scheduler and dashboard ports (and SSH with ``allow_ssh``) from
+    ``cidr`` only, and everything from inside the group (scheduler, workers and nannies talk on
+    any port)."""
     group_id = ec2.create_security_group(
-        GroupName=f"coiled-{cluster}",
+        GroupName=security_group_name(cluster),
         Description=f"Dask cluster {cluster} (coiled)",
         VpcId=placement.vpc_id,
         TagSpecifications=[{"ResourceType": "security-group", "Tags": tags}],
     )["GroupId"]
-    ec2.authorize_security_group_ingress(
-        GroupId=group_id,
-        IpPermissions=[
-            {
-                "IpProtocol": "tcp",
-                "FromPort": SCHEDULER_PORT,
-                "ToPort": DASHBOARD_PORT,
-                "IpRanges": [{"CidrIp": cidr, "Description": "client: scheduler and dashboard"}],
-            },
-            {"IpProtocol": "-1", "UserIdGroupPairs": [{"GroupId": group_id, "Description": "inside the cluster"}]},
-        ],
-    )
+    permissions = [
+        {
+            "IpProtocol": "tcp",
+            "FromPort": SCHEDULER_PORT,
+            "ToPort": DASHBOARD_PORT,
+            **_ip_ranges(cidr, "client: scheduler and dashboard"),
+        },
+        {"IpProtocol": "-1", "UserIdGroupPairs": [{"GroupId": group_id, "Description": "inside the cluster"}]},
+    ]
+    if allow_ssh:
+        permissions.append({"IpProtocol": "tcp", "FromPort": SSH_PORT, "ToPort": SSH_PORT, **_ip_ranges(cidr, "allow_ssh")})
+    ec2.authorize_security_group_ingress(GroupId=group_id, IpPermissions=permissions)
     return group_id

@@ -9,6 +9,8 @@ image, client address) are resolved at create time by the plugin, not here.
 
 from __future__ import annotations
 
+import difflib
+import functools
 import ipaddress
 import re
 from typing import Any, Literal
@@ -22,7 +24,6 @@ DEFAULT_REGION = "us-east-1"
 
 SpotPolicy = Literal["on-demand", "spot", "spot_with_fallback"]
 
-_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")  # us-east-1, us-gov-west-1, eu-isoe-west-1
 _ZONE = re.compile(r"^([a-z]{2}(-[a-z]+)+-\d+)[a-z]$")  # us-east-1a
 _KEY_ID = r"(?:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|mrk-[0-9a-f]{32})"
 _ALIAS = r"alias/[A-Za-z0-9/_-]{1,250}"
@@ -34,6 +35,17 @@ _PROFILE_NAME = re.compile(r"^[\w+=,.@-]{1,128}$")
 _POLICY_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:policy/(?:[\w+=,.@-]+/)*[\w+=,.@-]{1,128}$")
 _POLICY_NAME = _PROFILE_NAME
 _INSTANCE_TYPE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9-]+$")  # m6i.xlarge, p6-b200.48xlarge
+#: Google Cloud's names, for a hint when code written for GCP runs here.
+_GCP_REGION = re.compile(r"^[a-z]+-[a-z]+\d+$")  # us-central1, europe-west4
+_GCP_MACHINE_TYPE = re.compile(r"^[a-z][a-z0-9]*-(standard|highmem|highcpu|megamem|ultramem|custom|micro|small|medium)(-\d+.*)?$")
+#: Tags go on IAM roles and SSM parameters too, which accept only these characters.
+_TAG_CHARACTERS = set("_.:/=+-@ ")
+#: Tags the backend puts on every resource (Name and coiled:*); EC2 allows 50 per resource.
+RESERVED_TAGS = 7
+MAX_TAGS = 50
+#: Coiled's words for ``allow_ingress_from``.
+INGRESS_ME = "me"
+INGRESS_EVERYONE = "0.0.0.0/0"
 _SPOT_SPELLINGS = {
     "on-demand": "on-demand",
     "on_demand": "on-demand",
@@ -42,6 +54,65 @@ _SPOT_SPELLINGS = {
     "spot_with_fallback": "spot_with_fallback",
     "spot-with-fallback": "spot_with_fallback",
 }
+
+
+@functools.lru_cache(maxsize=1)
+def known_regions() -> frozenset[str]:
+    """Every region botocore knows EC2 in, in every partition (read from its shipped data: no call)."""
+    import botocore.session  # imported here: `import coiled` must not import botocore
+
+    session = botocore.session.get_session()
+    regions: set[str] = set()
+    for partition in session.get_available_partitions():
+        regions.update(session.get_available_regions("ec2", partition))
+    return frozenset(regions)
+
+
+def region_error(value: str) -> str | None:
+    """Why ``value`` is not an AWS region, or None if it is one."""
+    regions = known_regions()
+    if value in regions:
+        return None
+    hint = " (that is a Google Cloud region name)" if _GCP_REGION.fullmatch(value) else ""
+    close = difflib.get_close_matches(value, sorted(regions), n=3, cutoff=0.5)
+    suggestion = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else "; e.g. 'us-east-1' or 'eu-west-2'"
+    return (
+        f"{value!r} is not an AWS region{hint}{suggestion} (regions this boto3 knows; a region newer than "
+        "it needs a newer boto3)"
+    )
+
+
+def instance_type_name_error(name: str) -> str | None:
+    """Why ``name`` cannot be an EC2 instance type name, or None if it can."""
+    if _INSTANCE_TYPE.fullmatch(name):
+        return None
+    hint = " (that is a Google Cloud machine type)" if _GCP_MACHINE_TYPE.fullmatch(name) else ""
+    return f"{name!r} is not an EC2 instance type name{hint}; expected e.g. 'm6i.xlarge'"
+
+
+def _instance_type_list(v: Any) -> list[str] | None:
+    if v is None:
+        return None
+    if isinstance(v, str):
+        v = [v]
+    names = [str(t).strip().lower() for t in v]
+    if not names:
+        raise ValueError("must name at least one instance type (e.g. ['m6i.xlarge']), or be left out")
+    for name in names:
+        error = instance_type_name_error(name)
+        if error:
+            raise ValueError(error)
+    return list(dict.fromkeys(names))
+
+
+def _volume_gib(v: int | None) -> int | None:
+    if v is None:
+        return None
+    if v < 8:
+        raise ValueError(f"must be at least 8 (GiB) to hold the image and the software environment, not {v}")
+    if v > 16384:
+        raise ValueError(f"must be at most 16384 (GiB, the largest EBS volume), not {v}")
+    return v
 
 
 def _resource_id(value: str | None, prefix: str, what: str) -> str | None:
@@ -108,9 +179,33 @@ class AWSOptions(BaseModel):
     instance_types: list[str] | None = Field(
         default=None,
         description=(
-            "Instance types to use for scheduler and workers, in order of preference (e.g. "
-            "['m6i.xlarge', 'm7i.xlarge']), instead of choosing from worker_cpu/worker_memory/"
-            "worker_gpu. Default: the cheapest current types that fit."
+            "Worker instance types, in order of preference (e.g. ['m6i.xlarge', 'm7i.xlarge']; "
+            "the keyword worker_vm_types sets it), instead of choosing from worker_cpu/"
+            "worker_memory/worker_gpu. Default: the cheapest current types that fit."
+        ),
+    )
+    scheduler_instance_types: list[str] | None = Field(
+        default=None,
+        description=(
+            "Scheduler instance types, in order of preference (the keyword scheduler_vm_types "
+            "sets it), instead of choosing from scheduler_cpu/scheduler_memory. Default: the "
+            "cheapest current types that fit."
+        ),
+    )
+    arm: bool | None = Field(
+        default=None,
+        description=(
+            "True: arm64 (Graviton) instance types and an arm64 image; False: x86_64 (the keyword "
+            "arm sets it). Default: arm64 when the named instance types (or the software "
+            "environment) are arm64, else x86_64."
+        ),
+    )
+    scheduler_gpu: bool | None = Field(
+        default=None,
+        description=(
+            "Give the scheduler one GPU (the keyword scheduler_gpu sets it), so it can deserialise "
+            "GPU objects. Default: as on Coiled, a GPU when the workers have one (worker_gpu), "
+            "else none. Like worker_gpu, the image must bring the GPU driver."
         ),
     )
     spot_policy: SpotPolicy = Field(
@@ -122,7 +217,7 @@ class AWSOptions(BaseModel):
     )
     key_name: str | None = Field(
         default=None,
-        description="EC2 key pair to install on the instances, for SSH. Default: none.",
+        description="EC2 key pair to install on the instances, for SSH (see allow_ssh). Default: none.",
     )
     iam_instance_profile: str | None = Field(
         default=None,
@@ -161,9 +256,26 @@ class AWSOptions(BaseModel):
     allow_ingress_from: str | None = Field(
         default=None,
         description=(
-            "Network (CIDR, e.g. '203.0.113.7/32'; a bare address means /32) allowed to reach the "
-            "scheduler and dashboard. Default: this client's public address, detected at create "
-            "time. '0.0.0.0/0' opens them to everyone and is used only when given."
+            "Network allowed to reach the scheduler and dashboard (and SSH, with allow_ssh): a "
+            "CIDR such as '203.0.113.7/32' (a bare address means /32), 'me' (this client's "
+            "public address, detected at create time) or 'everyone' ('0.0.0.0/0', used only "
+            "when given). Default: 'me'."
+        ),
+    )
+    allow_ssh: bool = Field(
+        default=False,
+        description=(
+            "Open port 22 of every node to allow_ingress_from. Log in with the key pair of "
+            "key_name, or without one through EC2 Instance Connect (the default image has it)."
+        ),
+    )
+    use_best_zone: bool = Field(
+        default=False,
+        description=(
+            "Let the cluster go to any zone of the region: when no candidate instance type has "
+            "capacity for the scheduler in the first default subnet, try the next zone's. All "
+            "nodes stay in the scheduler's zone (no cross-zone traffic). Not with zone or "
+            "subnet_id, which fix the zone."
         ),
     )
     use_public_ip: bool = Field(
@@ -175,7 +287,15 @@ class AWSOptions(BaseModel):
     )
     root_volume_gib: int = Field(
         default=50,
-        description="Size of each instance's root volume in GiB (at least 8).",
+        description="Size of each instance's root volume in GiB (at least 8), unless set per role below.",
+    )
+    worker_root_volume_gib: int | None = Field(
+        default=None,
+        description="Root volume of each worker in GiB (the keyword worker_disk_size sets it). Default: root_volume_gib.",
+    )
+    scheduler_root_volume_gib: int | None = Field(
+        default=None,
+        description="Root volume of the scheduler in GiB (the keyword scheduler_disk_size sets it). Default: root_volume_gib.",
     )
     endpoint_url: str | None = Field(
         default=None,
@@ -184,6 +304,11 @@ class AWSOptions(BaseModel):
             "('http://127.0.0.1:PORT'); also used for SSM, S3, IAM and STS."
         ),
     )
+
+    def volume_gib(self, role: str) -> int:
+        """The root volume size of a ``role`` ("scheduler" or "worker") node, in GiB."""
+        per_role = self.scheduler_root_volume_gib if role == "scheduler" else self.worker_root_volume_gib
+        return per_role or self.root_volume_gib
 
     def resolve_region(self, session: Any | None = None) -> str:
         """The region to use: ``region``, else the boto3 session's, else ``DEFAULT_REGION``.
@@ -207,8 +332,9 @@ class AWSOptions(BaseModel):
         if v is None:
             return None
         v = v.strip().lower()
-        if not _REGION.fullmatch(v):
-            raise ValueError(f"{v!r} is not an AWS region name; expected e.g. 'us-east-1' or 'eu-west-2'")
+        error = region_error(v)
+        if error:
+            raise ValueError(error)
         return v
 
     @field_validator("zone")
@@ -247,18 +373,10 @@ class AWSOptions(BaseModel):
             return v
         return _resource_id(v, "ami", "machine image (AMI)")
 
-    @field_validator("instance_types")
+    @field_validator("instance_types", "scheduler_instance_types", mode="before")
     @classmethod
-    def _instance_types(cls, v: list[str] | None) -> list[str] | None:
-        if v is None:
-            return None
-        names = [t.strip().lower() for t in v]
-        if not names:
-            raise ValueError("must name at least one instance type (e.g. ['m6i.xlarge']), or be left out")
-        for name in names:
-            if not _INSTANCE_TYPE.fullmatch(name):
-                raise ValueError(f"{name!r} is not an EC2 instance type name; expected e.g. 'm6i.xlarge'")
-        return list(dict.fromkeys(names))
+    def _instance_types(cls, v: Any) -> list[str] | None:
+        return _instance_type_list(v)
 
     @field_validator("spot_policy", mode="before")
     @classmethod
@@ -322,13 +440,27 @@ class AWSOptions(BaseModel):
     @field_validator("tags")
     @classmethod
     def _tags(cls, v: dict[str, str]) -> dict[str, str]:
+        if len(v) > MAX_TAGS - RESERVED_TAGS:
+            raise ValueError(
+                f"{len(v)} tags are too many: AWS allows {MAX_TAGS} per resource and the backend puts "
+                f"{RESERVED_TAGS} of its own (Name and coiled:*), so give at most {MAX_TAGS - RESERVED_TAGS}"
+            )
         for key, value in v.items():
             if not 1 <= len(key) <= 128:
                 raise ValueError(f"tag key {key!r} must be 1 to 128 characters long")
             if key.lower().startswith("aws:"):
                 raise ValueError(f"tag key {key!r} uses the reserved prefix 'aws:'")
+            if key.lower().startswith("coiled:"):
+                raise ValueError(f"tag key {key!r} uses the prefix 'coiled:', which the backend keeps for its own tags")
             if len(value) > 256:
                 raise ValueError(f"the value of tag {key!r} is longer than 256 characters")
+            for text, what in ((key, "key"), (value, "value")):
+                bad = sorted({c for c in text if not (c.isalnum() or c.isspace() or c in _TAG_CHARACTERS)})
+                if bad:
+                    raise ValueError(
+                        f"the {what} of tag {key!r} contains {''.join(bad)!r}; AWS tags (on IAM roles and SSM "
+                        "parameters too) allow letters, digits, spaces and _ . : / = + - @"
+                    )
         return v
 
     @field_validator("allow_ingress_from")
@@ -336,23 +468,24 @@ class AWSOptions(BaseModel):
     def _cidr(cls, v: str | None) -> str | None:
         if v is None:
             return None
+        word = v.strip().lower()
+        if word == INGRESS_ME:
+            return INGRESS_ME
+        if word == "everyone":
+            return INGRESS_EVERYONE
         try:
             network = ipaddress.ip_network(v.strip(), strict=False)
         except ValueError:
             raise ValueError(
-                f"{v!r} is not a network in CIDR notation; give e.g. '203.0.113.7/32' (one address) "
-                "or '0.0.0.0/0' (everyone)"
+                f"{v!r} is not a network in CIDR notation, 'me' or 'everyone'; give e.g. '203.0.113.7/32' "
+                "(one address), 'me' (this client's public address) or 'everyone' ('0.0.0.0/0')"
             ) from None
         return str(network)
 
-    @field_validator("root_volume_gib")
+    @field_validator("root_volume_gib", "worker_root_volume_gib", "scheduler_root_volume_gib")
     @classmethod
-    def _root_volume(cls, v: int) -> int:
-        if v < 8:
-            raise ValueError(f"must be at least 8 (GiB) to hold the image and the software environment, not {v}")
-        if v > 16384:
-            raise ValueError(f"must be at most 16384 (GiB, the largest EBS volume), not {v}")
-        return v
+    def _root_volume(cls, v: int | None) -> int | None:
+        return _volume_gib(v)
 
     @field_validator("endpoint_url")
     @classmethod
@@ -371,6 +504,9 @@ class AWSOptions(BaseModel):
         if match is not None:
             zone_region = match.group(1)
             if self.region is None:
+                error = region_error(zone_region)
+                if error:
+                    raise ValueError(f"zone {self.zone!r} is in no AWS region: {error}")
                 self.region = zone_region
             elif zone_region != self.region:
                 raise ValueError(f"zone {self.zone!r} is not in region {self.region!r}")

@@ -19,6 +19,8 @@ from __future__ import annotations
 import getpass
 import json
 import logging
+import re
+import secrets
 import time
 import warnings
 from dataclasses import dataclass
@@ -41,16 +43,19 @@ from coiled_core.backend import (
     WorkerRecord,
     agent_bundle,
     build_node_config,
+    dns_label,
     hookimpl,
     loopback_mode,
     map_address,
     node_requirements,
     past_lifetime,
+    SoftwareEnvironment,
     software_environment,
     worker_name_prefix,
 )
 
 from coiled_aws import artifacts, bootstrap, iam, launch, network, parameters
+from coiled_aws.instance_types import InstanceTypeInfo
 from coiled_aws.network import Placement
 from coiled_aws.options import AWSOptions
 from coiled_aws.session import AWS
@@ -75,6 +80,30 @@ NODE_ADDON_MODULE = "coiled_aws.node"
 @hookimpl
 def backend_options_model() -> type[AWSOptions]:
     return AWSOptions
+
+
+#: Today's generic Coiled keywords this backend understands -> the option each one sets. The
+#: others (``worker_gpu_type``: on AWS a GPU model is chosen by naming instance types, as on
+#: Coiled) are accepted with a warning by the core.
+KEYWORD_OPTIONS = {
+    "region": "region",
+    "worker_vm_types": "instance_types",
+    "scheduler_vm_types": "scheduler_instance_types",
+    "spot_policy": "spot_policy",
+    "tags": "tags",
+    "arm": "arm",
+    "worker_disk_size": "worker_root_volume_gib",
+    "scheduler_disk_size": "scheduler_root_volume_gib",
+    "allow_ssh": "allow_ssh",
+    "allow_ingress_from": "allow_ingress_from",
+    "use_best_zone": "use_best_zone",
+    "scheduler_gpu": "scheduler_gpu",
+}
+
+
+@hookimpl
+def keyword_options() -> dict[str, str]:
+    return dict(KEYWORD_OPTIONS)
 
 
 @hookimpl
@@ -106,30 +135,125 @@ def _tags(spec: ClusterSpec, options: AWSOptions, role: str | None = None) -> li
     return [{"Key": k, "Value": v} for k, v in tags.items()]
 
 
-def _resolve_ami(aws: AWS, options: AWSOptions) -> str:
-    """``ami``, else the current Amazon Linux 2023 image from SSM's public parameters."""
+def _resolve_ami(aws: AWS, options: AWSOptions, arch: str = "x86_64") -> str:
+    """``ami``, else the current Amazon Linux 2023 image for ``arch`` from SSM's public parameters."""
     if options.ami:
         return options.ami
     from botocore.exceptions import ClientError
 
-    name = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
+    name = f"/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-{arch}"
     try:
         return aws.client("ssm").get_parameter(Name=name)["Parameter"]["Value"]
     except ClientError:
         pass
-    images = aws.ec2.describe_images(Owners=["amazon"], Filters=[{"Name": "architecture", "Values": ["x86_64"]}])["Images"]
+    images = aws.ec2.describe_images(Owners=["amazon"], Filters=[{"Name": "architecture", "Values": [arch]}])["Images"]
     if not images:
-        raise ClusterSpecError(f"backend_options: no current public image found in {aws.region}; give ami='ami-...'")
+        raise ClusterSpecError(f"backend_options: no current public {arch} image found in {aws.region}; give ami='ami-...'")
     return sorted(images, key=lambda i: i.get("CreationDate", ""))[-1]["ImageId"]
 
 
-def _instance_types(aws: AWS, options: AWSOptions, cpu: int, memory: int, gpus: int, what: str = "worker") -> list[str]:
-    from coiled_aws.instance_types import choose_instance_types, describe_instance_types, named_instance_types
+def _parameter(spec: ClusterSpec, keyword: str, option: str) -> str:
+    """How to name a setting in a message: the generic keyword when the user gave it that way
+    (the core copied it into ``option``), else the backend option."""
+    return keyword if getattr(spec, keyword, None) not in (None, {}) else f"backend_options.{option}"
 
-    known = describe_instance_types(aws.ec2, aws.region)
-    if options.instance_types and what == "worker":
-        return [t.name for t in named_instance_types(known, options.instance_types)]
-    return [t.name for t in choose_instance_types(known, cpu, memory, gpus, what=what, region=aws.region)]
+
+def _catalogue(aws: AWS) -> list[InstanceTypeInfo]:
+    from coiled_aws.instance_types import describe_instance_types
+
+    return describe_instance_types(aws.ec2, aws.region)
+
+
+def _named_types(aws: AWS, spec: ClusterSpec, options: AWSOptions, role: str) -> list[InstanceTypeInfo] | None:
+    """The instance types the user named for ``role`` nodes (checked to exist), or None."""
+    from coiled_aws.instance_types import named_instance_types
+
+    names = options.instance_types if role == "worker" else options.scheduler_instance_types
+    if not names:
+        return None
+    option = "instance_types" if role == "worker" else "scheduler_instance_types"
+    parameter = _parameter(spec, f"{role}_vm_types", option)
+    return named_instance_types(_catalogue(aws), names, parameter, aws.region)
+
+
+def _wants_arm(spec: ClusterSpec, options: AWSOptions, software: SoftwareEnvironment | None) -> bool | None:
+    """``arm`` (True/False), or True for a software environment built for arm; None: not said."""
+    software_arm = bool(getattr(software, "arm", False))
+    if software_arm and options.arm is False:
+        raise ClusterSpecError(
+            f"{_parameter(spec, 'arm', 'arm')}: False, but the software environment {software.name!r} is built "
+            "for arm (arm=True); leave arm out or use an x86_64 environment"
+        )
+    return True if software_arm else options.arm
+
+
+def _architecture(spec: ClusterSpec, options: AWSOptions, named: list[InstanceTypeInfo] | None, wanted: bool | None, role: str) -> str | None:
+    """The architecture of ``role`` nodes: what ``arm`` says, checked against the named types,
+    else the named types' own; None when neither says."""
+    from coiled_aws.instance_types import architecture_of
+
+    if not named:
+        return None if wanted is None else ("arm64" if wanted else "x86_64")
+    option = "instance_types" if role == "worker" else "scheduler_instance_types"
+    parameter = _parameter(spec, f"{role}_vm_types", option)
+    if wanted is None:
+        return architecture_of(named, parameter)
+    arch = "arm64" if wanted else "x86_64"
+    wrong = [t.name for t in named if arch not in t.architectures]
+    if wrong:
+        raise ClusterSpecError(
+            f"{_parameter(spec, 'arm', 'arm')}: {wanted} asks for {arch} instance types, but {parameter} names "
+            f"{', '.join(repr(w) for w in wrong)}, which {'is' if len(wrong) == 1 else 'are'} not {arch}; "
+            f"name {arch} types (e.g. {'m7g.xlarge' if wanted else 'm7i.xlarge'}) or leave arm out"
+        )
+    return arch
+
+
+def _chosen_types(aws: AWS, spec: ClusterSpec, options: AWSOptions, role: str, arch: str) -> list[str]:
+    """Instance types that fit ``role``'s request (cpu, memory and GPUs; ranges for workers)."""
+    from coiled_aws.instance_types import choose_instance_types
+
+    if role == "worker":
+        request: dict[str, Any] = {
+            "cpu": spec.worker_cpu,
+            "memory_bytes": spec.worker_memory,
+            "gpus": spec.worker_gpu,
+            "cpu_max": spec.worker_cpu_max,
+            "memory_max": spec.worker_memory_max,
+        }
+    else:
+        # As on Coiled: the scheduler gets a GPU when the workers have one, unless scheduler_gpu=False.
+        gpu = options.scheduler_gpu if options.scheduler_gpu is not None else bool(spec.worker_gpu)
+        request = {"cpu": spec.scheduler_cpu, "memory_bytes": spec.scheduler_memory, "gpus": 1 if gpu else 0}
+    chosen = choose_instance_types(_catalogue(aws), arch=arch, what=role, region=aws.region, **request)
+    return [t.name for t in chosen]
+
+
+@dataclass
+class _Types:
+    """The candidate instance types and the architecture of each node role."""
+
+    worker: list[str]
+    scheduler: list[str]
+    worker_arch: str
+    scheduler_arch: str
+
+
+def _instance_types(aws: AWS, spec: ClusterSpec, options: AWSOptions, software: SoftwareEnvironment | None) -> _Types:
+    """Both roles' candidate types: the named ones (``worker_vm_types``/``scheduler_vm_types``)
+    or the cheapest that fit, all of one architecture per role (``arm``, else the named types',
+    else x86_64; the scheduler follows the workers unless its types say otherwise)."""
+    wanted = _wants_arm(spec, options, software)
+    named_workers = _named_types(aws, spec, options, "worker")
+    named_scheduler = _named_types(aws, spec, options, "scheduler")
+    worker_arch = _architecture(spec, options, named_workers, wanted, "worker") or "x86_64"
+    scheduler_arch = _architecture(spec, options, named_scheduler, wanted, "scheduler") or worker_arch
+    workers = [t.name for t in named_workers] if named_workers else _chosen_types(aws, spec, options, "worker", worker_arch)
+    if named_scheduler:
+        scheduler = [t.name for t in named_scheduler]
+    else:
+        scheduler = _chosen_types(aws, spec, options, "scheduler", scheduler_arch)
+    return _Types(workers, scheduler, worker_arch, scheduler_arch)
 
 
 def _client_address(instance: dict, port: int, scheme: str) -> str:
@@ -166,6 +290,34 @@ def _own_roles(options: AWSOptions, record: ClusterRecord | None = None) -> bool
     only pass a pre-created profile must not be made to touch IAM."""
     made_with = ((record.spec if record is not None else None) or {}).get("backend_options") or {}
     return not (options.iam_instance_profile or made_with.get("iam_instance_profile"))
+
+
+# -- software ---------------------------------------------------------------------------------
+#: ``[registry[:port]/]repository[:tag][@sha256:digest]``
+_IMAGE = re.compile(
+    r"^(?:[A-Za-z0-9.-]+(?::\d+)?/)?[a-z0-9]+(?:[._-]+[a-z0-9]+)*(?:/[a-z0-9]+(?:[._-]+[a-z0-9]+)*)*"
+    r"(?::[\w][\w.-]{0,127})?(?:@sha256:[0-9a-f]{64})?$"
+)
+
+
+def _software(spec: ClusterSpec) -> SoftwareEnvironment:
+    """The cluster's software environment: ``container=`` as an ad hoc container environment
+    (nodes run the image with docker, see :mod:`coiled_aws.bootstrap`), else ``software``'s, else
+    the client's own versions."""
+    software = software_environment(spec)
+    if spec.container is None or software.container == spec.container:
+        return software
+    if spec.software is not None:
+        raise ClusterSpecError(
+            f"container: give either container={spec.container!r} or software={spec.software!r}, not both "
+            "(a software environment can itself be a container: create_software_environment(container=...))"
+        )
+    if not _IMAGE.fullmatch(spec.container):
+        raise ClusterSpecError(
+            f"container: {spec.container!r} is not an image reference; use [registry/]repository[:tag][@sha256:digest], "
+            "e.g. 'ghcr.io/dask/dask:latest'"
+        )
+    return SoftwareEnvironment(name="coiled/container", kind="container", container=spec.container, python=software.python)
 
 
 # -- secrets ----------------------------------------------------------------------------------
@@ -230,12 +382,27 @@ def _warn_if_exposed(spec: ClusterSpec, options: AWSOptions, cidr: str) -> None:
 class _Plan:
     """What the checks before anything exists resolved, for ``provision`` to use."""
 
-    worker_types: list[str]
-    scheduler_types: list[str]
-    ami: str
+    types: _Types
+    #: The image of each role's architecture.
+    amis: dict[str, str]
     cidr: str
-    placement: Placement
+    #: Where the scheduler may go, in order (more than one only with ``use_best_zone``); the
+    #: workers go to the scheduler's subnet.
+    placements: list[Placement]
     kms_key_arn: str | None
+
+    @property
+    def placement(self) -> Placement:
+        return self.placements[0]
+
+
+def _check_placement_options(spec: ClusterSpec, options: AWSOptions) -> None:
+    if options.use_best_zone and (options.zone or options.subnet_id):
+        fixed = f"zone={options.zone!r}" if options.zone else f"subnet_id={options.subnet_id!r}"
+        raise ClusterSpecError(
+            f"{_parameter(spec, 'use_best_zone', 'use_best_zone')}: True lets the cluster go to any zone of the "
+            f"region, but backend_options {fixed} fixes one; give only one of them"
+        )
 
 
 def _plan(aws: AWS, spec: ClusterSpec, options: AWSOptions) -> _Plan:
@@ -244,15 +411,17 @@ def _plan(aws: AWS, spec: ClusterSpec, options: AWSOptions) -> _Plan:
     Raises ``CoiledError`` without credentials, ``ClusterSpecError`` naming the option or
     parameter that cannot be met.
     """
+    _check_placement_options(spec, options)
+    software = _software(spec) if (spec.software is not None or spec.container is not None) else None
     aws.account_id  # credentials first: every other check needs them
-    if spec.software is not None:
-        software_environment(spec)  # an unknown software environment fails here
+    types = _instance_types(aws, spec, options, software)
+    amis = {arch: _resolve_ami(aws, options, arch) for arch in dict.fromkeys([types.scheduler_arch, types.worker_arch])}
+    placements = network.find_placements(aws.ec2, options)
     plan = _Plan(
-        worker_types=_instance_types(aws, options, spec.worker_cpu, spec.worker_memory, spec.worker_gpu),
-        scheduler_types=_instance_types(aws, options, spec.scheduler_cpu, spec.scheduler_memory, 0, what="scheduler"),
-        ami=_resolve_ami(aws, options),
+        types=types,
+        amis={"scheduler": amis[types.scheduler_arch], "worker": amis[types.worker_arch]},
         cidr=network.client_cidr(options),
-        placement=network.find_placement(aws.ec2, options),
+        placements=placements if options.use_best_zone else placements[:1],
         kms_key_arn=_kms_key_arn(aws, options),
     )
     _check_secret_sizes(spec)
@@ -296,7 +465,7 @@ class _Boot:
 
     def __init__(self, aws: AWS, spec: ClusterSpec, options: AWSOptions):
         self.aws, self.spec, self.options = aws, spec, options
-        self.software = software_environment(spec)
+        self.software = _software(spec)
         # A bucket another account owns is refused here (ProvisionError), before anything exists.
         self.bucket = artifacts.ensure_bucket(aws)
         bundle = agent_bundle(Path.home() / ".cache" / "coiled" / "aws", extra_modules=[NODE_ADDON_MODULE])
@@ -377,6 +546,13 @@ def _worker_memory_limit(aws: AWS, instance_type: str) -> int | None:
     return None
 
 
+def _launch_template_name(cluster: str) -> str:
+    """A new launch template's name (unique in the region, at most 128 characters): the
+    cluster's name as a label (:func:`dns_label` keeps ``My_Cluster`` and ``my-cluster`` apart)
+    and a random suffix; the template carries the exact name in its tags."""
+    return f"{dns_label(cluster, max_length=119, prefix='coiled-')}-{secrets.token_hex(4)}"
+
+
 def _launch_workers(aws: AWS, boot: _Boot, request_base: dict[str, Any], types: list[str], count: int, scheduler_address: str) -> list[str]:
     spec, options = boot.spec, boot.options
     memory_limit = _worker_memory_limit(aws, types[0])
@@ -384,7 +560,7 @@ def _launch_workers(aws: AWS, boot: _Boot, request_base: dict[str, Any], types: 
         user_data=boot.script(boot.worker(scheduler_address, memory_limit)), tags=_tags(spec, options, "worker"), **request_base
     )
     if options.spot_policy == "spot_with_fallback":
-        template = launch.launch_template(aws.ec2, f"coiled-{spec.name}-{int(time.time())}", request)
+        template = launch.launch_template(aws.ec2, _launch_template_name(spec.name), request)
         return launch.create_fleet(aws.ec2, request, template, types, count)
     instances = launch.run_instances(aws.ec2, request, types, count, spot=options.spot_policy == "spot")
     return [i["InstanceId"] for i in instances]
@@ -455,7 +631,9 @@ def provision(spec: ClusterSpec, options: AWSOptions, tls: ClusterTLS | None) ->
     try:
         boot = _Boot(aws, spec, options)
         step = "creating the security group"
-        group_id = network.create_security_group(aws.ec2, plan.placement, spec.name, plan.cidr, _tags(spec, options))
+        group_id = network.create_security_group(
+            aws.ec2, plan.placement, spec.name, plan.cidr, _tags(spec, options), allow_ssh=options.allow_ssh
+        )
         step = "creating the node roles"
         profiles = _node_profiles(aws, spec, options, boundary, plan.kms_key_arn)
         step = "storing secrets"
@@ -464,30 +642,25 @@ def provision(spec: ClusterSpec, options: AWSOptions, tls: ClusterTLS | None) ->
         if _has_node_secrets(spec):
             parameters.put_secrets(aws, spec.name, _node_secrets(spec, tls), _tags(spec, options), plan.kms_key_arn)
         base = {
-            "ami": plan.ami,
-            "subnet_id": plan.placement.subnet_id,
             "security_group_ids": [group_id, *options.security_group_ids],
             "key_name": options.key_name,
-            "root_volume_gib": options.root_volume_gib,
             "use_public_ip": options.use_public_ip,
         }
         step = "launching the scheduler"
-        scheduler_ip = network.free_private_address(aws.ec2, plan.placement)
         scheme = "tls" if spec.security else "tcp"
+        placement, scheduler_ip = _launch_scheduler(aws, boot, plan, base, profiles["scheduler"])
         scheduler_address = f"{scheme}://{scheduler_ip}:{network.SCHEDULER_PORT}"
-        request = launch.LaunchRequest(
-            user_data=boot.script(boot.scheduler()),
-            tags=_tags(spec, options, "scheduler"),
-            private_ip=scheduler_ip,
-            instance_profile=profiles["scheduler"],
-            **base,
-        )
-        launch.run_instances(aws.ec2, request, plan.scheduler_types, 1, spot=False)
         # Same wave: the workers know the scheduler's address before it has booted.
         if spec.n_workers:
             step = f"launching {spec.n_workers} workers"
-            worker_base = {**base, "instance_profile": profiles["worker"]}
-            _launch_workers(aws, boot, worker_base, plan.worker_types, spec.n_workers, scheduler_address)
+            worker_base = {
+                **base,
+                "ami": plan.amis["worker"],
+                "subnet_id": placement.subnet_id,
+                "root_volume_gib": options.volume_gib("worker"),
+                "instance_profile": profiles["worker"],
+            }
+            _launch_workers(aws, boot, worker_base, plan.types.worker, spec.n_workers, scheduler_address)
         # From now on the cluster's own liveness decides whether the claim is stale.
         _write_claim(aws, spec.name, ClaimLease.new().provisioned(), overwrite=True)
     except Exception as error:
@@ -498,6 +671,33 @@ def provision(spec: ClusterSpec, options: AWSOptions, tls: ClusterTLS | None) ->
     record = describe(spec.name, options)
     assert record is not None
     return record
+
+
+def _launch_scheduler(aws: AWS, boot: _Boot, plan: _Plan, base: dict[str, Any], profile: str) -> tuple[Placement, str]:
+    """Launch the scheduler at an address chosen in advance, in the first of ``plan.placements``
+    where one of its types has capacity (more than one only with ``use_best_zone``); return
+    where it went and its private address."""
+    spec, options = boot.spec, boot.options
+    failures = []
+    for placement in plan.placements:
+        scheduler_ip = network.free_private_address(aws.ec2, placement)
+        request = launch.LaunchRequest(
+            user_data=boot.script(boot.scheduler()),
+            tags=_tags(spec, options, "scheduler"),
+            private_ip=scheduler_ip,
+            instance_profile=profile,
+            ami=plan.amis["scheduler"],
+            subnet_id=placement.subnet_id,
+            root_volume_gib=options.volume_gib("scheduler"),
+            **base,
+        )
+        try:
+            launch.run_instances(aws.ec2, request, plan.types.scheduler, 1, spot=False)
+            return placement, scheduler_ip
+        except ProvisionError as e:  # no capacity for any candidate type here: the next zone
+            failures.append(f"{placement.zone}: {e}")
+            logger.info("no capacity for the scheduler of %s in %s: %s", spec.name, placement.zone, e)
+    raise ProvisionError("; ".join(failures))
 
 
 def _node_profiles(
@@ -571,6 +771,7 @@ def describe(name: str, options: AWSOptions) -> ClusterRecord | None:
             "region": aws.region,
             "scheduler_instance_id": scheduler["InstanceId"] if scheduler else None,
             "scheduler_private_ip": scheduler.get("PrivateIpAddress") if scheduler else None,
+            "scheduler_subnet_id": scheduler.get("SubnetId") if scheduler else None,
         },
     )
 
@@ -594,26 +795,28 @@ def scale(record: ClusterRecord, options: AWSOptions, n_workers: int, retired: l
 
 
 def _add_workers(aws: AWS, record: ClusterRecord, options: AWSOptions, count: int) -> None:
-    """Launch ``count`` more workers into the cluster's own group, with its worker role."""
+    """Launch ``count`` more workers into the cluster's own group and its scheduler's subnet
+    (one zone), with its worker role, types and image."""
     spec = ClusterSpec.model_validate(record.spec)
-    placement = network.find_placement(aws.ec2, options)
+    subnet_id = record.backend_ids.get("scheduler_subnet_id")
+    placement = network.placement_of_subnet(aws.ec2, subnet_id) if subnet_id else network.find_placement(aws.ec2, options)
     tag_filter = [{"Name": f"tag:{TAG_CLUSTER}", "Values": [record.name]}]
     group_ids = [g["GroupId"] for g in aws.ec2.describe_security_groups(Filters=tag_filter)["SecurityGroups"]]
     boot = _Boot(aws, spec, options)
+    types = _instance_types(aws, spec, options, boot.software)
     base = {
-        "ami": _resolve_ami(aws, options),
+        "ami": _resolve_ami(aws, options, types.worker_arch),
         "subnet_id": placement.subnet_id,
         "security_group_ids": [*group_ids, *options.security_group_ids],
         "instance_profile": options.iam_instance_profile or iam.node_role_name(aws, record.name, "worker"),
         "key_name": options.key_name,
-        "root_volume_gib": options.root_volume_gib,
+        "root_volume_gib": options.volume_gib("worker"),
         "use_public_ip": options.use_public_ip,
     }
     scheme = "tls" if spec.security else "tcp"
     # Workers reach the scheduler at its private address, whatever the client connects to.
     private = f"{scheme}://{record.backend_ids['scheduler_private_ip']}:{network.SCHEDULER_PORT}"
-    types = _instance_types(aws, options, spec.worker_cpu, spec.worker_memory, spec.worker_gpu)
-    _launch_workers(aws, boot, base, types, count, private)
+    _launch_workers(aws, boot, base, types.worker, count, private)
 
 
 def _wait_terminated(aws: AWS, instance_ids: list[str], timeout: float = 600) -> None:

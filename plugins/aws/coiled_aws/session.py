@@ -8,6 +8,7 @@ the published client policy against every action a cluster's lifecycle calls thi
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from functools import cached_property
 from typing import Any
@@ -22,14 +23,36 @@ DEFAULT_REGION = "us-east-1"
 SESSION_HOOKS: list[Callable[[Any], None]] = []
 
 
+_LOADER: Any = None
+_LOADER_LOCK = threading.Lock()
+
+
+def _boto3_session() -> Any:
+    """A new boto3 session whose botocore session shares one data loader with every other: each
+    session would otherwise read and parse the service models (EC2's is large) again for its
+    first client. Credentials, region and configuration stay per session."""
+    global _LOADER
+    import boto3
+    import botocore.loaders
+    import botocore.session
+
+    with _LOADER_LOCK:
+        if _LOADER is None:
+            _LOADER = botocore.loaders.create_loader()
+        core = botocore.session.get_session()
+        core.register_component("data_loader", _LOADER)
+        session = boto3.session.Session(botocore_session=core)
+        # boto3 appends its own data directory to the loader's paths for every session.
+        _LOADER.search_paths[:] = list(dict.fromkeys(_LOADER.search_paths))
+    return session
+
+
 class AWS:
     """The AWS services one cluster uses, in its region (and at ``endpoint_url`` if given)."""
 
     def __init__(self, options: AWSOptions):
-        import boto3
-
         self.options = options
-        self.session = boto3.session.Session()
+        self.session = _boto3_session()
         for hook in list(SESSION_HOOKS):
             hook(self.session)
         self.region: str = options.region or self.session.region_name or DEFAULT_REGION

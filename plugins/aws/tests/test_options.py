@@ -184,3 +184,39 @@ def test_permissions_boundary_name_or_arn():
     assert validate({"permissions_boundary": "coiled-boundary"}).permissions_boundary == "coiled-boundary"
     with pytest.raises(ClusterSpecError, match="permissions_boundary: 'my boundary' is not a managed policy name or ARN"):
         validate({"permissions_boundary": "my boundary"})
+
+
+def test_regions_are_those_boto3_knows_with_close_suggestions():
+    assert validate({"region": "eu-central-2"}).region == "eu-central-2"
+    with pytest.raises(ClusterSpecError, match=r"region: 'us-central1' is not an AWS region \(that is a Google Cloud"):
+        validate({"region": "us-central1"})
+    with pytest.raises(ClusterSpecError, match=r"'us-east-9' is not an AWS region; did you mean 'us-east-"):
+        validate({"region": "us-east-9"})
+    with pytest.raises(ClusterSpecError, match="zone 'us-east-9a' is in no AWS region"):
+        validate({"zone": "us-east-9a"})
+
+
+def test_coiled_forms_of_ingress_and_per_role_volumes():
+    assert validate({"allow_ingress_from": "me"}).allow_ingress_from == "me"
+    assert validate({"allow_ingress_from": "Everyone"}).allow_ingress_from == "0.0.0.0/0"
+    assert validate({"allow_ingress_from": "2001:db8::1"}).allow_ingress_from == "2001:db8::1/128"
+    opts = validate({"root_volume_gib": 40, "worker_root_volume_gib": 200})
+    assert (opts.volume_gib("worker"), opts.volume_gib("scheduler")) == (200, 40)
+    with pytest.raises(ClusterSpecError, match="scheduler_root_volume_gib: must be at least 8"):
+        validate({"scheduler_root_volume_gib": 2})
+
+
+def test_tags_the_backend_keeps_and_characters_aws_refuses():
+    with pytest.raises(ClusterSpecError, match="prefix 'coiled:'"):
+        validate({"tags": {"coiled:cluster": "other"}})
+    with pytest.raises(ClusterSpecError, match=r"tags: the value of tag 'team' contains '!'"):
+        validate({"tags": {"team": "data!"}})
+    with pytest.raises(ClusterSpecError, match="at most 43"):
+        validate({"tags": {f"k{i}": "v" for i in range(44)}})
+    assert validate({"tags": {"Cost Centre": "ÉTÉ 2024/q3 @team"}}).tags == {"Cost Centre": "ÉTÉ 2024/q3 @team"}
+
+
+def test_instance_type_lists_and_google_machine_types():
+    assert validate({"scheduler_instance_types": "M7i.large"}).scheduler_instance_types == ["m7i.large"]
+    with pytest.raises(ClusterSpecError, match="'n2-standard-8' is not an EC2 instance type name \\(that is a Google Cloud"):
+        validate({"instance_types": ["n2-standard-8"]})
