@@ -320,6 +320,33 @@ def _software(spec: ClusterSpec) -> SoftwareEnvironment:
     return SoftwareEnvironment(name="coiled/container", kind="container", container=spec.container, python=software.python)
 
 
+def _check_software(software: SoftwareEnvironment | None) -> None:
+    """Refuse, naming it, what of a software environment the nodes could not honour: they build
+    a venv from pip requirements, or run a container image as it is."""
+    if software is None:
+        return
+    what = f"software: environment {software.name!r}"
+    if software.conda is not None:
+        raise ClusterSpecError(
+            f"{what} has conda packages, which the aws backend cannot install (its nodes build a venv from pip "
+            "requirements, or run a container image): use pip=[...], or an image that holds the conda packages"
+        )
+    if software.kind == "container" and software.pip:
+        raise ClusterSpecError(
+            f"{what} layers pip packages on the image {software.container!r}; the aws backend runs images as they "
+            "are: build an image that holds them"
+        )
+    if getattr(software, "post_build", None):
+        raise ClusterSpecError(
+            f"{what} has post_build commands, which the aws backend does not run; put them in a container image"
+        )
+    if getattr(software, "include_local_code", False):
+        raise ClusterSpecError(
+            f"{what} has include_local_code=True, which the aws backend cannot honour (the client's files are not "
+            "shipped to its nodes): install your code as a package (pip) or put it in an image"
+        )
+
+
 # -- secrets ----------------------------------------------------------------------------------
 def _has_node_secrets(spec: ClusterSpec) -> bool:
     """Whether nodes read secrets from SSM: TLS material, or an ``environ`` to keep out of user data."""
@@ -413,6 +440,7 @@ def _plan(aws: AWS, spec: ClusterSpec, options: AWSOptions) -> _Plan:
     """
     _check_placement_options(spec, options)
     software = _software(spec) if (spec.software is not None or spec.container is not None) else None
+    _check_software(software)
     aws.account_id  # credentials first: every other check needs them
     types = _instance_types(aws, spec, options, software)
     amis = {arch: _resolve_ami(aws, options, arch) for arch in dict.fromkeys([types.scheduler_arch, types.worker_arch])}

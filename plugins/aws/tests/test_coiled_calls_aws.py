@@ -84,6 +84,9 @@ AWS_CALLS = [
         'coiled.Cluster(worker_disk_size=100, backend_options={"worker_root_volume_gib": 200})',
         ["worker_disk_size=100", "backend_options", "worker_root_volume_gib"],
     ),
+    ('coiled.Cluster(software="docs-conda-env")', ["software", "docs-conda-env'", "conda"]),
+    ('coiled.Cluster(software="aws-post-build")', ["software", "post_build"]),
+    ('coiled.Cluster(software="docs-image")', OK),
     ('coiled.list_clusters(backend="aws")', OK),
     ('coiled.delete_cluster(name="No_Such-Cluster", backend="aws")', ["No_Such-Cluster"]),
 ]
@@ -122,7 +125,9 @@ def environments_and_configurations():
         made = [call for call, _ in REFERENCE_OTHER_CALLS if ".create_" in call]
         for call in made:
             _run(call)
+        coiled.create_software_environment(name="aws-post-build", pip=["dask"], post_build=["echo built"])
         yield
+        coiled.delete_software_environment("aws-post-build")
         if any("create_cluster_configuration" in c for c in made):
             coiled.delete_cluster_configuration("docs-config")
         for name in ("docs-pip-env", "docs-conda-env", "docs-image"):
