@@ -79,6 +79,8 @@ def apply_generic_keywords(
     backend_options: Mapping[str, Any],
     mapping: Mapping[str, str],
     backend: str,
+    aliases: Mapping[str, tuple[str, ...]] | None = None,
+    conflicts: dict[str, tuple[str, Any]] | None = None,
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """Move the generic keywords the backend understands into its options.
 
@@ -87,16 +89,20 @@ def apply_generic_keywords(
         backend_options: the options the user (or configuration) gave.
         mapping: the backend's ``keyword_options``: keyword -> option field.
         backend: the backend's name, for messages.
+        aliases: other keys under which the options model accepts a field.
+        conflicts: filled with the options given both ways (see below).
 
     Returns:
         The options with the keywords' values added, and which option came from which keyword
         (for messages that name the keyword the user wrote).
 
-    Raises:
-        ClusterSpecError: a keyword and an explicit option disagree.
+    An option given in ``backend_options`` too (under its field name or an alias) is left as
+    given and reported in ``conflicts`` (option key -> the keyword's value), for the caller to
+    compare once both are validated: ``"everyone"`` and ``"0.0.0.0/0"`` may mean the same.
     """
     options = dict(backend_options)
     sources: dict[str, str] = {}
+    conflicts = conflicts if conflicts is not None else {}
     ignored = []
     for keyword in GENERIC_KEYWORDS:
         value = spec_values.get(keyword)
@@ -106,11 +112,10 @@ def apply_generic_keywords(
         if field is None:
             ignored.append(keyword)
             continue
-        if field in options and options[field] != value:
-            raise ClusterSpecError(
-                f"{keyword}={value!r} and backend_options {{{field!r}: {options[field]!r}}} disagree; "
-                f"give only one of them"
-            )
+        given = [key for key in (field, *(aliases or {}).get(field, ())) if key in options]
+        if given:
+            conflicts[given[0]] = (keyword, value)
+            continue
         options[field] = value
         sources[field] = keyword
     if ignored:

@@ -21,6 +21,7 @@ from pydantic import BaseModel
 
 from coiled_core import hookspecs
 from coiled_core.errors import (
+    ClusterSpecError,
     BackendContractError,
     BackendLoadError,
     BackendNotFoundError,
@@ -185,10 +186,30 @@ class Backend:
         the backend maps, validated; errors name the keyword the user wrote."""
         from coiled_core.keywords import GENERIC_KEYWORDS, apply_generic_keywords
 
+        model = self.options_model()
+        aliases = {}
+        for field, info in model.model_fields.items():
+            names = [info.alias] if isinstance(info.alias, str) else []
+            if isinstance(info.validation_alias, str):
+                names.append(info.validation_alias)
+            elif info.validation_alias is not None and hasattr(info.validation_alias, "choices"):
+                names += [c for c in info.validation_alias.choices if isinstance(c, str)]
+            aliases[field] = tuple(n for n in names if n != field)
+        conflicts: dict[str, tuple[str, Any]] = {}
         options, sources = apply_generic_keywords(
-            {k: getattr(spec, k) for k in GENERIC_KEYWORDS}, spec.backend_options, self.keyword_options(), self.name
+            {k: getattr(spec, k) for k in GENERIC_KEYWORDS}, spec.backend_options, self.keyword_options(), self.name,
+            aliases, conflicts,
         )
-        return validate_backend_options(self.options_model(), options, self.name, sources)
+        validated = validate_backend_options(model, options, self.name, sources)
+        for key, (keyword, value) in conflicts.items():
+            # Given both ways: the same once validated is fine ("everyone" and "0.0.0.0/0").
+            field = next(f for f, names in aliases.items() if key == f or key in names)
+            other = validate_backend_options(model, {**options, key: value}, self.name, {key: keyword})
+            if getattr(other, field) != getattr(validated, field):
+                raise ClusterSpecError(
+                    f"{keyword}={value!r} and backend_options {{{key!r}: {options[key]!r}}} disagree; give only one of them"
+                )
+        return validated
 
     def tls_policy(self, options: BaseModel) -> TLSPolicy:
         return self._call("tls_policy", options=options) or TLSPolicy()

@@ -718,3 +718,31 @@ class Options(BaseModel):
         f.write(extra)
     with pytest.raises(coiled.ClusterSpecError, match=r"^region: 'salty' is not a flavour of this backend$"):
         coiled.Cluster(name="kw", backend="fake_a", region="salty")
+
+
+def test_a_keyword_and_an_option_agree_once_validated_and_aliases_count(site):
+    extra = """
+from pydantic import Field as _Field, field_validator as _fv, ConfigDict as _CD
+
+class Options(BaseModel):
+    model_config = _CD(populate_by_name=True)
+    flavour: str = _Field("plain", alias="flavour_name")
+
+    @_fv("flavour")
+    @classmethod
+    def _normal(cls, v):
+        return "plain" if v in ("plain", "ordinary") else v
+
+@hookimpl
+def keyword_options():
+    return {"region": "flavour"}
+"""
+    module = site.add_backend("fake_a", describe_finds=False, provision_fails=True)
+    with open(site.root / f"{module}.py", "a") as f:
+        f.write(extra)
+    # "ordinary" and "plain" mean the same to the backend: no disagreement.
+    spec, options = coiled.check_cluster(backend="fake_a", region="ordinary", backend_options={"flavour": "plain"})
+    assert options.flavour == "plain"
+    # The option under its alias is the same option.
+    with pytest.raises(coiled.ClusterSpecError, match=r"region='sweet' and backend_options \{'flavour_name': 'sour'\} disagree"):
+        coiled.check_cluster(backend="fake_a", region="sweet", backend_options={"flavour_name": "sour"})
