@@ -4,15 +4,17 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PLUGINS := $(sort $(wildcard plugins/*/pyproject.toml))
+# Example backends built from docs/writing-a-backend.md; installed and tested like the plugins.
+EXAMPLES := examples/subprocess-backend/pyproject.toml
 
 .PHONY: install demo demo-aws test bench clean
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml $(PLUGINS)
+$(VENV)/.installed: pyproject.toml $(PLUGINS) $(EXAMPLES)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[test]" $(foreach p,$(PLUGINS),-e "$(dir $(p))[test]")
+	$(PY) -m pip install --quiet -e ".[test]" $(foreach p,$(PLUGINS) $(EXAMPLES),-e "$(dir $(p))[test]")
 	touch $@
 
 demo: install
