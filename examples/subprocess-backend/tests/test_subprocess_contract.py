@@ -15,12 +15,6 @@ DIRECTORY = Path(tempfile.mkdtemp(prefix="coiled-subprocess-tests-"))
 TOKEN = "COILED_SUBPROCESS_TOKEN"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _remove_directory():
-    yield
-    shutil.rmtree(DIRECTORY, ignore_errors=True)
-
-
 def processes(record):
     """Every live process marked as one of the cluster's nodes' (agents, their forkservers and workers)."""
     prefix = record.backend_ids["token"] + ":"  # each process's mark is "<token>:<node>"
@@ -30,6 +24,17 @@ def processes(record):
 class TestSubprocessContract(BackendContract):
     backend = "subprocess"
     backend_options = {"directory": str(DIRECTORY)}
+
+    @pytest.fixture(scope="class", autouse=True)
+    @classmethod
+    def _remove_directory(cls):
+        yield
+        # A test that failed half-way may have left a cluster running (the frozen-scheduler test does
+        # not tear down when its wait fails): stop everything in the directory before deleting it.
+        backend, options = cls().backend_handle()
+        for record in backend.list_clusters(options):
+            backend.teardown(record, options)
+        shutil.rmtree(DIRECTORY, ignore_errors=True)
 
     def assert_nothing_left(self, record):
         assert processes(record) == []
