@@ -3,7 +3,10 @@
 - The node agent's code (coiled-core is not on a package index) is uploaded once per content hash
   to the artifact bucket ``coiled-artifacts-<account>-<region>`` under ``agent/``. A node fetches
   it with its own instance role (no URL or key of the client's is in its user data) and runs it
-  only if its sha256 is the one in its user data.
+  only if its sha256 is the one in its user data. What else a node runs from the client goes
+  there the same way, named by its sha256: the client's local code
+  (``agent/code-<sha256>.zip``, ``include_local_code``) and ``post_build`` scripts too long to
+  go inline (``agent/post-build-<sha256>.sh``).
 - Nodes upload their logs to ``logs/<cluster>/<instance-id>.log`` in that bucket, so logs outlive
   the machines.
 - Secrets live in SSM Parameter Store (:mod:`coiled_aws.parameters`) and the node role in IAM
@@ -128,16 +131,31 @@ def upload_once(aws: AWS, bucket: str, key: str, path: Path) -> StoredObject:
     An object already at ``key`` is kept only if its content is the same (checked by sha256, not
     trusted for existing); otherwise it is replaced.
     """
+    return upload_bytes_once(aws, bucket, key, Path(path).read_bytes())
+
+
+def content_key(prefix: str, data: bytes, suffix: str) -> str:
+    """``<prefix><sha256 of data><suffix>``: a key named by its content, shared by every cluster
+    that ships the same bytes."""
+    return f"{prefix}{_sha256(data)}{suffix}"
+
+
+def upload_bytes_once(aws: AWS, bucket: str, key: str, data: bytes) -> StoredObject:
+    """:func:`upload_once` for bytes in memory."""
     s3 = aws.client("s3")
-    data = Path(path).read_bytes()
     digest = _sha256(data)
     if _stored_sha256(s3, bucket, key, aws.account_id) != digest:
         s3.put_object(Bucket=bucket, Key=key, Body=data, ExpectedBucketOwner=aws.account_id)
     return StoredObject(bucket=bucket, key=key, sha256=digest, owner=aws.account_id, region=aws.region)
 
 
+def log_prefix(cluster: str) -> str:
+    """Where the logs of ``cluster``'s nodes go (a node role may write there and nowhere else)."""
+    return f"logs/{cluster}/"
+
+
 def log_key(cluster: str, instance_id: str) -> str:
-    return f"logs/{cluster}/{instance_id}.log"
+    return f"{log_prefix(cluster)}{instance_id}.log"
 
 
 def read_logs(aws: AWS, bucket: str, cluster: str, tail: int | None) -> dict[str, str]:

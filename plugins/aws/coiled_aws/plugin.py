@@ -54,7 +54,7 @@ from coiled_core.backend import (
     worker_name_prefix,
 )
 
-from coiled_aws import artifacts, bootstrap, iam, launch, network, parameters
+from coiled_aws import artifacts, bootstrap, iam, launch, local_code, network, parameters
 from coiled_aws.instance_types import InstanceTypeInfo
 from coiled_aws.network import Placement
 from coiled_aws.options import AWSOptions
@@ -68,6 +68,8 @@ TAG_ROLE = "coiled:role"
 TAG_OWNER = "coiled:owner"
 TAG_CREATED = "coiled:created-at"
 TAG_EXPIRES = "coiled:expires-at"
+#: On the scheduler: the sha256 of the local code (``include_local_code``) the nodes run.
+TAG_LOCAL_CODE = "coiled:local-code"
 logger = logging.getLogger("coiled_aws")
 
 LIVE_STATES = ["pending", "running", "shutting-down", "stopping", "stopped"]
@@ -322,29 +324,23 @@ def _software(spec: ClusterSpec) -> SoftwareEnvironment:
 
 def _check_software(software: SoftwareEnvironment | None) -> None:
     """Refuse, naming it, what of a software environment the nodes could not honour: they build
-    a venv from pip requirements, or run a container image as it is."""
+    a venv with pip (``post_build`` after), or run a container image (with pip packages and
+    ``post_build`` on top); conda environments are not built on AWS yet."""
     if software is None:
         return
     what = f"software: environment {software.name!r}"
     if software.conda is not None:
+        on_image = f" on top of the image {software.container!r}" if software.kind == "container" else ""
         raise ClusterSpecError(
-            f"{what} has conda packages, which the aws backend cannot install (its nodes build a venv from pip "
-            "requirements, or run a container image): use pip=[...], or an image that holds the conda packages"
-        )
-    if software.kind == "container" and software.pip:
-        raise ClusterSpecError(
-            f"{what} layers pip packages on the image {software.container!r}; the aws backend runs images as they "
-            "are: build an image that holds them"
-        )
-    if getattr(software, "post_build", None):
-        raise ClusterSpecError(
-            f"{what} has post_build commands, which the aws backend does not run; put them in a container image"
+            f"{what} has conda packages{on_image}: conda environments are not built on AWS yet (its nodes build "
+            "a venv with pip, or run a container image, with pip packages and post_build on top): use pip=[...], "
+            "or an image that holds the conda packages"
         )
     if getattr(software, "include_local_code", False):
-        raise ClusterSpecError(
-            f"{what} has include_local_code=True, which the aws backend cannot honour (the client's files are not "
-            "shipped to its nodes): install your code as a package (pip) or put it in an image"
-        )
+        try:
+            local_code.collect(Path.cwd())
+        except local_code.LocalCodeError as e:
+            raise ClusterSpecError(f"{what} has include_local_code=True, but {e}") from None
 
 
 # -- secrets ----------------------------------------------------------------------------------
@@ -491,7 +487,10 @@ NODE_LOG_MAX_BYTES = 50 * 2**20
 class _Boot:
     """Renders the node configs and boot scripts of one cluster (both waves and later scale-ups)."""
 
-    def __init__(self, aws: AWS, spec: ClusterSpec, options: AWSOptions):
+    def __init__(self, aws: AWS, spec: ClusterSpec, options: AWSOptions, local_code_sha256: str | None = None):
+        """``local_code_sha256``: the local code the cluster's nodes already run (scaling up an
+        existing cluster ships the same code, wherever the client runs); else the working
+        directory's, zipped and uploaded now."""
         self.aws, self.spec, self.options = aws, spec, options
         self.software = _software(spec)
         # A bucket another account owns is refused here (ProvisionError), before anything exists.
@@ -499,6 +498,39 @@ class _Boot:
         bundle = agent_bundle(Path.home() / ".cache" / "coiled" / "aws", extra_modules=[NODE_ADDON_MODULE])
         # Nodes fetch it with their own role and run it only if its sha256 is this one.
         self.bundle = artifacts.upload_once(aws, self.bucket, f"agent/{bundle.name}", bundle)
+        # What else nodes run from the client is fetched and checked the same way.
+        # post_build goes inline when short (see script() for when it does not fit after all).
+        self.post_build: str | artifacts.StoredObject | None = None
+        if self.software.post_build:
+            self.post_build = bootstrap.post_build_script(self.software.post_build)
+            if len(self.post_build.encode()) > bootstrap.POST_BUILD_INLINE_BYTES:
+                self._ship_post_build()
+        self.local_code: artifacts.StoredObject | None = None
+        if getattr(self.software, "include_local_code", False):
+            if local_code_sha256:
+                key = f"agent/code-{local_code_sha256}.zip"
+                self.local_code = artifacts.StoredObject(self.bucket, key, local_code_sha256, aws.account_id, aws.region)
+            else:
+                try:
+                    data = local_code.archive(Path.cwd())
+                except local_code.LocalCodeError as e:
+                    raise ClusterSpecError(f"software: environment {self.software.name!r} has include_local_code=True, but {e}") from None
+                key = artifacts.content_key("agent/code-", data, ".zip")
+                self.local_code = artifacts.upload_bytes_once(aws, self.bucket, key, data)
+
+    def _ship_post_build(self) -> None:
+        """Put the post_build script in the bucket (named by its sha256) instead of the user data."""
+        assert isinstance(self.post_build, str)
+        data = self.post_build.encode()
+        key = artifacts.content_key("agent/post-build-", data, ".sh")
+        self.post_build = artifacts.upload_bytes_once(self.aws, self.bucket, key, data)
+
+    def tags(self, role: str) -> list[dict]:
+        """The tags of a node of ``role``: the scheduler's say which local code the cluster runs."""
+        tags = _tags(self.spec, self.options, role)
+        if role == "scheduler" and self.local_code is not None:
+            tags.append({"Key": TAG_LOCAL_CODE, "Value": self.local_code.sha256})
+        return tags
 
     def _addon(self, role: str) -> AddOnRef:
         """The node add-on's settings for a node of ``role`` (see :mod:`coiled_aws.node`)."""
@@ -552,8 +584,18 @@ class _Boot:
         return self._finish(config)
 
     def script(self, config: NodeConfig) -> str:
+        try:
+            return self._render(config)
+        except ValueError:
+            if not isinstance(self.post_build, str):
+                raise
+            self._ship_post_build()  # short, but the user data is full: from the bucket then
+            return self._render(config)
+
+    def _render(self, config: NodeConfig) -> str:
         software = self.software
-        requirements = [*(software.pip or []), *node_requirements("boto3")]
+        container = software.kind == "container"
+        requirements = [] if container else [*(software.pip or []), *node_requirements("boto3")]
         return bootstrap.render(
             self.spec.name,
             config.to_dict(),
@@ -562,6 +604,11 @@ class _Boot:
             software.spec_hash()[:24],
             self.bundle,
             container=software.container,
+            software=software.name,
+            image_requirements=list(software.pip or []) if container else None,
+            post_build=self.post_build,
+            local_code=self.local_code,
+            log_prefix=artifacts.log_prefix(self.spec.name),
         )
 
 
@@ -585,7 +632,7 @@ def _launch_workers(aws: AWS, boot: _Boot, request_base: dict[str, Any], types: 
     spec, options = boot.spec, boot.options
     memory_limit = _worker_memory_limit(aws, types[0])
     request = launch.LaunchRequest(
-        user_data=boot.script(boot.worker(scheduler_address, memory_limit)), tags=_tags(spec, options, "worker"), **request_base
+        user_data=boot.script(boot.worker(scheduler_address, memory_limit)), tags=boot.tags("worker"), **request_base
     )
     if options.spot_policy == "spot_with_fallback":
         template = launch.launch_template(aws.ec2, _launch_template_name(spec.name), request)
@@ -711,7 +758,7 @@ def _launch_scheduler(aws: AWS, boot: _Boot, plan: _Plan, base: dict[str, Any], 
         scheduler_ip = network.free_private_address(aws.ec2, placement)
         request = launch.LaunchRequest(
             user_data=boot.script(boot.scheduler()),
-            tags=_tags(spec, options, "scheduler"),
+            tags=boot.tags("scheduler"),
             private_ip=scheduler_ip,
             instance_profile=profile,
             ami=plan.amis["scheduler"],
@@ -800,6 +847,7 @@ def describe(name: str, options: AWSOptions) -> ClusterRecord | None:
             "scheduler_instance_id": scheduler["InstanceId"] if scheduler else None,
             "scheduler_private_ip": scheduler.get("PrivateIpAddress") if scheduler else None,
             "scheduler_subnet_id": scheduler.get("SubnetId") if scheduler else None,
+            "local_code_sha256": _tag(scheduler, TAG_LOCAL_CODE) if scheduler else None,
         },
     )
 
@@ -830,7 +878,7 @@ def _add_workers(aws: AWS, record: ClusterRecord, options: AWSOptions, count: in
     placement = network.placement_of_subnet(aws.ec2, subnet_id) if subnet_id else network.find_placement(aws.ec2, options)
     tag_filter = [{"Name": f"tag:{TAG_CLUSTER}", "Values": [record.name]}]
     group_ids = [g["GroupId"] for g in aws.ec2.describe_security_groups(Filters=tag_filter)["SecurityGroups"]]
-    boot = _Boot(aws, spec, options)
+    boot = _Boot(aws, spec, options, local_code_sha256=record.backend_ids.get("local_code_sha256"))
     types = _instance_types(aws, spec, options, boot.software)
     base = {
         "ami": _resolve_ami(aws, options, types.worker_arch),
