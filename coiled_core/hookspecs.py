@@ -55,9 +55,19 @@ notices failures through ``describe``: a record whose state is no longer live, o
 ``workers`` than waited for, ends the start with the log tail from ``logs``. So ``describe`` must
 drop a worker that has ended (a dead process, a terminated machine) from ``record.workers``.
 
+**Records.** ``record.backend`` is the backend's entry-point name (no hook is told it: keep it
+as a constant). A live record without a ``scheduler_address`` is a cluster still being created:
+another process asking for that name waits until the address appears, then attaches.
+
+**Timeouts.** The core bounds the whole start by ``spec.timeout`` and reports a timeout itself
+(naming the step); it waits for a running ``provision`` to return before tearing down, so
+``provision`` must not block past the timeout, and whatever it raises then is not what the user
+sees.
+
 **Name claims.** A claim is atomic (an exclusive create: a file or directory, a cloud object or
 parameter created only if absent, a Kubernetes object). A claim is stale, and may be taken over,
-when its cluster has ended or its holder died. Where the backend cannot see the holder's process
+only when no live cluster holds the name and either the claim's cluster has ended or the claim's
+holder died before it became a cluster. Where the backend cannot see the holder's process
 (any cloud backend), the claim carries an expiry instead: a :class:`~coiled_core.claims.ClaimLease`
 written with the claim, stale once expired while no live cluster holds the name, or once marked
 provisioned and the cluster has ended.

@@ -410,7 +410,10 @@ class NodeAgent:
         name cannot have been created in the meantime."""
         for path in self.config.remove_on_end:
             try:
-                shutil.rmtree(path)
+                if os.path.isdir(path) and not os.path.islink(path):
+                    shutil.rmtree(path)
+                else:
+                    os.unlink(path)
             except FileNotFoundError:
                 pass
             except OSError:

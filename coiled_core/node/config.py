@@ -45,9 +45,11 @@ The protocol, key by key:
 ``state_dir``
     Where the agent writes ``agent.json`` (None: no report, as on a cloud VM).
 ``log_file``, ``log_max_bytes``
-    The node's log, which the agent rotates (copy and truncate) past ``log_max_bytes``.
+    The node's log. The agent itself writes to its standard output and error: the backend
+    starts it with both going to this file, opened for appending (so that rotation works); the
+    agent rotates it (copy and truncate) past ``log_max_bytes`` and hands it to its add-on.
 ``remove_on_end``
-    Paths the agent deletes when the node ends.
+    Files or directories the agent deletes when the node ends.
 ``report``
     Anything the backend wants echoed back in ``agent.json`` (the local backend: the spec).
 ``multiprocessing_method``

@@ -486,12 +486,13 @@ class FrozenSchedulerContract(ContractBase):
         cluster.close()
         assert self.running_worker_processes(record) == self.cluster_kwargs["n_workers"]
         thaw = self.freeze_scheduler(record)
+        backend, options = self.backend_handle()
         try:
             wait_until(lambda: self.running_worker_processes(record) == 0, 60, message="workers to end")
         finally:
             thaw()
-        backend, options = self.backend_handle()
-        backend.teardown(backend.describe(record.name, options) or record, options)
+            # Also when the check failed: a failed test must not leave a live cluster behind.
+            backend.teardown(backend.describe(record.name, options) or record, options)
         self.assert_nothing_left(record)
 
 
