@@ -24,7 +24,6 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
 from coiled_aws import bootstrap, local_code
 from coiled_aws.artifacts import StoredObject
 
@@ -195,7 +194,7 @@ class _Node:
     def boot(self, script: str) -> subprocess.CompletedProcess:
         """Run the user data with bash, as a simulated node (no power-off, no metadata service)."""
         (self.directory / "user-data").write_text(script)
-        assert subprocess.run(["bash", "-n", str(self.directory / "user-data")]).returncode == 0
+        assert subprocess.run(["bash", "-n", str(self.directory / "user-data")], check=False).returncode == 0
         env = {
             "PATH": self.path,
             "HOME": str(self.directory),
@@ -313,7 +312,7 @@ def test_long_post_build_scripts_are_not_inline_and_every_variant_is_valid_bash(
                                       image_requirements=["x"] if container else None, post_build=post_build, local_code=code)
             path = tmp_path / "user-data"
             path.write_text(script)
-            assert subprocess.run(["bash", "-n", str(path)]).returncode == 0
+            assert subprocess.run(["bash", "-n", str(path)], check=False).returncode == 0
             if isinstance(post_build, StoredObject):
                 assert f"POST_BUILD_KEY={stored.key}" in script and stored.sha256 in script
     long = bootstrap.post_build_script([f"echo {i:04d}" + "x" * 100 for i in range(60)])
@@ -362,7 +361,8 @@ def _default_pins() -> list[str]:
 def test_post_build_and_local_code_reach_every_node(offline_ec2, tmp_path, monkeypatch):
     """One cluster: post_build (too long to go inline: fetched from the bucket) ran in the venv
     (with VIRTUAL_ENV and CONDA_PREFIX), a module of the client's working directory is
-    importable in tasks and on the scheduler, and the nodes fetched the code by its sha256. The built environment is cached between runs (its spec,
+    importable in tasks and on the scheduler (and on a worker added later from another
+    directory), and the nodes fetched the code by its sha256. The built environment is cached between runs (its spec,
     post_build included, does not change)."""
     from distributed import Client
 
@@ -396,7 +396,7 @@ def test_post_build_and_local_code_reach_every_node(offline_ec2, tmp_path, monke
 
                 import aws_local_module
 
-                marker = open(f"{sys.prefix}/post-build-ran").read().split()
+                marker = Path(f"{sys.prefix}/post-build-ran").read_text().split()
                 return aws_local_module.ANSWER, marker, sys.prefix, importlib.util.find_spec("not_shipped") is None
 
             with Client(cluster) as client:
@@ -404,6 +404,11 @@ def test_post_build_and_local_code_reach_every_node(offline_ec2, tmp_path, monke
                 assert answer == "from the client" and hidden_left_out
                 assert marker == [prefix, prefix, f"{prefix}/bin/python"]
                 assert client.run_on_scheduler(seen)[0] == "from the client"
+                # A worker added later gets the same code, whatever the scaling client's directory.
+                monkeypatch.chdir(tmp_path / ".hidden")
+                cluster.scale(2)
+                client.wait_for_workers(2, timeout=120)
+                assert [found[0] for found in client.run(seen).values()] == ["from the client"] * 2
             backend = load_backend("aws")
             record = backend.describe(cluster.name, backend.validate_options(OPTIONS))
             expected = hashlib.sha256(local_code.archive(tmp_path)).hexdigest()
