@@ -24,6 +24,12 @@ Shipping the agent to a node
     ``PYTHONPATH``), ``node_requirements`` (what the node's Python environment needs),
     ``software_environment`` (the cluster's software environment, or the default one),
     ``SoftwareEnvironment``
+The VM boot script (:mod:`coiled_core.node.bootstrap`)
+    ``render_boot_script`` (every VM backend's user data or startup script), ``BootSoftware``,
+    ``boot_software``, ``NodeStore`` (how nodes reach the backend's artifact store),
+    ``StoredFile``, ``post_build_script``, ``POST_BUILD_INLINE_BYTES``, ``environment_key``
+    (the key of an environment's pack), ``build_environment_pack`` (build and upload one from
+    the client)
 Addresses
     ``node_host``, ``map_address``, ``loopback_mode``, ``loopback_address``
 TLS
@@ -52,6 +58,15 @@ if TYPE_CHECKING:
 #: Where each lazily loaded name lives.
 _LAZY = {
     "hookimpl": "coiled_core",
+    "render_boot_script": "coiled_core.node.bootstrap",
+    "BootSoftware": "coiled_core.node.bootstrap",
+    "boot_software": "coiled_core.node.bootstrap",
+    "NodeStore": "coiled_core.node.bootstrap",
+    "StoredFile": "coiled_core.node.bootstrap",
+    "post_build_script": "coiled_core.node.bootstrap",
+    "POST_BUILD_INLINE_BYTES": "coiled_core.node.bootstrap",
+    "environment_key": "coiled_core.node.envpack",
+    "build_environment_pack": "coiled_core.node.envpack",
     "ClusterSpec": "coiled_core.spec",
     "ClusterRecord": "coiled_core.records",
     "WorkerRecord": "coiled_core.records",

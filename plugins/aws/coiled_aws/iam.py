@@ -86,6 +86,15 @@ def node_policy(aws: AWS, cluster: str, role: str, kms_key_arn: str | None = Non
             "Resource": [f"{bucket}/logs/{cluster}/*"],
             "Condition": this_account,
         },
+        {
+            # Software environments are built once per spec by the first node that needs one
+            # and fetched by every later node of any cluster of the account (coiled_core.node.envpack).
+            "Sid": "SharedEnvironmentPacks",
+            "Effect": "Allow",
+            "Action": ["s3:GetObject", "s3:PutObject"],
+            "Resource": [f"{bucket}/envs/*"],
+            "Condition": this_account,
+        },
     ]
     if role == "scheduler":
         statements.append(
@@ -149,6 +158,13 @@ def shared_node_policy(aws: AWS) -> dict[str, Any]:
                 "Effect": "Allow",
                 "Action": ["s3:PutObject"],
                 "Resource": [f"{bucket}/logs/*"],
+                "Condition": this_account,
+            },
+            {
+                "Sid": "SharedEnvironmentPacks",
+                "Effect": "Allow",
+                "Action": ["s3:GetObject", "s3:PutObject"],
+                "Resource": [f"{bucket}/envs/*"],
                 "Condition": this_account,
             },
             {

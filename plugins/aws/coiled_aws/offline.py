@@ -25,7 +25,7 @@ Two parts, started and stopped together by :class:`OfflineEC2`:
     - ``COILED_NODE_HOST``: its loopback address, :func:`loopback_address` of the private one,
       to bind to and advertise;
     - ``COILED_ENV_CACHE``: a directory shared by all instances for software environments built
-      from the same spec (see below);
+      from the same spec (see below; absent with ``env_cache=False``);
     - ``COILED_INSTANCE_DIR`` and ``COILED_NODE_ROOT``: the instance's work directory (also the
       working directory), where the boot script keeps its files instead of ``/opt/coiled``;
     - ``TMPDIR``: ``tmp`` in that directory, the instance's own temporary directory.
@@ -125,14 +125,15 @@ import argparse
 import atexit
 import base64
 import gzip
-import logging
-import os
 import hashlib
 import hmac
 import io
 import json
+import logging
+import os
 import re
 import secrets
+import shutil
 import signal
 import string
 import subprocess
@@ -141,9 +142,9 @@ import tempfile
 import threading
 import time
 import uuid
-from datetime import datetime, timezone
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -182,6 +183,15 @@ INHERIT_ENV: tuple[str, ...] = (
     "PIP_FIND_LINKS",
     "PIP_NO_INDEX",
     "PIP_CONFIG_FILE",
+    # uv (the boot script builds environments with it) and the certificates both tools trust.
+    "UV_INDEX_URL",
+    "UV_DEFAULT_INDEX",
+    "UV_EXTRA_INDEX_URL",
+    "UV_CACHE_DIR",
+    "UV_NATIVE_TLS",
+    "UV_PYTHON_INSTALL_DIR",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
 )
 #: API states in which an instance's processes must not run.
 _DOWN_STATES = frozenset({"shutting-down", "terminated", "stopping", "stopped"})
@@ -288,7 +298,9 @@ class OfflineEC2:
         Default: a new temporary directory.
     env_cache:
         ``COILED_ENV_CACHE`` for the instances; default ``<workdir>/env-cache``. Give a lasting
-        directory to reuse environment builds across runs.
+        directory to reuse environment builds across runs. ``False``: no shared cache, each
+        instance keeps its environments in its own directory, as real machines do (the
+        environment packs in the artifact bucket are then what spares the builds).
     poll_interval:
         Seconds between two looks at the API.
     kill_grace:
@@ -312,7 +324,7 @@ class OfflineEC2:
         *,
         max_instances: int | None = None,
         workdir: str | os.PathLike[str] | None = None,
-        env_cache: str | os.PathLike[str] | None = None,
+        env_cache: str | os.PathLike[str] | None | bool = None,
         poll_interval: float = 0.2,
         kill_grace: float = 3.0,
         extra_env: Mapping[str, str] | None = None,
@@ -327,7 +339,8 @@ class OfflineEC2:
         self.regions: list[str] = list(regions)
         self.max_instances: int = max_instances if max_instances is not None else default_max_instances()
         self._workdir_arg = Path(workdir) if workdir is not None else None
-        self._env_cache_arg = Path(env_cache) if env_cache is not None else None
+        self.shared_env_cache = env_cache is not False
+        self._env_cache_arg = Path(env_cache) if env_cache not in (None, False, True) else None
         self.poll_interval = poll_interval
         self.kill_grace = kill_grace
         self.extra_env: dict[str, str] = dict(extra_env or {})
@@ -456,6 +469,10 @@ class OfflineEC2:
         self.env_cache.mkdir(parents=True, exist_ok=True)
         bin_dir = self.workdir / "bin"
         bin_dir.mkdir(exist_ok=True)
+        # The simulated machine image has uv, as the boot script prefers (it would pip-install it).
+        uv = shutil.which("uv") or shutil.which("uv", path=os.path.dirname(sys.executable))
+        if uv and not (bin_dir / "uv").exists():
+            (bin_dir / "uv").symlink_to(uv)
         for name in ("poweroff", "shutdown", "halt"):
             shim = bin_dir / name
             shim.write_text(_POWEROFF_SHIM)
@@ -667,12 +684,13 @@ class OfflineEC2:
             COILED_INSTANCE_ID=iid,
             COILED_PRIVATE_IP=private_ip,
             COILED_NODE_HOST=node_host,
-            COILED_ENV_CACHE=str(self.env_cache),
             COILED_INSTANCE_DIR=str(directory),
             COILED_NODE_ROOT=str(directory),
             # The instance's own /tmp: what its processes leave there stays with its directory.
             TMPDIR=str(temporary),
         )
+        if self.shared_env_cache:
+            env["COILED_ENV_CACHE"] = str(self.env_cache)
         env.update(self.extra_env)
         env["PATH"] = os.pathsep.join(p for p in (str(self.workdir / "bin"), env.get("PATH", os.defpath)) if p)
         env[RUNNER_ENV] = self._marker

@@ -16,6 +16,7 @@ lifetime cap by more than ``EXPIRY_GRACE``.
 
 from __future__ import annotations
 
+import dataclasses
 import getpass
 import json
 import logging
@@ -28,8 +29,22 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+from coiled_aws import (
+    artifacts,
+    bootstrap,
+    iam,
+    launch,
+    local_code,
+    network,
+    parameters,
+)
+from coiled_aws.instance_types import InstanceTypeInfo
+from coiled_aws.network import Placement
+from coiled_aws.options import AWSOptions
+from coiled_aws.session import AWS
 from coiled_core.backend import (
     EXPIRY_GRACE,
+    POST_BUILD_INLINE_BYTES,
     AddOnRef,
     ClaimLease,
     ClusterRecord,
@@ -39,9 +54,12 @@ from coiled_core.backend import (
     ClusterTLS,
     NodeConfig,
     ProvisionError,
+    SoftwareEnvironment,
+    StoredFile,
     TLSPolicy,
     WorkerRecord,
     agent_bundle,
+    boot_software,
     build_node_config,
     dns_label,
     hookimpl,
@@ -49,16 +67,9 @@ from coiled_core.backend import (
     map_address,
     node_requirements,
     past_lifetime,
-    SoftwareEnvironment,
     software_environment,
     worker_name_prefix,
 )
-
-from coiled_aws import artifacts, bootstrap, iam, launch, local_code, network, parameters
-from coiled_aws.instance_types import InstanceTypeInfo
-from coiled_aws.network import Placement
-from coiled_aws.options import AWSOptions
-from coiled_aws.session import AWS
 
 #: The hook contract this backend implements (see ``coiled_core.hookspecs``).
 HOOK_API_VERSION = 2
@@ -500,11 +511,10 @@ class _Boot:
         self.bundle = artifacts.upload_once(aws, self.bucket, f"agent/{bundle.name}", bundle)
         # What else nodes run from the client is fetched and checked the same way.
         # post_build goes inline when short (see script() for when it does not fit after all).
-        self.post_build: str | artifacts.StoredObject | None = None
-        if self.software.post_build:
-            self.post_build = bootstrap.post_build_script(self.software.post_build)
-            if len(self.post_build.encode()) > bootstrap.POST_BUILD_INLINE_BYTES:
-                self._ship_post_build()
+        self.boot_software = boot_software(self.software, node_requirements("boto3"))
+        post_build = self.boot_software.post_build
+        if isinstance(post_build, str) and len(post_build.encode()) > POST_BUILD_INLINE_BYTES:
+            self._ship_post_build()
         self.local_code: artifacts.StoredObject | None = None
         if getattr(self.software, "include_local_code", False):
             if local_code_sha256:
@@ -520,10 +530,12 @@ class _Boot:
 
     def _ship_post_build(self) -> None:
         """Put the post_build script in the bucket (named by its sha256) instead of the user data."""
-        assert isinstance(self.post_build, str)
-        data = self.post_build.encode()
+        post_build = self.boot_software.post_build
+        assert isinstance(post_build, str)
+        data = post_build.encode()
         key = artifacts.content_key("agent/post-build-", data, ".sh")
-        self.post_build = artifacts.upload_bytes_once(self.aws, self.bucket, key, data)
+        stored = artifacts.upload_bytes_once(self.aws, self.bucket, key, data)
+        self.boot_software = dataclasses.replace(self.boot_software, post_build=StoredFile(stored.key, stored.sha256))
 
     def tags(self, role: str) -> list[dict]:
         """The tags of a node of ``role``: the scheduler's say which local code the cluster runs."""
@@ -587,26 +599,17 @@ class _Boot:
         try:
             return self._render(config)
         except ValueError:
-            if not isinstance(self.post_build, str):
+            if not isinstance(self.boot_software.post_build, str):
                 raise
             self._ship_post_build()  # short, but the user data is full: from the bucket then
             return self._render(config)
 
     def _render(self, config: NodeConfig) -> str:
-        software = self.software
-        container = software.kind == "container"
-        requirements = [] if container else [*(software.pip or []), *node_requirements("boto3")]
         return bootstrap.render(
             self.spec.name,
             config.to_dict(),
-            requirements,
-            software.python,
-            software.spec_hash()[:24],
+            self.boot_software,
             self.bundle,
-            container=software.container,
-            software=software.name,
-            image_requirements=list(software.pip or []) if container else None,
-            post_build=self.post_build,
             local_code=self.local_code,
             log_prefix=artifacts.log_prefix(self.spec.name),
         )

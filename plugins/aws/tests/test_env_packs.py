@@ -1,0 +1,138 @@
+"""Software environments on the offline EC2 with no shared build cache, as on real machines: the
+first cluster builds its environment once (not once per node) and uploads the pack; a later
+cluster fetches it; a corrupt pack is rebuilt and replaced; ``get_logs()`` says which path each
+node took. (A failed build failing the start with uv's message: test_aws_software.py.)
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import dask.config
+import pytest
+
+OPTIONS = {"region": "us-east-1", "allow_ingress_from": "127.0.0.1/32"}
+
+
+@pytest.fixture(scope="module")
+def uncached_ec2(tmp_path_factory):
+    from coiled_aws.offline import OfflineEC2
+
+    simulator = OfflineEC2(workdir=str(tmp_path_factory.mktemp("offline-ec2")), env_cache=False)
+    simulator.start()
+    saved = {key: os.environ.get(key) for key in simulator.environ()}
+    os.environ.pop("AWS_PROFILE", None)
+    os.environ.update(simulator.environ())
+    with dask.config.set({"coiled.loopback-addresses": True}):
+        yield simulator
+    simulator.stop()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+def _s3(simulator):
+    return simulator.client("s3", OPTIONS["region"])
+
+
+def _bucket(simulator) -> str:
+    return f"coiled-artifacts-{simulator.credentials.account_id}-{OPTIONS['region']}"
+
+
+def _env_objects(simulator) -> list[str]:
+    reply = _s3(simulator).list_objects_v2(Bucket=_bucket(simulator), Prefix="envs/", ExpectedBucketOwner=simulator.credentials.account_id)
+    return sorted(o["Key"] for o in reply.get("Contents", []))
+
+
+def _paths(logs: dict[str, str]) -> list[str]:
+    """How each node got its environment, from the lines the envpack step logs."""
+    found = []
+    for text in logs.values():
+        for line in text.splitlines():
+            if "coiled: environment: " in line and " ready (" in line:
+                found.append(line.split(" ready (", 1)[1].rsplit(") in ", 1)[0])
+    return sorted(found)
+
+
+def _node_logs(cluster, nodes: int) -> dict[str, str]:
+    """The cluster's logs once every node's agent shipped its log (at start, then every 10 s)."""
+    from coiled_core.testing import wait_until
+
+    found: dict[str, str] = {}
+
+    def shipped() -> bool:
+        found.clear()
+        found.update({key: text for key, text in cluster.get_logs().items() if key.startswith("aws:")})
+        return len(_paths(found)) >= nodes
+
+    wait_until(shipped, 60, message=f"the boot logs of {nodes} nodes")
+    return found
+
+
+def test_the_first_cluster_builds_once_and_later_clusters_fetch(uncached_ec2):
+    import coiled
+
+    kwargs = dict(backend="aws", backend_options=OPTIONS, worker_cpu=1, worker_memory="2 GiB", security=False, wait_for_workers=True)
+    with coiled.Cluster(name=f"packs-first-{os.getpid()}", n_workers=2, **kwargs) as cluster:
+        first_logs = _node_logs(cluster, 3)
+    # Three nodes booted at once; one built, the others waited for its pack.
+    assert _paths(first_logs) == [
+        "built and uploaded",
+        "waited for another node's pack, then fetched it",
+        "waited for another node's pack, then fetched it",
+    ], first_logs
+    assert any("coiled: boot: software environment" in text for text in first_logs.values())
+    objects = _env_objects(uncached_ec2)
+    packs = [key for key in objects if key.endswith(".tar.zst")]
+    assert len(packs) == 1 and any(key.endswith("/manifest.json") for key in objects), objects
+
+    with coiled.Cluster(name=f"packs-second-{os.getpid()}", n_workers=1, **kwargs) as cluster:
+        assert _paths(_node_logs(cluster, 2)) == ["fetched the pack", "fetched the pack"]
+    assert [key for key in _env_objects(uncached_ec2) if key.endswith(".tar.zst")] == packs
+
+    # A corrupt pack (a partial upload, say) is detected, rebuilt once and replaced.
+    s3, bucket = _s3(uncached_ec2), _bucket(uncached_ec2)
+    owner = uncached_ec2.credentials.account_id
+    body = s3.get_object(Bucket=bucket, Key=packs[0], ExpectedBucketOwner=owner)["Body"].read()
+    s3.put_object(Bucket=bucket, Key=packs[0], Body=body[: len(body) // 3], ExpectedBucketOwner=owner)
+    with coiled.Cluster(name=f"packs-corrupt-{os.getpid()}", n_workers=1, **kwargs) as cluster:
+        logs = _node_logs(cluster, 2)
+    paths = _paths(logs)
+    assert sorted(paths) == ["built (the stored pack was corrupt) and uploaded", "waited for another node's pack, then fetched it"], logs
+    assert sum("is corrupt" in text for text in logs.values()) >= 1
+    assert len([key for key in _env_objects(uncached_ec2) if key.endswith(".tar.zst")]) == 2
+
+
+def test_the_aws_store_program_keeps_the_contract(uncached_ec2, tmp_path):
+    """get: exit 2 for a missing object; create: atomic, exit 3 when the key exists; every call
+    names the bucket's owner."""
+    from coiled_aws import artifacts, bootstrap
+    from coiled_aws.options import AWSOptions
+    from coiled_aws.session import AWS
+
+    aws = AWS(AWSOptions(**OPTIONS))
+    bucket = artifacts.ensure_bucket(aws)
+    store = bootstrap.node_store(bucket, aws.account_id, aws.region)
+    program = tmp_path / "store.py"
+    program.write_text(store.program)
+    env = dict(os.environ, COILED_STORE=__import__("json").dumps(store.settings))
+
+    def run(*args: str) -> int:
+        return subprocess.run([sys.executable, str(program), *args], env=env, capture_output=True).returncode
+
+    source = tmp_path / "claim"
+    source.write_text("mine")
+    assert run("get", "envs/test/none", str(tmp_path / "x")) == 2
+    assert run("create", str(source), "envs/test/claim") == 0
+    assert run("create", str(source), "envs/test/claim") == 3
+    assert run("put", str(source), "envs/test/claim") == 0
+    assert run("get", "envs/test/claim", str(tmp_path / "got")) == 0 and (tmp_path / "got").read_text() == "mine"
+    assert uncached_ec2.s3_requests_without_expected_owner == []
+    # A bucket of the same name in another account is never used.
+    other = dict(env, COILED_STORE=__import__("json").dumps({**store.settings, "owner": "999999999999"}))
+    refused = subprocess.run([sys.executable, str(program), "get", "envs/test/claim", str(tmp_path / "no")], env=other, capture_output=True, text=True)
+    assert refused.returncode == 1 and ("AccessDenied" in refused.stderr or "403" in refused.stderr), refused.stderr
