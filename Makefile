@@ -29,6 +29,7 @@ test: install
 bench: install
 	$(PY) bench/startup.py
 	$(PY) bench/aws_calls.py
+	$(PY) bench/node_boot.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info plugins/*/*.egg-info

@@ -25,7 +25,7 @@ from coiled_core.states import ClusterState
 # `import distributed` (pydantic models of environments and configurations are not free).
 _LAZY = {
     "coiled_core.records": ("ClusterRecord",),
-    "coiled_core.api": ("cluster_logs", "delete_cluster", "gc", "list_backends", "list_clusters"),
+    "coiled_core.api": ("build_software_environment", "cluster_logs", "delete_cluster", "gc", "list_backends", "list_clusters"),
     "coiled_core.configurations": (
         "BuiltinConfigurationError",
         "ClusterConfiguration",

@@ -186,8 +186,27 @@ def gc(backend: str | None = None, backend_options: Mapping[str, Any] | None = N
     return removed + credentials.sweep(Store(), loaded, options)
 
 
+def build_software_environment(name: str, backend: str | None = None, backend_options: Mapping[str, Any] | None = None) -> str:
+    """Build software environment ``name`` now, where ``backend``'s nodes get it, so that no
+    cluster waits for the build (``coiled env build NAME --backend B``).
+
+    Parameters:
+        name: the software environment (as for ``coiled.Cluster(software=...)``).
+        backend, backend_options: as for :func:`list_clusters`.
+
+    Returns:
+        One line for the user: what was built, and where.
+    """
+    from coiled_core.software import get_software_info
+
+    software = get_software_info(name)
+    loaded, options = _resolve(backend, backend_options)
+    return loaded.build_environment(software, options)
+
+
 __all__ = [
     "PluginEntry",
+    "build_software_environment",
     "teardown_cluster",
     "cluster_logs",
     "delete_cluster",

@@ -29,7 +29,7 @@ The VM boot script (:mod:`coiled_core.node.bootstrap`)
     ``boot_software``, ``NodeStore`` (how nodes reach the backend's artifact store),
     ``StoredFile``, ``post_build_script``, ``POST_BUILD_INLINE_BYTES``, ``environment_key``
     (the key of an environment's pack), ``build_environment_pack`` (build and upload one from
-    the client)
+    the client; raises ``PlatformMismatchError``, ``EnvironmentBuildError``, ``StoreError``)
 Addresses
     ``node_host``, ``map_address``, ``loopback_mode``, ``loopback_address``
 TLS
@@ -67,6 +67,9 @@ _LAZY = {
     "POST_BUILD_INLINE_BYTES": "coiled_core.node.bootstrap",
     "environment_key": "coiled_core.node.envpack",
     "build_environment_pack": "coiled_core.node.envpack",
+    "EnvironmentBuildError": "coiled_core.node.envpack",
+    "PlatformMismatchError": "coiled_core.node.envpack",
+    "StoreError": "coiled_core.node.envpack",
     "ClusterSpec": "coiled_core.spec",
     "ClusterRecord": "coiled_core.records",
     "WorkerRecord": "coiled_core.records",

@@ -23,56 +23,15 @@ from __future__ import annotations
 
 import sys
 from datetime import datetime
-from typing import Any, Callable
+from typing import Any
 
 import click
-import yaml
 from rich.table import Table
 from rich.text import Text
 
 from coiled_core import api
-from coiled_core.cli_common import OneLineErrorGroup, output_console
+from coiled_core.cli_common import OneLineErrorGroup, backend_arguments, output_console
 from coiled_core.records import ClusterRecord
-
-
-def _parse_option(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, Any] | None:
-    if not values:
-        return None
-    options: dict[str, Any] = {}
-    for item in values:
-        key, sep, raw = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise click.BadParameter(f"{item!r} is not KEY=VALUE", ctx=ctx, param=param)
-        try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError:
-            value = raw
-        # Scalars only: a date, list or mapping stays the text that was typed.
-        if not isinstance(value, (str, bool, int, float, type(None))):
-            value = raw
-        options[key] = value
-    return options
-
-
-def _backend_arguments(command: Callable) -> Callable:
-    """Add ``--backend`` and ``--option`` to a cluster command."""
-    command = click.option(
-        "--option",
-        "-o",
-        "backend_options",
-        multiple=True,
-        metavar="KEY=VALUE",
-        callback=_parse_option,
-        help="A backend option (repeatable); replaces the configured coiled.backend-options.<backend>.",
-    )(command)
-    return click.option(
-        "--backend",
-        "-b",
-        default=None,
-        metavar="NAME",
-        help="Backend to use (default: dask config coiled.backend, normally 'local').",
-    )(command)
 
 
 @click.group(name="coiled", cls=OneLineErrorGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -96,7 +55,7 @@ _STATE_STYLES = {"running": "green", "starting": "yellow", "pending": "yellow", 
 
 
 @cluster.command("list")
-@_backend_arguments
+@backend_arguments
 def list_command(backend: str | None, backend_options: dict[str, Any] | None) -> None:
     """List the clusters of a backend, live or recently stopped."""
     records = api.list_clusters(backend=backend, backend_options=backend_options)
@@ -122,7 +81,7 @@ def list_command(backend: str | None, backend_options: dict[str, Any] | None) ->
 
 @cluster.command("stop")
 @click.argument("name")
-@_backend_arguments
+@backend_arguments
 def stop_command(name: str, backend: str | None, backend_options: dict[str, Any] | None) -> None:
     """Shut down cluster NAME and delete its resources (works from any machine that sees it)."""
     record = api.delete_cluster(name, backend=backend, backend_options=backend_options)
@@ -132,7 +91,7 @@ def stop_command(name: str, backend: str | None, backend_options: dict[str, Any]
 @cluster.command("logs")
 @click.argument("name")
 @click.option("--tail", "-n", type=click.IntRange(min=1), default=None, metavar="N", help="Only the last N lines of each log.")
-@_backend_arguments
+@backend_arguments
 def logs_command(name: str, tail: int | None, backend: str | None, backend_options: dict[str, Any] | None) -> None:
     """Print the logs of cluster NAME, one section per process (also after it stopped)."""
     logs = api.cluster_logs(name, tail=tail, backend=backend, backend_options=backend_options)
@@ -143,7 +102,7 @@ def logs_command(name: str, tail: int | None, backend: str | None, backend_optio
 
 
 @cluster.command("gc")
-@_backend_arguments
+@backend_arguments
 def gc_command(backend: str | None, backend_options: dict[str, Any] | None) -> None:
     """Delete what dead clusters left behind (processes, claims, state); live clusters are kept."""
     removed = api.gc(backend=backend, backend_options=backend_options)

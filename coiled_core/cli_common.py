@@ -6,9 +6,10 @@ single ``Error: ...`` line on stderr and exits non-zero, never a traceback or a 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import click
+import yaml
 from rich.console import Console
 
 from coiled_core.errors import CoiledError
@@ -60,3 +61,43 @@ def output_console() -> Console:
     if not console.is_terminal:
         console = Console(highlight=False, width=max(console.width, 200))
     return console
+
+
+def parse_option(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, Any] | None:
+    if not values:
+        return None
+    options: dict[str, Any] = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", ctx=ctx, param=param)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        # Scalars only: a date, list or mapping stays the text that was typed.
+        if not isinstance(value, (str, bool, int, float, type(None))):
+            value = raw
+        options[key] = value
+    return options
+
+
+def backend_arguments(command: Callable) -> Callable:
+    """Add ``--backend`` and ``--option`` (the backend options, as ``backend_options``) to a command."""
+    command = click.option(
+        "--option",
+        "-o",
+        "backend_options",
+        multiple=True,
+        metavar="KEY=VALUE",
+        callback=parse_option,
+        help="A backend option (repeatable); replaces the configured coiled.backend-options.<backend>.",
+    )(command)
+    return click.option(
+        "--backend",
+        "-b",
+        default=None,
+        metavar="NAME",
+        help="Backend to use (default: dask config coiled.backend, normally 'local').",
+    )(command)

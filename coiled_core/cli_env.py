@@ -6,6 +6,7 @@
     coiled env list [--account ACCOUNT]
     coiled env inspect NAME
     coiled env delete NAME
+    coiled env build NAME [--backend B] [-o KEY=VALUE ...]
 
 ``--pip`` is repeatable: a single value naming an existing file is a requirements file,
 otherwise every value is one requirement (``--pip numpy --pip 'pandas>=2'``). Specs go to the
@@ -25,7 +26,7 @@ from rich.table import Table
 from rich.text import Text
 
 from coiled_core import software
-from coiled_core.cli_common import OneLineErrorGroup, output_console
+from coiled_core.cli_common import OneLineErrorGroup, backend_arguments, output_console
 
 __all__ = ["env"]
 
@@ -101,6 +102,17 @@ def create_command(
             f"hash {created.spec_hash()[:12]})."
         )
     )
+
+
+@env.command("build")
+@click.argument("name")
+@backend_arguments
+def build_command(name: str, backend: str | None, backend_options: dict | None) -> None:
+    """Build software environment NAME now, where the backend's nodes get it, so that no cluster
+    waits for the build (e.g. coiled env build team/etl --backend aws -o region=us-east-2)."""
+    from coiled_core import api
+
+    output_console().print(Text(api.build_software_environment(name, backend=backend, backend_options=backend_options)))
 
 
 @env.command("list")

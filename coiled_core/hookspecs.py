@@ -75,7 +75,7 @@ provisioned and the cluster has ended.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
@@ -92,7 +92,7 @@ HOOK_API_VERSION = 2
 PROJECT_NAME = "coiled_core"
 
 #: Hooks a backend must implement; the others (``keyword_options``, ``tls_policy``,
-#: ``preflight``, ``dashboard_url``) have defaults.
+#: ``preflight``, ``dashboard_url``, ``build_environment``) have defaults.
 REQUIRED_HOOKS = (
     "backend_options_model",
     "claim_name",
@@ -471,6 +471,34 @@ class BackendSpec:
             def gc(options):
                 ended = [r for r in list_clusters(options) if not r.state.is_live or past_lifetime(r)]
                 return [line for r in ended for line in delete_everything(r)]
+        """
+
+    @hookspec(firstresult=True)
+    def build_environment(self, software: Any, options: BaseModel) -> str:
+        """Build a software environment ahead of any cluster, where this backend's nodes get it.
+
+        Called by ``coiled env build NAME --backend B`` and ``coiled.build_software_environment``.
+        Optional: a backend without it builds environments when a cluster first needs them, and
+        the user is told so. A VM backend on the core's boot script builds the pack its nodes
+        would fetch (see :func:`coiled_core.node.envpack.build_environment_pack`).
+
+        Parameters:
+            software: the ``SoftwareEnvironment`` to build (as stored).
+            options: the validated ``backend_options``.
+
+        Returns:
+            One line for the user: what was built and where it is (or that it was there already).
+
+        Raises:
+            ClusterSpecError: the environment cannot be built by this backend (say why, naming
+                the parameter). ProvisionError: the build failed, with the build's own message.
+
+        Example::
+
+            @hookimpl
+            def build_environment(software, options):
+                store = my_node_store(options)
+                return build_environment_pack(boot_software(software, node_requirements("my-sdk")), store)
         """
 
     @hookspec(firstresult=True)

@@ -21,10 +21,10 @@ from pydantic import BaseModel
 
 from coiled_core import hookspecs
 from coiled_core.errors import (
-    ClusterSpecError,
     BackendContractError,
     BackendLoadError,
     BackendNotFoundError,
+    ClusterSpecError,
     CoiledError,
     DuplicateBackendError,
 )
@@ -259,6 +259,15 @@ class Backend:
 
     def logs(self, record: ClusterRecord, options: BaseModel, tail: int | None = None) -> dict[str, str]:
         return self._call("logs", record=record, options=options, tail=tail)
+
+    def build_environment(self, software: Any, options: BaseModel) -> str:
+        built = self._call("build_environment", software=software, options=options)
+        if built is None:
+            raise ClusterSpecError(
+                f"backend {self.name!r} does not build software environments ahead of time: its clusters build "
+                f"{software.name!r} when they first need it"
+            )
+        return built
 
 
 def _load_extensions(path: list[str] | None) -> list[tuple[str, Any]]:

@@ -41,9 +41,10 @@ def test_the_contract_has_the_expected_hooks():
             "list_clusters",
             "gc",
             "logs",
+            "build_environment",
         ]
     )
-    assert set(hookspecs.REQUIRED_HOOKS) == set(HOOKS) - {"keyword_options", "tls_policy", "preflight", "dashboard_url"}
+    assert set(hookspecs.REQUIRED_HOOKS) == set(HOOKS) - {"keyword_options", "tls_policy", "preflight", "dashboard_url", "build_environment"}
     assert hookspecs.HOOK_API_VERSION == 2
     # Every public function of the spec class is a hook spec.
     public = sorted(n for n, _ in inspect.getmembers(BackendSpec, inspect.isfunction) if not n.startswith("_"))

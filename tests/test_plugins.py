@@ -154,6 +154,12 @@ def list_clusters(options):
 def logs(record, options, tail):
     CALLS.append(("logs", {{"record": record, "options": options, "tail": tail}}))
     return {{"scheduler": "log of " + BACKEND_NAME + " tail=" + str(tail)}}
+
+
+@hookimpl
+def build_environment(software, options):
+    CALLS.append(("build_environment", {{"software": software, "options": options}}))
+    return "built " + software.name + " on " + BACKEND_NAME
 '''
 
 # An extension wrapping every hook: it records the hook name before and after the call.
@@ -269,6 +275,10 @@ def _call_every_method(backend: Backend) -> None:
     assert [r.name for r in backend.list_clusters(options)] == ["listed"]
     assert backend.logs(record, options, tail=5) == {"scheduler": f"log of {backend.name} tail=5"}
     assert backend.gc(options) == [f"deleted leftovers of {backend.name}"]
+    from coiled_core.software import SoftwareEnvironment
+
+    software = SoftwareEnvironment(name="team/x", kind="pip", pip=["distributed"])
+    assert backend.build_environment(software, options) == f"built team/x on {backend.name}"
 
 
 #: Hooks called by _call_every_method, in order (validate_options and options_from_record go
@@ -289,6 +299,7 @@ EVERY_METHOD_HOOKS = [
     "list_clusters",
     "logs",
     "gc",
+    "build_environment",
 ]
 
 

@@ -155,7 +155,7 @@ exec >>"$ROOT/node.log" 2>&1
 BOOTED=$(date +%s.%N)
 STEP=$BOOTED
 TOOLS=""
-echo "coiled: booting node of cluster $CLUSTER"
+echo "coiled: booting node of cluster $CLUSTER (boot clock $BOOTED)"
 
 took() {  # what: the time since the last step, and since boot
   local now

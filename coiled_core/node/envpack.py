@@ -92,11 +92,12 @@ class StoreProgram:
     MISSING = 2
     EXISTS = 3
 
-    def __init__(self, program: str | os.PathLike[str], python: str = sys.executable):
+    def __init__(self, program: str | os.PathLike[str], python: str = sys.executable, env: dict[str, str] | None = None):
         self.command = [python, os.fspath(program)]
+        self.env = env
 
     def _run(self, *args: str) -> int:
-        done = subprocess.run([*self.command, *args], capture_output=True, text=True)
+        done = subprocess.run([*self.command, *args], capture_output=True, text=True, env=self.env)
         if done.returncode not in (0, self.MISSING, self.EXISTS):
             raise StoreError(f"store {args[0]} {args[-1] if args[0] != 'get' else args[1]} failed: {done.stderr.strip()[-2000:]}")
         return done.returncode
@@ -454,6 +455,68 @@ class Preparer:
 def prepare_environment(request: EnvironmentRequest, store: StoreProgram) -> tuple[Path, str]:
     """Get ``request``'s environment onto this machine; its path and the path taken."""
     return Preparer(request, store).prepare()
+
+
+class PlatformMismatchError(EnvironmentBuildError):
+    """This machine cannot build packs for the nodes (another OS, architecture or Python)."""
+
+
+def normalised_machine(machine: str | None = None) -> str:
+    return environment_key("", "", machine).rsplit("-", 1)[1]
+
+
+def build_environment_pack(software: Any, store: Any, machine: str = "x86_64", force: bool = False) -> str:
+    """Build ``software``'s pack on this machine (the client) and upload it, for nodes of
+    architecture ``machine`` to fetch: ``coiled env build``.
+
+    ``software`` is a :class:`~coiled_core.node.bootstrap.BootSoftware` and ``store`` the
+    backend's :class:`~coiled_core.node.bootstrap.NodeStore`; the store program runs with this
+    Python and this user's credentials. A pack is only usable on machines like the one that
+    built it, so this machine must run Linux on ``machine`` with the environment's Python.
+
+    Returns a line for the user. Raises :class:`PlatformMismatchError` (this machine cannot
+    build for the nodes) or :class:`EnvironmentBuildError` (the build failed, with its output).
+    """
+    mine = f"{sys.platform} {normalised_machine()} Python {'%d.%d' % sys.version_info[:2]}"
+    wanted = f"linux {normalised_machine(machine)} Python {software.python}"
+    if mine != wanted:
+        raise PlatformMismatchError(
+            f"software environment {software.name!r} is for {wanted} machines, and this one is {mine}: build it on such a "
+            "machine, or let the first cluster that needs it build it (its nodes share the pack)"
+        )
+    if software.container:
+        raise PlatformMismatchError(f"software environment {software.name!r} is a container image: nodes pull it, there is nothing to build")
+    uv = shutil.which("uv") or shutil.which("uv", path=os.path.dirname(sys.executable)) or ""
+    base = Path(os.path.expanduser("~/.cache/coiled/builds"))
+    base.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=base) as work:
+        program = Path(work) / "store.py"
+        program.write_text(store.program)
+        runner = StoreProgram(program, env=dict(os.environ, COILED_STORE=json.dumps(store.settings)))
+        post_build = software.post_build
+        request = EnvironmentRequest(
+            software=software.name,
+            env_hash=software.env_hash,
+            python=software.python,
+            requirements=list(software.requirements),
+            post_build=(
+                {"text": post_build} if isinstance(post_build, str) else {"key": post_build.key, "sha256": post_build.sha256} if post_build else None
+            ),
+            interpreter=getattr(sys, "_base_executable", sys.executable),
+            uv=uv,
+            cache=Path(work) / "envs",
+            node=f"client {socket.gethostname()}",
+        )
+        preparer = Preparer(request, runner)
+        request.cache.mkdir()
+        manifest = runner.get_json(preparer.prefix + "manifest.json", request.cache)
+        if manifest is not None and not force:
+            return f"software environment {software.name!r} is already built ({request.key}, {manifest.get('size', 0) / 1e6:.0f} MB)"
+        preparer._build_and_upload(None, None)
+        manifest = runner.get_json(preparer.prefix + "manifest.json", request.cache) or {}
+        if manifest.get("built_by") != request.node:
+            raise EnvironmentBuildError(f"software environment {software.name!r} was built, but uploading its pack failed (see above)")
+        return f"built software environment {software.name!r} ({request.key}, {manifest.get('size', 0) / 1e6:.0f} MB) and uploaded it"
 
 
 def _request(args: argparse.Namespace) -> EnvironmentRequest:

@@ -52,14 +52,18 @@ from coiled_core.backend import (
     ClusterSpecError,
     ClusterState,
     ClusterTLS,
+    EnvironmentBuildError,
     NodeConfig,
+    PlatformMismatchError,
     ProvisionError,
     SoftwareEnvironment,
     StoredFile,
+    StoreError,
     TLSPolicy,
     WorkerRecord,
     agent_bundle,
     boot_software,
+    build_environment_pack,
     build_node_config,
     dns_label,
     hookimpl,
@@ -112,6 +116,24 @@ KEYWORD_OPTIONS = {
     "use_best_zone": "use_best_zone",
     "scheduler_gpu": "scheduler_gpu",
 }
+
+
+@hookimpl
+def build_environment(software: SoftwareEnvironment, options: AWSOptions) -> str:
+    """Build ``software``'s pack here and upload it to the artifact bucket, where nodes of every
+    later cluster fetch it (``coiled env build NAME --backend aws``)."""
+    _check_software(software)
+    aws = AWS(options)
+    bucket = artifacts.ensure_bucket(aws)
+    machine = "aarch64" if software.arm else "x86_64"
+    try:
+        return build_environment_pack(
+            boot_software(software, node_requirements("boto3")), bootstrap.node_store(bucket, aws.account_id, aws.region), machine
+        )
+    except PlatformMismatchError as e:
+        raise ClusterSpecError(f"software: {e}") from None
+    except (EnvironmentBuildError, StoreError) as e:
+        raise ProvisionError(str(e)) from None
 
 
 @hookimpl
@@ -863,7 +885,7 @@ def scale(record: ClusterRecord, options: AWSOptions, n_workers: int, retired: l
     by_name = {w.name: w.backend_ids["instance_id"] for w in record.workers}
     doomed = [by_name[n] for n in retired if n in by_name]
     if doomed:
-        aws.ec2.terminate_instances(InstanceIds=doomed)
+        _terminate(aws, doomed)
     missing = n_workers - (len(record.workers) - len(doomed))
     if missing > 0:
         _add_workers(aws, record, options, missing)
@@ -898,6 +920,28 @@ def _add_workers(aws: AWS, record: ClusterRecord, options: AWSOptions, count: in
     _launch_workers(aws, boot, base, types.worker, count, private)
 
 
+def _terminate(aws: AWS, instance_ids: list[str], attempts: int = 5) -> None:
+    """Terminate ``instance_ids``. An instance that is terminating on its own at the same moment
+    (its node powered off) can make the call fail on its network interface, already gone: the
+    call is made again for those still not terminated."""
+    from botocore.exceptions import ClientError
+
+    for attempt in range(attempts):
+        try:
+            aws.ec2.terminate_instances(InstanceIds=instance_ids)
+            return
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") != "InvalidNetworkInterfaceID.NotFound" or attempt == attempts - 1:
+                raise
+        time.sleep(0.5)
+        reply = aws.ec2.describe_instances(InstanceIds=instance_ids)
+        instance_ids = [
+            i["InstanceId"] for r in reply["Reservations"] for i in r["Instances"] if i["State"]["Name"] not in ("shutting-down", "terminated")
+        ]
+        if not instance_ids:
+            return
+
+
 def _wait_terminated(aws: AWS, instance_ids: list[str], timeout: float = 600) -> None:
     deadline = time.monotonic() + timeout
     while instance_ids and time.monotonic() < deadline:
@@ -921,7 +965,7 @@ def _delete_everything(aws: AWS, name: str, own_roles: bool = True) -> list[str]
     deleted = []
     ids = [i["InstanceId"] for i in _instances(aws, name)]
     if ids:
-        aws.ec2.terminate_instances(InstanceIds=ids)
+        _terminate(aws, ids)
         _wait_terminated(aws, ids)
         deleted.append(f"terminated {len(ids)} instance(s) of {name!r}")
     tag_filter = [{"Name": f"tag:{TAG_CLUSTER}", "Values": [name]}]

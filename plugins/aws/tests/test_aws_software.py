@@ -193,4 +193,4 @@ def test_a_failing_pip_build_fails_the_start_with_the_build_tools_message(offlin
         coiled.delete_software_environment("aws-bad-pip")
     message = str(failed.value)
     assert "coiled-no-such-package-xyz" in message and "was not found in the package registry" in message, message
-    assert "preparing software environment aws-bad-pip failed; powering off" in message, message
+    assert "preparing software environment " in message and "/aws-bad-pip failed; powering off" in message, message

@@ -136,3 +136,42 @@ def test_the_aws_store_program_keeps_the_contract(uncached_ec2, tmp_path):
     other = dict(env, COILED_STORE=__import__("json").dumps({**store.settings, "owner": "999999999999"}))
     refused = subprocess.run([sys.executable, str(program), "get", "envs/test/claim", str(tmp_path / "no")], env=other, capture_output=True, text=True)
     assert refused.returncode == 1 and ("AccessDenied" in refused.stderr or "403" in refused.stderr), refused.stderr
+
+
+def test_coiled_env_build_prebuilds_the_pack_so_no_node_builds(uncached_ec2, tmp_path):
+    """``coiled env build NAME --backend aws`` builds on the client and uploads the pack; the
+    nodes of the first cluster then all fetch it."""
+    from click.testing import CliRunner
+
+    import coiled
+    from coiled_core.cli import cli
+    from coiled_core.software import default_software_spec
+
+    name = f"prebuilt-{os.getpid()}"
+    coiled.create_software_environment(name, pip=default_software_spec().pip, post_build=["echo prebuilt on the client"])
+    try:
+        options = [arg for key, value in OPTIONS.items() for arg in ("-o", f"{key}={value}")]
+        result = CliRunner().invoke(cli, ["env", "build", name, "--backend", "aws", *options])
+        assert result.exit_code == 0, result.output
+        assert f"/{name}' (" in result.output and "built software environment" in result.output and "uploaded it" in result.output
+        again = coiled.build_software_environment(name, backend="aws", backend_options=OPTIONS)
+        assert "is already built" in again and f"/{name}'" in again
+        with coiled.Cluster(
+            name=f"packs-prebuilt-{os.getpid()}", software=name, n_workers=1, backend="aws", backend_options=OPTIONS,
+            worker_cpu=1, worker_memory="2 GiB", security=False, wait_for_workers=True,
+        ) as cluster:
+            assert _paths(_node_logs(cluster, 2)) == ["fetched the pack", "fetched the pack"]
+    finally:
+        coiled.delete_software_environment(name)
+
+
+def test_a_backend_without_prebuilt_environments_says_so(tmp_path):
+    import coiled
+    from coiled import ClusterSpecError
+
+    coiled.create_software_environment(f"not-prebuilt-{os.getpid()}", pip=["toolz"])
+    try:
+        with pytest.raises(ClusterSpecError, match="does not build software environments ahead of time"):
+            coiled.build_software_environment(f"not-prebuilt-{os.getpid()}", backend="subprocess")
+    finally:
+        coiled.delete_software_environment(f"not-prebuilt-{os.getpid()}")

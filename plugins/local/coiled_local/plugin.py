@@ -29,6 +29,7 @@ from coiled_core.backend import (
     ClusterTLS,
     NodeConfig,
     ProvisionError,
+    SoftwareEnvironment,
     TLSPolicy,
     WorkerRecord,
     build_node_config,
@@ -37,7 +38,6 @@ from coiled_core.backend import (
     past_lifetime,
     software_environment,
 )
-
 from coiled_local import environments, processes
 from coiled_local.options import LocalOptions
 
@@ -246,3 +246,13 @@ def logs(record: ClusterRecord, options: LocalOptions, tail: int | None) -> dict
     # One node: the scheduler and every worker write to the agent's log.
     return {"node": processes.log_tail(directory, tail or 0)}
 
+
+
+@hookimpl
+def build_environment(software: SoftwareEnvironment, options: LocalOptions) -> str:
+    """Build the environment where this machine's clusters run it (``coiled env build``)."""
+    python, built = environments.ensure_environment(software, options)
+    where = python.parent.parent
+    if built:
+        return f"built software environment {software.name!r} in {where}"
+    return f"software environment {software.name!r} is already built, in {where}"
