@@ -428,35 +428,33 @@ def test_without_uv_the_environment_is_built_with_pip_and_the_log_says_so(tmp_pa
     assert ran.returncode == 0
 
 
-def test_waiting_for_a_pack_is_bounded_then_the_node_builds_itself(tmp_path, monkeypatch):
+def _empty_environment(tmp_path: Path, env_hash: str, **extra) -> tuple[envpack.EnvironmentRequest, envpack.StoreProgram]:
+    """A request for an environment without packages, and a directory store's program."""
     store = directory_store(tmp_path / "store")
     program = tmp_path / "store.py"
     program.write_text(store.program)
-    monkeypatch.setenv("COILED_STORE", json.dumps(store.settings))
     request = envpack.EnvironmentRequest(
-        software="team/empty", env_hash="stuck", python=PYTHON, requirements=[], interpreter=sys.executable, uv=UV or "",
-        cache=tmp_path / "envs", wait_seconds=1, poll_seconds=0.2,
+        software="team/empty", env_hash=env_hash, python=PYTHON, requirements=[], interpreter=sys.executable, uv=UV or "",
+        cache=tmp_path / "envs", **extra,
     )
+    return request, envpack.StoreProgram(program, env=dict(os.environ, COILED_STORE=json.dumps(store.settings)))
+
+
+def test_waiting_for_a_pack_is_bounded_then_the_node_builds_itself(tmp_path):
+    request, store = _empty_environment(tmp_path, "stuck", wait_seconds=1, poll_seconds=0.2)
     # Another node claimed the build and never finished (nor failed).
     claim = tmp_path / "store" / "envs" / request.key / "claim-1"
     claim.parent.mkdir(parents=True)
     claim.write_text(json.dumps({"node": "i-gone", "created_at": 0 + __import__("time").time()}))
-    env, how = envpack.prepare_environment(request, envpack.StoreProgram(program))
+    env, how = envpack.prepare_environment(request, store)
     assert how == "built after waiting in vain, and uploaded" and (env / ".complete").exists()
     assert (tmp_path / "store" / "envs" / request.key / "manifest.json").exists()
 
 
-def test_nodes_of_one_machine_share_its_cache(tmp_path, monkeypatch):
-    store = directory_store(tmp_path / "store")
-    program = tmp_path / "store.py"
-    program.write_text(store.program)
-    monkeypatch.setenv("COILED_STORE", json.dumps(store.settings))
-    request = envpack.EnvironmentRequest(
-        software="team/empty", env_hash="shared", python=PYTHON, requirements=[], interpreter=sys.executable, uv=UV or "",
-        cache=tmp_path / "envs",
-    )
+def test_nodes_of_one_machine_share_its_cache(tmp_path):
+    request, store = _empty_environment(tmp_path, "shared")
     results = []
-    threads = [threading.Thread(target=lambda: results.append(envpack.prepare_environment(request, envpack.StoreProgram(program)))) for _ in range(2)]
+    threads = [threading.Thread(target=lambda: results.append(envpack.prepare_environment(request, store))) for _ in range(2)]
     for t in threads:
         t.start()
     for t in threads:

@@ -10,29 +10,9 @@ import os
 import subprocess
 import sys
 
-import dask.config
 import pytest
 
 OPTIONS = {"region": "us-east-1", "allow_ingress_from": "127.0.0.1/32"}
-
-
-@pytest.fixture(scope="module")
-def uncached_ec2(tmp_path_factory):
-    from coiled_aws.offline import OfflineEC2
-
-    simulator = OfflineEC2(workdir=str(tmp_path_factory.mktemp("offline-ec2")), env_cache=False)
-    simulator.start()
-    saved = {key: os.environ.get(key) for key in simulator.environ()}
-    os.environ.pop("AWS_PROFILE", None)
-    os.environ.update(simulator.environ())
-    with dask.config.set({"coiled.loopback-addresses": True}):
-        yield simulator
-    simulator.stop()
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
 
 
 def _s3(simulator):
