@@ -22,6 +22,7 @@ from dask.utils import parse_bytes, parse_timedelta
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from coiled_core import config
+from coiled_core.keywords import GENERIC_KEYWORDS
 from coiled_core.errors import ClusterSpecError
 
 #: Cluster names as Coiled accepts them: letters of either case, digits, ``_`` and ``-``. A backend
@@ -57,23 +58,11 @@ SPEC_KEYWORDS = (
     "no_client_timeout",
     "cluster_timeout",
     "security",
-    # Today's Coiled keywords (see coiled_core.keywords): generic, each backend maps those it
-    # understands onto its own options.
-    "region",
-    "worker_vm_types",
-    "scheduler_vm_types",
-    "spot_policy",
-    "tags",
-    "arm",
-    "worker_disk_size",
-    "scheduler_disk_size",
+    # Today's Coiled keywords: the generic ones, which each backend maps onto its own options
+    # (see coiled_core.keywords), then those the core itself resolves.
+    *GENERIC_KEYWORDS,
     "container",
     "package_sync",
-    "allow_ssh",
-    "allow_ingress_from",
-    "use_best_zone",
-    "scheduler_gpu",
-    "worker_gpu_type",
     "workspace",
 )
 #: Spot policies as Coiled names them (``compute_purchase_option`` is the older keyword).

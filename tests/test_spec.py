@@ -476,13 +476,13 @@ MODERN_KEYWORDS = [
     "arm",
     "worker_disk_size",
     "scheduler_disk_size",
-    "container",
-    "package_sync",
     "allow_ssh",
     "allow_ingress_from",
     "use_best_zone",
     "scheduler_gpu",
     "worker_gpu_type",
+    "container",
+    "package_sync",
     "workspace",
 ]
 
