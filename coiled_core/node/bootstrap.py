@@ -1,6 +1,6 @@
 """The boot script of a VM node, the same on every VM backend.
 
-A VM backend (AWS, GCP, ...) starts each node with a shell script as its user data or startup
+A VM backend starts each node with a shell script as its user data or startup
 script. :func:`render_boot_script` writes it; the backend only says how a node reaches its
 artifact store (:class:`NodeStore`), which objects to run (:class:`StoredFile`), how a node learns
 its own id and how it powers off. The script:
@@ -30,7 +30,7 @@ there: the agent, which ships logs later, never ran) and powers off.
 Every value is put into the script once, shell-quoted, as a variable at its top, and the template
 is rendered in one pass: text inside a value (a cluster name, a requirement, an image, a
 post_build command) is never expanded by the shell nor taken for another placeholder. The script
-stays well under EC2's 16 KB user-data limit (:data:`USER_DATA_LIMIT`).
+stays well under the smallest user-data limit of the clouds, 16 KB (:data:`USER_DATA_LIMIT`).
 
 **The store program** (:attr:`NodeStore.program`) is Python source of the backend's, run with
 the boot tools' Python as ``store.py CMD ...``, with :attr:`NodeStore.settings` as JSON in the
@@ -38,8 +38,8 @@ the boot tools' Python as ``store.py CMD ...``, with :attr:`NodeStore.settings` 
 
 - ``get KEY TARGET``: download; exit 0, or 2 if there is no such object;
 - ``put PATH KEY``: upload, replacing;
-- ``create PATH KEY``: upload only if KEY does not exist, atomically (S3 ``If-None-Match: *``,
-  GCS ``ifGenerationMatch=0``); exit 0 if created, 3 if KEY existed;
+- ``create PATH KEY``: upload only if KEY does not exist, atomically (the object store's
+  conditional write); exit 0 if created, 3 if KEY existed;
 - any other failure: a non-zero exit with a message on stderr.
 
 It runs with the node's own identity (instance role, service account): no key of the client's is
@@ -54,7 +54,7 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
-#: EC2's limit on user data (GCE's startup-script metadata allows more).
+#: The smallest limit on user data among the clouds (16 KB); some allow more.
 USER_DATA_LIMIT = 16 * 1024
 #: ``post_build`` scripts up to this size go inline; longer ones are shipped as a
 #: :class:`StoredFile` (see :func:`post_build_script`).
@@ -80,7 +80,7 @@ class NodeStore:
 
     #: Python source of the backend's store program (see the module documentation).
     program: str
-    #: Packages the program imports beyond the standard library (``("boto3",)``).
+    #: Packages the program imports beyond the standard library (the cloud's SDK).
     requirements: tuple[str, ...] = ()
     #: Given to the program as JSON in ``COILED_STORE`` (bucket, region, endpoint...).
     settings: dict[str, str] = field(default_factory=dict)
