@@ -409,10 +409,11 @@ def test_a_failed_build_fails_every_waiting_node_with_uvs_message_and_a_later_bo
         assert "preparing software environment team/broken failed; powering off" in uploaded
     key = envpack.environment_key("broken", PYTHON)
     failed = json.loads(cloud.object(f"envs/{key}/failed.json"))
-    assert failed["attempt"] == 1 and failed["kind"] == "build" and "coiled-no-such-package-xyz" in failed["message"]
+    # One attempt, or two when the second node looked only after the first had failed.
+    assert failed["attempt"] in (1, 2) and failed["kind"] == "build" and "coiled-no-such-package-xyz" in failed["message"]
     later = cloud.boot(script, "i-later", build_only=True, UV_OFFLINE="1")
     later.wait()
-    assert "building it (attempt 2)" in later.log()
+    assert f"building it (attempt {failed['attempt'] + 1})" in later.log()
 
 
 def test_without_uv_the_environment_is_built_with_pip_and_the_log_says_so(tmp_path, capsys):
