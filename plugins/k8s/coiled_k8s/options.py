@@ -1,0 +1,59 @@
+"""``backend_options`` of the k8s backend, and the default image."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from coiled_core.backend import config_get
+
+
+def default_image() -> str:
+    """The public Dask image matching this client's distributed and Python versions."""
+    from importlib.metadata import version
+
+    return f"ghcr.io/dask/dask:{version('distributed')}-py{sys.version_info.major}.{sys.version_info.minor}"
+
+
+class K8sOptions(BaseModel):
+    """Options of ``coiled.Cluster(backend="k8s", backend_options={...})``; each also reads its
+    default from dask config ``coiled.k8s.<name>``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: Namespace of every object (default: the kubeconfig context's, in a pod its own, else "default").
+    namespace: str | None = Field(default_factory=lambda: config_get("k8s.namespace"))
+    #: Kubeconfig file (default: in-cluster config in a pod, else ``$KUBECONFIG`` or ``~/.kube/config``).
+    kubeconfig: str | None = Field(default_factory=lambda: config_get("k8s.kubeconfig"))
+    #: Kubeconfig context (default: its current context).
+    context: str | None = Field(default_factory=lambda: config_get("k8s.context"))
+    #: Image of every pod (default: :func:`default_image`; a ``container`` software environment wins).
+    image: str | None = Field(default_factory=lambda: config_get("k8s.image"))
+    #: How the client reaches the scheduler: ClusterIP (from inside the cluster), LoadBalancer or NodePort.
+    service_type: Literal["ClusterIP", "LoadBalancer", "NodePort"] = Field(
+        default_factory=lambda: config_get("k8s.service_type") or "ClusterIP")
+    node_selector: dict[str, str] = Field(default_factory=lambda: dict(config_get("k8s.node_selector") or {}))
+    tolerations: list[dict[str, Any]] = Field(default_factory=lambda: list(config_get("k8s.tolerations") or []))
+    #: Extra labels and annotations on every object (the backend's own labels win).
+    labels: dict[str, str] = Field(default_factory=lambda: dict(config_get("k8s.labels") or {}))
+    annotations: dict[str, str] = Field(default_factory=lambda: dict(config_get("k8s.annotations") or {}))
+    #: Names of Secrets for pulling the image.
+    image_pull_secrets: list[str] = Field(default_factory=lambda: list(config_get("k8s.image_pull_secrets") or []))
+    #: The pods' service account. Default: one made per cluster, allowed only to delete its
+    #: cluster (the client then needs the RBAC to make it; see the README).
+    service_account: str | None = Field(default_factory=lambda: config_get("k8s.service_account"))
+    #: A partial pod (``{"spec": {...}, "metadata": {...}}`` or just a spec) merged into every pod.
+    pod_template: dict[str, Any] = Field(default_factory=lambda: dict(config_get("k8s.pod_template") or {}))
+
+    @field_validator("labels")
+    @classmethod
+    def _label_values(cls, labels: dict[str, str]) -> dict[str, str]:
+        import re
+
+        bad = [f"{k}={v}" for k, v in labels.items()
+               if len(v) > 63 or not re.fullmatch(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?", v)]
+        if bad:
+            raise ValueError(f"not valid Kubernetes label values (at most 63 of A-Z a-z 0-9 - _ .): {', '.join(bad)}")
+        return labels

@@ -1,0 +1,52 @@
+"""One offline Kubernetes (API fake and process kubelet) for the whole test session.
+
+The client is held to the Role in docs/rbac.yaml, so every test also proves that Role enough.
+"""
+
+import contextlib
+import os
+from pathlib import Path
+
+import dask.config
+import pytest
+import yaml
+
+RBAC = Path(__file__).parents[1] / "docs" / "rbac.yaml"
+
+
+def client_rules():
+    """The rules of the client Role in the docs."""
+    roles = [doc for doc in yaml.safe_load_all(RBAC.read_text()) if doc]
+    return next(role["rules"] for role in roles if role["metadata"]["name"] == "coiled-k8s-client")
+
+
+@contextlib.contextmanager
+def environment(**values):
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def offline_k8s(tmp_path_factory):
+    from coiled_k8s.offline import OfflineKubernetes
+
+    workdir = tmp_path_factory.mktemp("offline-k8s")
+    cluster = OfflineKubernetes(workdir, admin_rules=client_rules())
+    # Child processes (the contract suite's other "sessions") map addresses and keep logs alike.
+    with cluster, environment(DASK_COILED__LOOPBACK_ADDRESSES="true",
+                              DASK_COILED__K8S__LOG_DIRECTORY=str(workdir / "kept-logs")):
+        with dask.config.set({"coiled.loopback-addresses": True, "coiled.k8s.log_directory": str(workdir / "kept-logs")}):
+            yield cluster
+
+
+@pytest.fixture
+def k8s_options(offline_k8s):
+    return {"kubeconfig": offline_k8s.kubeconfig}

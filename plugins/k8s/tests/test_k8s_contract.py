@@ -1,0 +1,61 @@
+"""The k8s backend passes the whole contract suite on the offline Kubernetes."""
+
+import signal
+
+import psutil
+import pytest
+
+from coiled_core.testing import BackendContract, wait_until
+from coiled_k8s.offline.kubelet import MARK_ENV
+
+
+def pod_processes(offline, uid):
+    """Live processes of the pod ``uid`` of ``offline``'s node (the kubelet marks them all)."""
+    mark = f"{offline.node.mark}:{uid}"
+    found = []
+    for proc in psutil.process_iter(["environ", "status"]):
+        if (proc.info["environ"] or {}).get(MARK_ENV) == mark and proc.info["status"] != psutil.STATUS_ZOMBIE:
+            found.append(proc)
+    return found
+
+
+class TestK8sContract(BackendContract):
+    backend = "k8s"
+    # One worker keeps each of the suite's clusters small on two cores; the tests that need more scale up.
+    cluster_kwargs = {"n_workers": 1, "worker_cpu": 1, "worker_memory": "1 GiB"}
+    worker_timeout = 120.0
+
+    @pytest.fixture(autouse=True)
+    def _offline(self, offline_k8s):
+        self.offline = offline_k8s
+        type(self).backend_options = {"kubeconfig": offline_k8s.kubeconfig}
+
+    def assert_nothing_left(self, record):
+        name_label = f"coiled.io/cluster={record.backend_ids.get('owner', '')[:-len('-cluster')]}"
+        left = [(res, o["metadata"]["name"]) for res, o in self.offline.objects(label_selector=name_label)
+                if o["metadata"]["labels"].get("coiled.io/cluster-uid", o["metadata"]["uid"]) == record.backend_ids["uid"]
+                or o["metadata"]["uid"] == record.backend_ids["uid"]]
+        assert left == []
+        wait_until(lambda: not self._processes(record), 30, message="pod processes to end")
+
+    def _processes(self, record):
+        uids = {uid for uid, rt in self.offline.node.runtimes.items() if rt.name.startswith(record.backend_ids["owner"][:-len("cluster")])}
+        return [p for uid in uids for p in pod_processes(self.offline, uid)]
+
+    def _pod_uid(self, name):
+        pods = [o for res, o in self.offline.objects() if res == "pods" and o["metadata"]["name"] == name]
+        return pods[0]["metadata"]["uid"] if pods else None
+
+    def freeze_scheduler(self, record):
+        procs = pod_processes(self.offline, self._pod_uid(record.backend_ids["scheduler_pod"]))
+        for proc in procs:
+            proc.send_signal(signal.SIGSTOP)
+
+        def thaw():
+            for proc in procs:
+                if proc.is_running():
+                    proc.send_signal(signal.SIGCONT)
+        return thaw
+
+    def running_worker_processes(self, record):
+        return sum(1 for w in record.workers if (uid := self._pod_uid(w.name)) and pod_processes(self.offline, uid))
