@@ -229,16 +229,24 @@ TOOLS_PY="${PY:-$(command -v python3 || true)}"
 [ -n "$TOOLS_PY" ] || fail "this machine has no python3 to fetch the node's files with"
 took "python ${PY:-none} and uv ${UV:-none}"
 
-# 2. The boot tools: the store program's SDK, zstandard, pluggy.
-rm -rf "$ROOT/boot-tools"
-if [ -n "$UV" ]; then
-  "$UV" venv --quiet --python "$TOOLS_PY" "$ROOT/boot-tools" &&
-    "$UV" pip install --quiet --python "$ROOT/boot-tools/bin/python" "${TOOLS_REQUIREMENTS[@]}"
-else
-  "$TOOLS_PY" -m venv "$ROOT/boot-tools" &&
-    "$ROOT/boot-tools/bin/python" -m pip install --quiet --disable-pip-version-check "${TOOLS_REQUIREMENTS[@]}"
-fi || fail "installing the boot tools (${TOOLS_REQUIREMENTS[*]}) failed"
-TOOLS="$ROOT/boot-tools/bin/python"
+# 2. The boot tools: the store program's SDK, zstandard, pluggy; kept in the machine's cache.
+CACHE="${COILED_ENV_CACHE:-$ROOT/envs}"
+mkdir -p "$CACHE/bundles" || fail "cannot create $CACHE"
+TOOLS_DIR="$CACHE/boot-tools-$(printf '%s\n' "$TOOLS_PY" "${TOOLS_REQUIREMENTS[@]}" | sha256sum | cut -c1-16)"
+(
+  flock 9
+  [ -e "$TOOLS_DIR/.complete" ] && exit 0
+  rm -rf "$TOOLS_DIR"
+  if [ -n "$UV" ]; then
+    "$UV" venv --quiet --python "$TOOLS_PY" "$TOOLS_DIR" &&
+      "$UV" pip install --quiet --python "$TOOLS_DIR/bin/python" "${TOOLS_REQUIREMENTS[@]}"
+  else
+    "$TOOLS_PY" -m venv "$TOOLS_DIR" &&
+      "$TOOLS_DIR/bin/python" -m pip install --quiet --disable-pip-version-check "${TOOLS_REQUIREMENTS[@]}"
+  fi && touch "$TOOLS_DIR/.complete"
+) 9>"$TOOLS_DIR.lock"
+[ -e "$TOOLS_DIR/.complete" ] || fail "installing the boot tools (${TOOLS_REQUIREMENTS[*]}) failed"
+TOOLS="$TOOLS_DIR/bin/python"
 took "boot tools ready"
 
 fetch() {  # key target sha256 what: nodes run these as root, so only what the client uploaded
@@ -252,8 +260,13 @@ fetch() {  # key target sha256 what: nodes run these as root, so only what the c
   fi
 }
 
-# 3. The node agent's code.
-fetch "$BUNDLE_KEY" "$ROOT/agent.zip" "$BUNDLE_SHA256" "the agent bundle" || fail "fetching the agent bundle failed"
+# 3. The node agent's code (kept in the cache by its sha256, checked at every use).
+BUNDLE="$CACHE/bundles/$BUNDLE_SHA256.zip"
+if [ "$(sha256sum "$BUNDLE" 2>/dev/null | cut -d' ' -f1)" != "$BUNDLE_SHA256" ]; then
+  fetch "$BUNDLE_KEY" "$BUNDLE.$$" "$BUNDLE_SHA256" "the agent bundle" && mv -f "$BUNDLE.$$" "$BUNDLE" ||
+    fail "fetching the agent bundle failed"
+fi
+cp "$BUNDLE" "$ROOT/agent.zip" || fail "copying the agent bundle failed"
 AGENT_PATH="$ROOT/agent.zip"
 rm -rf "$ROOT/code" "$ROOT/code.zip" "$ROOT/post_build.sh" "$ROOT/.agent-starting"
 if [ -n "$CODE_KEY" ]; then
@@ -301,7 +314,6 @@ COILED_SETUP
 fi
 
 # 4b. A venv environment: from this machine's cache, as a pack from the store, or built.
-CACHE="${COILED_ENV_CACHE:-$ROOT/envs}"
 PYTHONPATH="$ROOT/agent.zip" "$TOOLS" -m coiled_core.node.envpack "$ROOT/environment.json" --interpreter "$PY" \
   --uv "$UV" --cache "$CACHE" --store "$ROOT/store.py" --result "$ROOT/environment.path" ||
   fail "preparing software environment $SOFTWARE failed"
