@@ -7,8 +7,8 @@ The Dask image has no ``kubernetes`` package, so this module uses the standard l
   mounted at ``$COILED_K8S_SECRETS``;
 - names the pod's one worker after the pod (``$COILED_K8S_POD_NAME``, from the downward API), so
   that scale-down deletes exactly the retired workers' pods;
-- on the scheduler, when the cluster ends (idle, no client, lifetime cap, SIGTERM), deletes the
-  cluster's owner ConfigMap with the pod's service-account token, only if its uid is still this
+- on the scheduler, when a cluster that ran ends (idle, no client, lifetime cap, SIGTERM), deletes
+  the cluster's owner ConfigMap with the pod's service-account token, only if its uid is still this
   cluster's (a precondition): Kubernetes' garbage collector then deletes every object of the
   cluster, without any client.
 """
@@ -49,9 +49,22 @@ class KubernetesNode(NodeAddOn):
         pod = os.environ.get("COILED_K8S_POD_NAME")
         return [pod] if pod and count == 1 and first_index == 0 else None
 
+    #: Whether the node got to run (the agent hands over its background tasks only then).
+    ran = False
+
+    def background_tasks(self, agent: Any) -> list:
+        self.ran = True
+        return []
+
     def on_end(self, stop_reason: str | None) -> None:
-        if self.settings.get("role") == "scheduler":
-            delete_owner(self.settings, stop_reason)
+        if self.settings.get("role") != "scheduler":
+            return
+        if not self.ran:
+            # A failed start: the pod ends Failed and keeps its log, so the client that is waiting
+            # for the scheduler can show why; that client (or `coiled cluster gc`) deletes the rest.
+            logger.info("the scheduler never ran: its cluster stays for its creator to read and delete")
+            return
+        delete_owner(self.settings, stop_reason)
 
 
 def delete_owner(settings: dict[str, Any], stop_reason: str | None, attempts: int = 4) -> None:

@@ -172,6 +172,8 @@ def pod_manifest(name: str, role: str, spec: Any, options: Any, owner: dict, ima
     if role == "scheduler":
         container["ports"] = [{"name": "tcp-comm", "containerPort": SCHEDULER_PORT},
                               {"name": "http-dashboard", "containerPort": DASHBOARD_PORT}]
+        # The Service sends connections to the scheduler only once it listens.
+        container["readinessProbe"] = {"tcpSocket": {"port": "tcp-comm"}, "periodSeconds": 2, "failureThreshold": 2}
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "terminationGracePeriodSeconds": 20,

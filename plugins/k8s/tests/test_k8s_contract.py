@@ -31,16 +31,21 @@ class TestK8sContract(BackendContract):
         type(self).backend_options = {"kubeconfig": offline_k8s.kubeconfig}
 
     def assert_nothing_left(self, record):
-        name_label = f"coiled.io/cluster={record.backend_ids.get('owner', '')[:-len('-cluster')]}"
-        left = [(res, o["metadata"]["name"]) for res, o in self.offline.objects(label_selector=name_label)
-                if o["metadata"]["labels"].get("coiled.io/cluster-uid", o["metadata"]["uid"]) == record.backend_ids["uid"]
-                or o["metadata"]["uid"] == record.backend_ids["uid"]]
-        assert left == []
-        wait_until(lambda: not self._processes(record), 30, message="pod processes to end")
+        uid = record.backend_ids["uid"]
 
-    def _processes(self, record):
-        uids = {uid for uid, rt in self.offline.node.runtimes.items() if rt.name.startswith(record.backend_ids["owner"][:-len("cluster")])}
-        return [p for uid in uids for p in pod_processes(self.offline, uid)]
+        def left():
+            return [(res, o["metadata"]["name"]) for res, o in self.offline.objects()
+                    if uid in (o["metadata"]["uid"], o["metadata"].get("labels", {}).get("coiled.io/cluster-uid"))]
+        # A cluster that ended itself is deleted by the garbage collector, pods after their
+        # graceful end: give it a moment, as the API would.
+        wait_until(lambda: not left(), 30, message=f"the cluster's objects to go: {left()}")
+        wait_until(lambda: not self._processes(uid), 30, message="pod processes to end")
+
+    def _processes(self, cluster_uid):
+        """Live processes of pods of this cluster incarnation, also of pods already deleted."""
+        return [p for pod_uid, runtime in list(self.offline.node.runtimes.items())
+                if runtime.labels.get("coiled.io/cluster-uid") == cluster_uid
+                for p in pod_processes(self.offline, pod_uid)]
 
     def _pod_uid(self, name):
         pods = [o for res, o in self.offline.objects() if res == "pods" and o["metadata"]["name"] == name]

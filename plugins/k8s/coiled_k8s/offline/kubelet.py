@@ -38,6 +38,7 @@ import re
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -119,6 +120,7 @@ class PodRuntime:
     directory: Path
     pod_ip: str
     token: str
+    labels: dict[str, str] = field(default_factory=dict)
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)  # container -> process
     started: float = field(default_factory=time.time)
     ended: bool = False
@@ -186,7 +188,9 @@ class OfflineNode:
         for uid in [uid for uid in self.runtimes if uid not in present]:  # removed without a kubelet
             runtime = self.runtimes.pop(uid)
             self._kill_runtime(runtime, 0)
-        self.proxy.sync([s for _, s in self.store.find(lambda res, o: res == "services")])
+        services = [s for _, s in self.store.find(lambda res, o: res == "services")]
+        # As kube-proxy rejects connections to a Service without ready endpoints, listen only while there are some.
+        self.proxy.sync([s for s in services if any(self._endpoints(s, p) for p in s["spec"].get("ports") or [])])
 
     # -- scheduling ------------------------------------------------------------------------
     def _requests(self, pod: dict) -> dict[str, float]:
@@ -262,7 +266,8 @@ class OfflineNode:
         token = secrets.token_urlsafe(24)
         account = spec.get("serviceAccountName") or "default"
         self.api.tokens[token] = f"system:serviceaccount:{meta['namespace']}:{account}"
-        runtime = PodRuntime(meta["namespace"], meta["name"], meta["uid"], directory, pod_ip, token)
+        runtime = PodRuntime(meta["namespace"], meta["name"], meta["uid"], directory, pod_ip, token,
+                             dict(meta.get("labels") or {}))
         mounts = self._write_volumes(pod, volumes, runtime)
         self.runtimes[meta["uid"]] = runtime
         for container in spec["containers"]:
@@ -277,7 +282,8 @@ class OfflineNode:
                 except OSError as e:
                     log.write(f"exec failed: {e}\n".encode())
             log.close()
-        statuses = [{"name": c["name"], "image": c["image"], "imageID": f"offline://{c['image']}", "ready": True,
+        ready = not any(c.get("readinessProbe") for c in spec["containers"]) or not self.run_processes
+        statuses = [{"name": c["name"], "image": c["image"], "imageID": f"offline://{c['image']}", "ready": ready,
                      "restartCount": 0, "started": True, "containerID": f"offline://{meta['uid']}/{c['name']}",
                      "state": {"running": {"startedAt": now_rfc3339()}}} for c in spec["containers"]]
 
@@ -286,8 +292,8 @@ class OfflineNode:
             obj["status"].update(
                 phase="Running", podIP=pod_ip, podIPs=[{"ip": pod_ip}], hostIP=self.node_ip, hostIPs=[{"ip": self.node_ip}],
                 startTime=now, containerStatuses=statuses,
-                conditions=[{"type": t, "status": "True", "lastTransitionTime": now}
-                            for t in ("PodScheduled", "Initialized", "ContainersReady", "Ready")])
+                conditions=[{"type": t, "status": "True" if ready or t in ("PodScheduled", "Initialized") else "False",
+                             "lastTransitionTime": now} for t in ("PodScheduled", "Initialized", "ContainersReady", "Ready")])
         self.store.update_status("pods", meta["namespace"], meta["name"], running)
 
     def _volume_sources(self, pod: dict) -> dict[str, dict[str, bytes]] | str:
@@ -368,6 +374,8 @@ class OfflineNode:
                 phase="Failed", reason="DeadlineExceeded",
                 message=f"Pod was active on the node longer than the specified deadline ({deadline}s)"))
             return
+        if not _is_ready(pod):
+            self._probe(pod, runtime)
         codes = {name: proc.poll() for name, proc in runtime.procs.items()}
         if not self.run_processes or any(code is None for code in codes.values()):
             return
@@ -388,6 +396,30 @@ class OfflineNode:
                     condition.update(status="False", reason="PodCompleted")
         self.store.update_status("pods", meta["namespace"], meta["name"], ended)
         threading.Thread(target=self._kill_runtime, args=(runtime, 0), daemon=True).start()  # what it left
+
+    def _probe(self, pod: dict, runtime: PodRuntime) -> None:
+        """Run the containers' tcpSocket readiness probes; mark the pod Ready once all pass
+        (a pod that was ready stays so: failing probes later are not modelled)."""
+        for container in pod["spec"]["containers"]:
+            probe = (container.get("readinessProbe") or {}).get("tcpSocket")
+            if probe is None:
+                continue
+            port = probe["port"]
+            if isinstance(port, str):
+                port = next(p["containerPort"] for p in container.get("ports") or [] if p.get("name") == port)
+            try:
+                socket.create_connection((loopback_address(runtime.pod_ip), int(port)), timeout=0.2).close()
+            except OSError:
+                return
+        meta = pod["metadata"]
+
+        def ready(obj: dict) -> None:
+            for condition in obj["status"].get("conditions") or []:
+                if condition["type"] in ("Ready", "ContainersReady"):
+                    condition.update(status="True", lastTransitionTime=now_rfc3339())
+            for status in obj["status"].get("containerStatuses") or []:
+                status["ready"] = True
+        self.store.update_status("pods", meta["namespace"], meta["name"], ready)
 
     def _terminate(self, pod: dict) -> None:
         meta = pod["metadata"]
@@ -434,7 +466,7 @@ class OfflineNode:
             labels = pod["metadata"].get("labels") or {}
             if any(labels.get(k) != v for k, v in selector.items()) or pod["metadata"].get("deletionTimestamp"):
                 continue
-            if pod["status"].get("phase") != "Running" or not pod["status"].get("podIP"):
+            if pod["status"].get("phase") != "Running" or not pod["status"].get("podIP") or not _is_ready(pod):
                 continue
             target = port.get("targetPort", port["port"])
             if isinstance(target, str):
@@ -445,6 +477,10 @@ class OfflineNode:
                 target = named[0]
             found.append((loopback_address(pod["status"]["podIP"]), int(target)))
         return found
+
+
+def _is_ready(pod: dict) -> bool:
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in pod["status"].get("conditions") or [])
 
 
 def _volume(pod: dict, name: str) -> dict:
