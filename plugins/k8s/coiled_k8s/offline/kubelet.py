@@ -439,12 +439,18 @@ class OfflineNode:
         threading.Thread(target=finish, daemon=True).start()
 
     def _kill_runtime(self, runtime: PodRuntime, grace: float) -> None:
+        """End a pod as a container runtime does: SIGTERM to each container's main process, SIGKILL
+        to it after ``grace`` seconds, then SIGKILL to everything else the pod started."""
         procs = []
         for proc in runtime.procs.values():
             with contextlib.suppress(psutil.Error):
                 procs.append(psutil.Process(proc.pid))
-        procs += [p for p in marked_processes(f"{self.mark}:{runtime.uid}") if p not in procs]
         kill_processes(procs, grace)
+        rest = marked_processes(f"{self.mark}:{runtime.uid}")
+        for proc in rest:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        psutil.wait_procs(rest, timeout=5)
         for proc in runtime.procs.values():
             with contextlib.suppress(Exception):
                 proc.wait(1)  # reap

@@ -1,0 +1,224 @@
+"""The offline Kubernetes behaves as the API does where the backend relies on it, through the real client."""
+
+import time
+
+import pytest
+
+from coiled_core.testing import wait_until
+
+NS = "default"
+
+
+@pytest.fixture(scope="module")
+def core(offline_k8s):
+    from kubernetes import client, config
+
+    return client.CoreV1Api(config.new_client_from_config(offline_k8s.kubeconfig))
+
+
+@pytest.fixture
+def label(request):
+    """A label value of this test's own, so tests sharing the session's API do not meet."""
+    return f"t{abs(hash(request.node.name)) % 10**8}"
+
+
+def cleanup(core, label):
+    for cm in core.list_namespaced_config_map(NS, label_selector=f"test={label}").items:
+        core.delete_namespaced_config_map(cm.metadata.name, NS)
+
+
+def configmap(name, label, owner=None, **data):
+    meta = {"name": name, "labels": {"test": label}}
+    if owner is not None:
+        meta["ownerReferences"] = [{"apiVersion": "v1", "kind": "ConfigMap", "name": owner.metadata.name,
+                                    "uid": owner.metadata.uid}]
+    return {"metadata": meta, "data": data}
+
+
+def status(error):
+    import json
+
+    return json.loads(error.body)
+
+
+def test_errors_are_status_objects(core, label):
+    from kubernetes.client.exceptions import ApiException
+
+    with pytest.raises(ApiException) as missing:
+        core.read_namespaced_config_map("nope", NS)
+    assert missing.value.status == 404 and status(missing.value)["reason"] == "NotFound"
+    core.create_namespaced_config_map(NS, configmap(f"{label}-a", label))
+    try:
+        with pytest.raises(ApiException) as taken:
+            core.create_namespaced_config_map(NS, configmap(f"{label}-a", label))
+        assert taken.value.status == 409 and status(taken.value)["reason"] == "AlreadyExists"
+        with pytest.raises(ApiException) as bad:
+            core.create_namespaced_config_map(NS, configmap("Not_A_Name", label))
+        assert bad.value.status == 422 and status(bad.value)["kind"] == "Status"
+        with pytest.raises(ApiException) as big:
+            core.create_namespaced_config_map(NS, configmap(f"{label}-big", label, blob="x" * (1024 * 1024 + 1)))
+        assert big.value.status == 422 and "1048576" in status(big.value)["message"]
+    finally:
+        cleanup(core, label)
+
+
+def test_paging_and_an_expired_continue_token(core, offline_k8s, label):
+    from kubernetes.client.exceptions import ApiException
+
+    from coiled_k8s.client import list_all
+
+    for i in range(5):
+        core.create_namespaced_config_map(NS, configmap(f"{label}-{i}", label))
+    try:
+        first = core.list_namespaced_config_map(NS, label_selector=f"test={label}", limit=2)
+        assert len(first.items) == 2 and first.metadata.remaining_item_count == 3
+        token = first.metadata.var_continue if hasattr(first.metadata, "var_continue") else first.metadata._continue
+        offline_k8s.store.expire_continue_tokens()
+        with pytest.raises(ApiException) as gone:
+            core.list_namespaced_config_map(NS, label_selector=f"test={label}", limit=2, _continue=token)
+        assert gone.value.status == 410 and status(gone.value)["reason"] == "Expired"
+        # The backend's lister starts again after a 410, and yields nothing twice.
+        offline_k8s.inject("list", "configmaps", 410)
+        names = [cm.metadata.name for cm in list_all(core.list_namespaced_config_map, NS, f"test={label}", page=2)]
+        assert sorted(names) == [f"{label}-{i}" for i in range(5)]
+        assert [cm.metadata.name for cm in core.list_namespaced_config_map(
+            NS, label_selector=f"test={label},test notin (x),!absent").items] == sorted(names)
+    finally:
+        cleanup(core, label)
+
+
+@pytest.mark.parametrize("policy", ["Background", "Foreground", "Orphan"])
+def test_owner_references_and_propagation(core, label, policy):
+    from kubernetes import client
+
+    owner = core.create_namespaced_config_map(NS, configmap(f"{label}-owner", label))
+    core.create_namespaced_config_map(NS, configmap(f"{label}-child", label, owner=owner))
+    try:
+        core.delete_namespaced_config_map(owner.metadata.name, NS, body=client.V1DeleteOptions(
+            propagation_policy=policy, preconditions=client.V1Preconditions(uid=owner.metadata.uid)))
+
+        def names():
+            return sorted(c.metadata.name for c in core.list_namespaced_config_map(NS, label_selector=f"test={label}").items)
+        wanted = [f"{label}-child"] if policy == "Orphan" else []
+        wait_until(lambda: names() == wanted, 10, message=f"garbage collection ({policy})")
+        if policy == "Orphan":
+            assert not core.read_namespaced_config_map(f"{label}-child", NS).metadata.owner_references
+    finally:
+        cleanup(core, label)
+
+
+def test_delete_precondition_protects_a_newer_incarnation(core, label):
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    old = core.create_namespaced_config_map(NS, configmap(f"{label}-x", label))
+    core.delete_namespaced_config_map(old.metadata.name, NS)
+    core.create_namespaced_config_map(NS, configmap(f"{label}-x", label))
+    try:
+        with pytest.raises(ApiException) as conflict:
+            core.delete_namespaced_config_map(f"{label}-x", NS, body=client.V1DeleteOptions(
+                preconditions=client.V1Preconditions(uid=old.metadata.uid)))
+        assert conflict.value.status == 409
+    finally:
+        cleanup(core, label)
+
+
+def test_update_conflict_and_merge_patch(core, label):
+    from kubernetes.client.exceptions import ApiException
+
+    cm = core.create_namespaced_config_map(NS, configmap(f"{label}-u", label, a="1"))
+    try:
+        core.patch_namespaced_config_map(cm.metadata.name, NS, {"data": {"b": "2"}})
+        assert core.read_namespaced_config_map(cm.metadata.name, NS).data == {"a": "1", "b": "2"}
+        with pytest.raises(ApiException) as stale:
+            core.replace_namespaced_config_map(cm.metadata.name, NS, cm)  # an old resourceVersion
+        assert stale.value.status == 409 and status(stale.value)["reason"] == "Conflict"
+    finally:
+        cleanup(core, label)
+
+
+def _pod(name, label, image, command, **spec):
+    return {"metadata": {"name": name, "labels": {"test": label}},
+            "spec": {"restartPolicy": "Never", "containers": [{"name": "main", "image": image, "command": command}],
+                     **spec}}
+
+
+def test_pods_run_as_processes_without_coiled_core(core, offline_k8s, label):
+    from coiled_k8s.options import default_image
+
+    script = "import os, distributed\ntry:\n import coiled_core\nexcept ImportError: print('no coiled_core')\n" \
+             "print(os.environ['POD'], open(os.environ['CFG'] + '/k').read())"
+    core.create_namespaced_config_map(NS, configmap(f"{label}-cfg", label, k="mounted"))
+    pod = _pod(f"{label}-run", label, default_image(), ["python", "-c", script],
+               volumes=[{"name": "cfg", "configMap": {"name": f"{label}-cfg"}}])
+    container = pod["spec"]["containers"][0]
+    container["env"] = [{"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                        {"name": "CFG", "value": "/etc/cfg"}]
+    container["volumeMounts"] = [{"name": "cfg", "mountPath": "/etc/cfg"}]
+    core.create_namespaced_pod(NS, pod)
+    try:
+        wait_until(lambda: core.read_namespaced_pod(f"{label}-run", NS).status.phase == "Succeeded", 60,
+                   message="the pod to succeed")
+        read = core.read_namespaced_pod(f"{label}-run", NS)
+        assert read.status.pod_ip.startswith("10.") and read.status.container_statuses[0].state.terminated.exit_code == 0
+        assert core.read_namespaced_pod_log(f"{label}-run", NS).splitlines()[-2:] == ["no coiled_core", f"{label}-run mounted"]
+    finally:
+        core.delete_namespaced_pod(f"{label}-run", NS)
+        cleanup(core, label)
+
+
+def test_image_pull_errors_unschedulable_pods_and_deadlines(core, offline_k8s, label):
+    from coiled_k8s.options import default_image
+
+    core.create_namespaced_pod(NS, _pod(f"{label}-img", label, "registry.invalid/nope:1", ["true"]))
+    core.create_namespaced_pod(NS, _pod(f"{label}-big", label, default_image(), ["true"],
+                                        nodeSelector={"gpu": "a100"}))
+    core.create_namespaced_pod(NS, _pod(f"{label}-slow", label, default_image(), ["sleep", "60"],
+                                        activeDeadlineSeconds=1))
+    try:
+        def waiting_reason():
+            statuses = core.read_namespaced_pod(f"{label}-img", NS).status.container_statuses or []
+            return statuses and statuses[0].state.waiting and statuses[0].state.waiting.reason
+        wait_until(lambda: waiting_reason() == "ImagePullBackOff", 10, message="ImagePullBackOff")
+        big = core.read_namespaced_pod(f"{label}-big", NS)
+        wait_until(lambda: (core.read_namespaced_pod(f"{label}-big", NS).status.conditions or [None])[0], 10)
+        condition = core.read_namespaced_pod(f"{label}-big", NS).status.conditions[0]
+        assert (condition.reason, big.status.phase) == ("Unschedulable", "Pending")
+        assert "node affinity/selector" in condition.message
+        wait_until(lambda: core.read_namespaced_pod(f"{label}-slow", NS).status.reason == "DeadlineExceeded", 30,
+                   message="the deadline")
+        assert core.read_namespaced_pod(f"{label}-slow", NS).status.phase == "Failed"
+    finally:
+        for name in ("img", "big", "slow"):
+            core.delete_namespaced_pod(f"{label}-{name}", NS, grace_period_seconds=0)
+        wait_until(lambda: not core.list_namespaced_pod(NS, label_selector=f"test={label}").items, 20)
+
+
+def test_deleted_pods_lose_their_processes_and_orphans_are_reaped(core, offline_k8s, label):
+    import os
+    import subprocess
+    import sys
+
+    import psutil
+
+    from coiled_k8s.offline.kubelet import MARK_ENV, reap_orphans
+    from coiled_k8s.options import default_image
+
+    core.create_namespaced_pod(NS, _pod(f"{label}-sleep", label, default_image(), ["sleep", "300"]))
+    wait_until(lambda: core.read_namespaced_pod(f"{label}-sleep", NS).status.phase == "Running", 20)
+    uid = core.read_namespaced_pod(f"{label}-sleep", NS).metadata.uid
+    marked = [p for p in psutil.process_iter(["environ"]) if (p.info["environ"] or {}).get(MARK_ENV, "").endswith(uid)]
+    assert marked
+    core.delete_namespaced_pod(f"{label}-sleep", NS)
+    psutil.wait_procs(marked, timeout=30)
+    assert not any(p.is_running() for p in marked)
+    wait_until(lambda: not core.list_namespaced_pod(NS, label_selector=f"test={label}").items, 30)
+    # A process marked by a runner that no longer exists (a kubelet killed with SIGKILL) is reaped.
+    leftover = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
+                                env={**os.environ, MARK_ENV: "1:0.000:dead:pod"})
+    try:
+        time.sleep(0.2)
+        assert reap_orphans() >= 1
+        assert leftover.wait(10) is not None
+    finally:
+        leftover.kill()
