@@ -20,7 +20,7 @@ def assert_nothing_left(offline, name):
 
 
 def test_an_image_that_cannot_be_pulled(offline_k8s, k8s_options):
-    name = "Bad_Image.Test"  # not a DNS name: the objects get a derived one, the user's stays in an annotation
+    name = "Bad_Image-Test"  # not a DNS name: the objects get a derived one, the user's stays in an annotation
     with pytest.raises(ProvisionError) as info:
         coiled.Cluster(name=name, backend="k8s", backend_options={**k8s_options, "image": "registry.invalid/dask:0"},
                        timeout="60s", **SMALL)

@@ -11,9 +11,9 @@ NS = "default"
 
 @pytest.fixture(scope="module")
 def core(offline_k8s):
-    from kubernetes import client, config
+    from kubernetes import client
 
-    return client.CoreV1Api(config.new_client_from_config(offline_k8s.kubeconfig))
+    return client.CoreV1Api(offline_k8s.api_client(superuser=True))
 
 
 @pytest.fixture

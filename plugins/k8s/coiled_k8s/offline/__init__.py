@@ -32,7 +32,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from coiled_k8s.offline.api import ADMIN, ApiServer
+from coiled_k8s.offline.api import ADMIN, SUPERUSER, ApiServer
 from coiled_k8s.offline.images import dask_image_environment
 from coiled_k8s.offline.kubelet import OfflineNode, reap_orphans
 from coiled_k8s.offline.network import LOAD_BALANCER_NETWORK, SERVICE_NETWORK, AddressPool
@@ -92,6 +92,8 @@ class OfflineKubernetes:
         self.balancer_ips = AddressPool(LOAD_BALANCER_NETWORK)
         defaults = {"pods": self._pod_defaults, "services": self._service_defaults, "secrets": self._secret_defaults}
         self.api = ApiServer(self.store, context, self.admin_token, defaults, self._logs, admin_rules)
+        self.superuser_token = base64.urlsafe_b64encode(random.randbytes(24)).decode()
+        self.api.tokens[self.superuser_token] = SUPERUSER
         environment = dask_image_environment(self.workdir / "images" / "dask")
         self.images = {default_image(): environment, **(images or {})}
         self.node = OfflineNode(self.store, self.api, self.workdir, self.images, self.api.port, self.ca_pem,
@@ -132,6 +134,19 @@ class OfflineKubernetes:
         }
         Path(self.kubeconfig).write_text(yaml.safe_dump(config))
         Path(self.kubeconfig).chmod(0o600)
+
+    def api_client(self, superuser: bool = False) -> Any:
+        """A kubernetes ``ApiClient`` of the administrator (held to ``admin_rules``) or of a user
+        no rule holds back."""
+        from kubernetes import config
+
+        path = self.kubeconfig
+        if superuser:
+            path = str(self.workdir / "kubeconfig-superuser")
+            if not Path(path).exists():
+                text = Path(self.kubeconfig).read_text().replace(self.admin_token, self.superuser_token)
+                Path(path).write_text(text)
+        return config.new_client_from_config(path)
 
     # -- what the fake reads for tests -----------------------------------------------------
     def objects(self, namespace: str | None = None, label_selector: str | None = None) -> list[tuple[str, dict]]:

@@ -25,6 +25,8 @@ MAX_DATA_BYTES = 1024 * 1024
 #: How long a list's ``continue`` token stays valid (the real one lives until etcd compacts).
 CONTINUE_TTL = 300.0
 
+#: Resources whose DELETE answers with the deleted object, not a Status (as their registries do).
+RETURNS_DELETED_OBJECT = frozenset({"pods", "services", "serviceaccounts"})
 _DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
@@ -340,6 +342,8 @@ class ObjectStore:
                     self._bump(stored)
                 return copy.deepcopy(stored)  # the kubelet removes it once its processes ended
             self.remove(resource, namespace, name)
+            if resource in RETURNS_DELETED_OBJECT:
+                return obj
             return success_status(obj["kind"], name, meta["uid"])
 
     def remove(self, resource: str, namespace: str, name: str) -> None:
