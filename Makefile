@@ -7,7 +7,7 @@ PLUGINS := $(sort $(wildcard plugins/*/pyproject.toml))
 # Example backends built from docs/writing-a-backend.md; installed and tested like the plugins.
 EXAMPLES := examples/subprocess-backend/pyproject.toml
 
-.PHONY: install demo demo-aws test bench clean
+.PHONY: install demo demo-aws demo-k8s test bench clean
 
 install: $(VENV)/.installed
 
@@ -22,6 +22,9 @@ demo: install
 
 demo-aws: install
 	$(PY) examples/quickstart_aws.py
+
+demo-k8s: install
+	$(PY) examples/quickstart_k8s.py
 
 test: install
 	$(PY) -m pytest
