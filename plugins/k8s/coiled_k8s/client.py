@@ -9,8 +9,9 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 #: Worker threads for calls issued concurrently (pod creation, deletion, logs).
 CONCURRENCY = 16

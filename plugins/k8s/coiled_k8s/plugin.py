@@ -6,21 +6,46 @@ See ``resources.py`` for what a cluster is made of and ``README.md`` for options
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from coiled_core.backend import HOOK_API_VERSION  # noqa: F401  (declared, or the core refuses this backend)
 from coiled_core.backend import (
-    AddOnRef, ClaimLease, ClusterRecord, ClusterSpec, ClusterSpecError, ClusterState, ProvisionError, TLSPolicy,
-    WorkerRecord, agent_bundle, build_node_config, config_get, hookimpl, map_address, past_lifetime,
-    software_environment)
+    HOOK_API_VERSION,  # noqa: F401  (declared, or the core refuses this backend)
+    AddOnRef,
+    ClaimLease,
+    ClusterRecord,
+    ClusterSpec,
+    ClusterSpecError,
+    ClusterState,
+    ProvisionError,
+    TLSPolicy,
+    WorkerRecord,
+    agent_bundle,
+    build_node_config,
+    config_get,
+    hookimpl,
+    map_address,
+    past_lifetime,
+    software_environment,
+)
 from coiled_k8s import resources as r
-from coiled_k8s.client import CONCURRENCY, Kube, connect, ignore_missing, list_all, reason_of, retrying, status_of
+from coiled_k8s.client import (
+    CONCURRENCY,
+    Kube,
+    connect,
+    ignore_missing,
+    list_all,
+    reason_of,
+    retrying,
+    status_of,
+)
 from coiled_k8s.options import K8sOptions, default_image
 
+logger = logging.getLogger(__name__)
 BACKEND = "k8s"
 ADDON = "coiled_k8s.node:KubernetesNode"
 #: Container states in which a pod will not start by itself.
@@ -242,13 +267,29 @@ def _pod_alive(pod: Any) -> bool:
     return not pod.metadata.deletion_timestamp and phase in ("Pending", "Running") and _waiting_reason(pod) is None
 
 
+#: Uids of worker pods already reported dead by this process (describe runs every second).
+_reported_dead: set[str] = set()
+
+
+def _report_dead_workers(name: str, pods: list[Any]) -> None:
+    for pod in pods:
+        if pod.metadata.uid in _reported_dead or pod.metadata.deletion_timestamp:
+            continue
+        why = _waiting_reason(pod) or (f"{pod.status.reason or 'Failed'}: {pod.status.message or 'exited with an error'}"
+                                       if pod.status and pod.status.phase == "Failed" else None)
+        if why:
+            _reported_dead.add(pod.metadata.uid)
+            logger.warning("cluster %r: worker pod %s died: %s", name, pod.metadata.name, why)
+
+
 def _record(name: str, owner: Any, pods: list[Any]) -> ClusterRecord | None:
     data = owner.data or {}
     if "spec" not in data:
         return None  # only a claim: the cluster is being created (or its creator died)
     scheduler = next((p for p in pods if (p.metadata.labels or {}).get(r.LABEL_COMPONENT) == "scheduler"), None)
-    workers = sorted((p for p in pods if (p.metadata.labels or {}).get(r.LABEL_COMPONENT) == "worker"
-                      and _pod_alive(p)), key=lambda p: p.metadata.name)
+    worker_pods = [p for p in pods if (p.metadata.labels or {}).get(r.LABEL_COMPONENT) == "worker"]
+    _report_dead_workers(name, worker_pods)
+    workers = sorted((p for p in worker_pods if _pod_alive(p)), key=lambda p: p.metadata.name)
     if owner.metadata.deletion_timestamp:
         state = ClusterState.stopping
     elif scheduler is None or not _pod_alive(scheduler):
@@ -428,8 +469,8 @@ def _keep_logs(kube: Kube, name: str, uid: str) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         for key, text in texts:
             (directory / f"{key}.log").write_text(text)
-    except Exception:  # logs are a courtesy: never let them stop a teardown
-        pass
+    except Exception:
+        logger.debug("keeping the logs of %s failed", name, exc_info=True)
 
 
 @hookimpl

@@ -139,7 +139,7 @@ def secret_manifest(name: str, options: Any, owner: dict, data: dict[str, str]) 
 def rbac_manifests(name: str, options: Any, owner: dict) -> tuple[dict, dict, dict]:
     """ServiceAccount, Role and RoleBinding of the scheduler: it may delete its owner, nothing else."""
     account = f"{cluster_base(name)}-scheduler"
-    meta = lambda: metadata(name, account, "scheduler", options, owner)  # noqa: E731
+    meta = lambda: metadata(name, account, "scheduler", options, owner)
     role = {"metadata": meta(), "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["delete"],
                                            "resourceNames": [owner["name"]]}]}
     binding = {"metadata": meta(), "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": account},

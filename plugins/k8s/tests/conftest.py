@@ -41,10 +41,10 @@ def offline_k8s(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("offline-k8s")
     cluster = OfflineKubernetes(workdir, admin_rules=client_rules())
     # Child processes (the contract suite's other "sessions") map addresses and keep logs alike.
-    with cluster, environment(DASK_COILED__LOOPBACK_ADDRESSES="true",
-                              DASK_COILED__K8S__LOG_DIRECTORY=str(workdir / "kept-logs")):
-        with dask.config.set({"coiled.loopback-addresses": True, "coiled.k8s.log_directory": str(workdir / "kept-logs")}):
-            yield cluster
+    kept = str(workdir / "kept-logs")
+    with (cluster, environment(DASK_COILED__LOOPBACK_ADDRESSES="true", DASK_COILED__K8S__LOG_DIRECTORY=kept),
+          dask.config.set({"coiled.loopback-addresses": True, "coiled.k8s.log_directory": kept})):
+        yield cluster
 
 
 @pytest.fixture

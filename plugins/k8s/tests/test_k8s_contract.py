@@ -4,9 +4,9 @@ import signal
 
 import psutil
 import pytest
+from coiled_k8s.offline.kubelet import MARK_ENV
 
 from coiled_core.testing import BackendContract, wait_until
-from coiled_k8s.offline.kubelet import MARK_ENV
 
 
 def pod_processes(offline, uid):
@@ -22,7 +22,7 @@ def pod_processes(offline, uid):
 class TestK8sContract(BackendContract):
     backend = "k8s"
     # One worker keeps each of the suite's clusters small on two cores; the tests that need more scale up.
-    cluster_kwargs = {"n_workers": 1, "worker_cpu": 1, "worker_memory": "1 GiB"}
+    cluster_kwargs = {"n_workers": 1, "worker_cpu": 1, "worker_memory": "1 GiB"}  # noqa: RUF012
     worker_timeout = 120.0
 
     @pytest.fixture(autouse=True)

@@ -40,8 +40,9 @@ def test_an_unschedulable_scheduler_times_out_saying_why(offline_k8s, k8s_option
 
 
 def test_api_faults_409_410_500(offline_k8s, k8s_options):
-    from coiled_core.plugins import load_backend
     from coiled_k8s.resources import owner_name
+
+    from coiled_core.plugins import load_backend
 
     backend = load_backend("k8s")
     options = backend.validate_options(k8s_options)

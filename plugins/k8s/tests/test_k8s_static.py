@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from coiled_k8s import resources as r
 from coiled_k8s.options import K8sOptions
 

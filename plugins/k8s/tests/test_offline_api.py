@@ -63,9 +63,8 @@ def test_errors_are_status_objects(core, label):
 
 
 def test_paging_and_an_expired_continue_token(core, offline_k8s, label):
-    from kubernetes.client.exceptions import ApiException
-
     from coiled_k8s.client import list_all
+    from kubernetes.client.exceptions import ApiException
 
     for i in range(5):
         core.create_namespaced_config_map(NS, configmap(f"{label}-{i}", label))
@@ -200,7 +199,6 @@ def test_deleted_pods_lose_their_processes_and_orphans_are_reaped(core, offline_
     import sys
 
     import psutil
-
     from coiled_k8s.offline.kubelet import MARK_ENV, reap_orphans
     from coiled_k8s.options import default_image
 

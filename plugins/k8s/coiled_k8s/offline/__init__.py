@@ -35,7 +35,11 @@ from typing import Any
 from coiled_k8s.offline.api import ADMIN, SUPERUSER, ApiServer
 from coiled_k8s.offline.images import dask_image_environment
 from coiled_k8s.offline.kubelet import OfflineNode, reap_orphans
-from coiled_k8s.offline.network import LOAD_BALANCER_NETWORK, SERVICE_NETWORK, AddressPool
+from coiled_k8s.offline.network import (
+    LOAD_BALANCER_NETWORK,
+    SERVICE_NETWORK,
+    AddressPool,
+)
 from coiled_k8s.offline.store import ObjectStore
 
 __all__ = ["OfflineKubernetes", "reap_orphans"]
@@ -111,7 +115,7 @@ class OfflineKubernetes:
         self.node.stop()
         self.api.stop()
 
-    def __enter__(self) -> OfflineKubernetes:
+    def __enter__(self) -> OfflineKubernetes:  # noqa: PYI034
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

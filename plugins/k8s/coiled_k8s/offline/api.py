@@ -23,8 +23,9 @@ import ssl
 import threading
 import urllib.parse
 from collections import Counter
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from typing import Any
 
 from coiled_k8s.offline.store import ApiError, ObjectStore
 
@@ -214,7 +215,7 @@ class _Handler(BaseHTTPRequestHandler):
             code, content_type, reply = self.api.handle(method, url.path, query, self.headers, body)
         except ApiError as e:
             code, content_type, reply = e.code, "application/json", json.dumps(e.status()).encode()
-        except Exception as e:  # a bug in the fake: say so as the server would
+        except Exception as e:  # noqa: BLE001  (a bug in the fake: say so, as a server would)
             error = ApiError(500, "InternalError", f"offline API: {type(e).__name__}: {e}")
             code, content_type, reply = 500, "application/json", json.dumps(error.status()).encode()
         self.send_response(code)

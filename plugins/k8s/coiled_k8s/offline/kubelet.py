@@ -274,14 +274,14 @@ class OfflineNode:
             env = self._environment(pod, container, runtime, mounts)
             argv = [_rewrite(a, mounts) for a in (container.get("command") or []) + (container.get("args") or [])]
             cwd = _rewrite(container.get("workingDir") or "", mounts) or str(directory)
-            log = open(directory / "logs" / f"{container['name']}.log", "ab")
-            if self.run_processes and argv:
-                try:
-                    runtime.procs[container["name"]] = subprocess.Popen(
-                        argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
-                except OSError as e:
-                    log.write(f"exec failed: {e}\n".encode())
-            log.close()
+            with open(directory / "logs" / f"{container['name']}.log", "ab") as log:
+                if self.run_processes and argv:
+                    try:
+                        runtime.procs[container["name"]] = subprocess.Popen(
+                            argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                            start_new_session=True)
+                    except OSError as e:
+                        log.write(f"exec failed: {e}\n".encode())
         ready = not any(c.get("readinessProbe") for c in spec["containers"]) or not self.run_processes
         statuses = [{"name": c["name"], "image": c["image"], "imageID": f"offline://{c['image']}", "ready": ready,
                      "restartCount": 0, "started": True, "containerID": f"offline://{meta['uid']}/{c['name']}",
@@ -305,7 +305,7 @@ class OfflineNode:
                 source = volume[kind]
                 name = source.get("name") or source.get("secretName")
                 resource = "configmaps" if kind == "configMap" else "secrets"
-                objs = self.store.find(lambda res, o, n=name: res == resource and o["metadata"]["name"] == n
+                objs = self.store.find(lambda res, o, n=name, wanted=resource: res == wanted and o["metadata"]["name"] == n
                                        and o["metadata"]["namespace"] == meta["namespace"])
                 if not objs:
                     return f'MountVolume.SetUp failed for volume "{volume["name"]}": {kind} "{name}" not found'

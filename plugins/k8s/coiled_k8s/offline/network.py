@@ -15,7 +15,7 @@ import ipaddress
 import random
 import socket
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from coiled_core.backend import loopback_address
 

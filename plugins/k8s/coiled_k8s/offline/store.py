@@ -17,8 +17,9 @@ import secrets
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any
 
 #: What the API server refuses to store in one ConfigMap or Secret.
 MAX_DATA_BYTES = 1024 * 1024
@@ -366,12 +367,12 @@ class ObjectStore:
                           if "foregroundDeletion" in (obj["metadata"].get("finalizers") or [])}
             for (resource, namespace, name), obj in list(self.objects.items()):
                 refs = obj["metadata"].get("ownerReferences") or []
-                if not refs or "deletionTimestamp" in obj["metadata"] and resource != "pods":
+                if not refs or ("deletionTimestamp" in obj["metadata"] and resource != "pods"):
                     continue
                 owners_gone = all(r["uid"] not in live for r in refs)
-                if owners_gone or any(r["uid"] in foreground for r in refs):
-                    if "deletionTimestamp" not in obj["metadata"]:
-                        self.delete(resource, namespace, name, {"propagationPolicy": "Background"})
+                doomed = owners_gone or any(r["uid"] in foreground for r in refs)
+                if doomed and "deletionTimestamp" not in obj["metadata"]:
+                    self.delete(resource, namespace, name, {"propagationPolicy": "Background"})
             for (resource, namespace, name), obj in list(self.objects.items()):
                 if obj["metadata"]["uid"] in foreground and not self._dependents(obj["metadata"]["uid"]):
                     self.remove(resource, namespace, name)
