@@ -74,8 +74,6 @@ def preflight(spec, options):
     if software is not None and (software.conda or software.post_build):
         raise ClusterSpecError("software: the k8s backend installs pip packages at pod start; conda packages and "
                                "post_build need an image of your own (container=...)")
-    if spec.worker_gpu and options.pod_template.get("spec", {}).get("runtimeClassName") is None:
-        pass  # GPUs are requested as nvidia.com/gpu; a cluster without the device plugin leaves them Pending
     if spec.adaptive is None and spec.n_workers > 5000:
         raise ClusterSpecError("n_workers: at most 5000 worker pods per cluster")
 

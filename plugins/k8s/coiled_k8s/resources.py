@@ -184,7 +184,7 @@ def pod_manifest(name: str, role: str, spec: Any, options: Any, owner: dict, ima
         "volumes": [
             {"name": "node", "configMap": {"name": f"{base}-node", "items": [
                 {"key": f"{role}.json", "path": f"{role}.json"}, {"key": BUNDLE_KEY, "path": BUNDLE_KEY}]}},
-            {"name": "secrets", "secret": {"secretName": f"{base}-tls", "defaultMode": 0o400, "items": [
+            {"name": "secrets", "secret": {"secretName": f"{base}-tls", "items": [
                 {"key": f"{role}.json", "path": "tls.json"}, {"key": "environ.json", "path": "environ.json"}]}},
         ],
     }

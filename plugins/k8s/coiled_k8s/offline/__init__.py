@@ -165,6 +165,10 @@ class OfflineKubernetes:
         """Answer the next ``times`` administrator requests ``verb`` on ``resource`` with ``code``."""
         self.api.inject(verb, resource, code, times)
 
+    def clear_faults(self) -> None:
+        """Forget the injected faults not yet used."""
+        self.api.clear_faults()
+
     # -- server-side defaults --------------------------------------------------------------
     def _pod_defaults(self, pod: dict) -> None:
         spec = pod.setdefault("spec", {})

@@ -89,6 +89,11 @@ class ApiServer:
             self._faults.append({"verb": verb, "resource": resource, "code": code, "times": times,
                                  "reason": reason or reasons.get(code, "InternalError")})
 
+    def clear_faults(self) -> None:
+        """Forget every injected fault not yet used."""
+        with self._lock:
+            self._faults.clear()
+
     def _fault(self, verb: str, resource: str) -> ApiError | None:
         with self._lock:
             for fault in self._faults:
