@@ -62,18 +62,23 @@ class PortForwarder:
                 continue
             except OSError:
                 return
-            backend = self.pick_backend()
-            try:
-                if backend is None:
-                    raise OSError("no ready endpoint")
-                upstream = socket.create_connection(backend, timeout=5)
-                upstream.settimeout(None)
-            except OSError:
-                client.close()  # as kube-proxy with no endpoints: the connection is refused
-                continue
-            self.connections += [client, upstream]
-            for source, target in ((client, upstream), (upstream, client)):
-                threading.Thread(target=_pump, args=(source, target), daemon=True).start()
+            # Each connection in its own thread: one slow backend (a frozen process whose accept
+            # queue is full) must not hold up the others, as it would not behind DNAT.
+            threading.Thread(target=self._forward, args=(client,), daemon=True).start()
+
+    def _forward(self, client: socket.socket) -> None:
+        backend = self.pick_backend()
+        try:
+            if backend is None:
+                raise OSError("no ready endpoint")
+            upstream = socket.create_connection(backend, timeout=30)  # about what SYN retries take
+            upstream.settimeout(None)
+        except OSError:
+            client.close()
+            return
+        self.connections += [client, upstream]
+        for source, target in ((client, upstream), (upstream, client)):
+            threading.Thread(target=_pump, args=(source, target), daemon=True).start()
 
     def close(self) -> None:
         self.closed.set()
