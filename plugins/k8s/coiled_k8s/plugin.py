@@ -63,6 +63,13 @@ def backend_options_model():
 
 
 @hookimpl
+def keyword_options():
+    # Coiled's tags become labels (and must be valid label values); the other keywords name cloud
+    # machines and mean nothing to pods: the core accepts them with a warning.
+    return {"tags": "labels"}
+
+
+@hookimpl
 def tls_policy(options):
     # Every pod of the Kubernetes cluster can reach the scheduler: without TLS it runs their code.
     return TLSPolicy(default=True, required=True)

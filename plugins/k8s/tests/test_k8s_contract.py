@@ -41,6 +41,14 @@ class TestK8sContract(BackendContract):
         wait_until(lambda: not left(), 30, message=f"the cluster's objects to go: {left()}")
         wait_until(lambda: not self._processes(uid), 30, message="pod processes to end")
 
+    def test_killed_creator_leaves_nothing(self):
+        """As the contract's, and the cluster deleted itself: its scheduler's own service account
+        deleted the owner (once, and did nothing else), before the suite's gc could."""
+        super().test_killed_creator_leaves_nothing()
+        calls = [(user, verb, resource, count) for (user, verb, _, resource), count in self.offline.api.calls.items()
+                 if user.startswith("system:serviceaccount:default:orphan-")]
+        assert [(verb, resource, count) for _, verb, resource, count in calls] == [("delete", "configmaps", 1)]
+
     def _processes(self, cluster_uid):
         """Live processes of pods of this cluster incarnation, also of pods already deleted."""
         return [p for pod_uid, runtime in list(self.offline.node.runtimes.items())

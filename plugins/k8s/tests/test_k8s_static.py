@@ -139,3 +139,10 @@ def test_the_agent_bundle_fits_a_configmap(tmp_path):
 
     bundle = agent_bundle(tmp_path, extra_modules=["coiled_k8s.node"])
     assert bundle.stat().st_size < r.CONFIGMAP_LIMIT / 2  # room to grow, and for the node configs
+
+
+def test_coiled_tags_become_labels():
+    from coiled_core.plugins import load_backend
+
+    assert load_backend("k8s").keyword_options() == {"tags": "labels"}
+    assert K8sOptions(labels={"team": "data"}).labels == {"team": "data"}
