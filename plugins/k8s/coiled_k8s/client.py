@@ -103,6 +103,14 @@ def retrying(call: Callable[..., Any], *args: Any, attempts: int = 4, **kwargs: 
             time.sleep(0.2 * 2**attempt)
 
 
+def pod_log(core: Any, name: str, namespace: str, tail: int | None = None) -> str:
+    """A pod's log as text. Read raw: some client versions hand back ``str(bytes)`` for text/plain."""
+    kwargs = {"tail_lines": tail} if tail else {}
+    response = core.read_namespaced_pod_log(name, namespace, _preload_content=False, **kwargs)
+    data = response.data if hasattr(response, "data") else response.read()
+    return data.decode(errors="replace") if isinstance(data, bytes) else str(data)
+
+
 def list_all(list_call: Callable[..., Any], namespace: str, label_selector: str, page: int = 500) -> Iterator[Any]:
     """Every object ``list_call`` returns, page by page; a ``continue`` token that expired (410)
     starts the list again, as the API asks."""

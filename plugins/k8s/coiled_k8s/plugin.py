@@ -39,6 +39,7 @@ from coiled_k8s.client import (
     connect,
     ignore_missing,
     list_all,
+    pod_log,
     reason_of,
     retrying,
     status_of,
@@ -448,8 +449,7 @@ def _pod_key(pod: Any) -> str:
 
 def _pod_log(kube: Kube, pod: Any, tail: int | None) -> str:
     try:
-        kwargs = {"tail_lines": tail} if tail else {}
-        return kube.core.read_namespaced_pod_log(pod.metadata.name, kube.namespace, **kwargs)
+        return pod_log(kube.core, pod.metadata.name, kube.namespace, tail)
     except Exception as e:
         if status_of(e) not in (400, 404):
             raise

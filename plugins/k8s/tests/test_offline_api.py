@@ -160,7 +160,9 @@ def test_pods_run_as_processes_without_coiled_core(core, offline_k8s, label):
                    message="the pod to succeed")
         read = core.read_namespaced_pod(f"{label}-run", NS)
         assert read.status.pod_ip.startswith("10.") and read.status.container_statuses[0].state.terminated.exit_code == 0
-        assert core.read_namespaced_pod_log(f"{label}-run", NS).splitlines()[-2:] == ["no coiled_core", f"{label}-run mounted"]
+        from coiled_k8s.client import pod_log
+
+        assert pod_log(core, f"{label}-run", NS).splitlines()[-2:] == ["no coiled_core", f"{label}-run mounted"]
     finally:
         core.delete_namespaced_pod(f"{label}-run", NS)
         cleanup(core, label)
