@@ -28,9 +28,10 @@ SIZES = (1, 10, 100)
 
 
 def count_calls() -> None:
+    from coiled_k8s.offline import OfflineKubernetes
+
     from coiled_core.plugins import load_backend
     from coiled_core.spec import resolve_cluster_spec
-    from coiled_k8s.offline import OfflineKubernetes
 
     with OfflineKubernetes(tempfile.mkdtemp(prefix="k8s-bench-"), run_processes=False, max_pods=1000) as offline:
         backend = load_backend("k8s")
@@ -68,8 +69,9 @@ def count_calls() -> None:
 
 
 def start_to_ready() -> None:
-    import coiled
     from coiled_k8s.offline import OfflineKubernetes
+
+    import coiled
 
     sizes = [int(n) for n in os.environ.get("K8S_BENCH_REAL_SIZES", "1,10").split(",")]
     print("\nstart to ready, processes run (TLS on)")

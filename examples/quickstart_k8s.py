@@ -10,7 +10,6 @@ makes only real ``kubernetes`` client calls, and the Dask cluster is real. Run i
 import tempfile
 
 import dask.config
-
 from coiled_k8s.offline import OfflineKubernetes
 
 
