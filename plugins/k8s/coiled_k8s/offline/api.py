@@ -70,6 +70,8 @@ class ApiServer:
         handler = type("Handler", (_Handler,), {"api": self})
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.httpd.daemon_threads = True
+        # A client that goes away mid-handshake is no error of the server's: no traceback.
+        self.httpd.handle_error = lambda request, client_address: None
         self.httpd.socket = tls.wrap_socket(self.httpd.socket, server_side=True, do_handshake_on_connect=False)
         self.port = self.httpd.server_address[1]
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="offline-k8s-api", daemon=True)

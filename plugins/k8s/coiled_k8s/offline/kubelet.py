@@ -49,7 +49,7 @@ from typing import Any
 import psutil
 
 from coiled_core.backend import loopback_address
-from coiled_k8s.offline.network import AddressPool, ServiceProxy
+from coiled_k8s.offline.network import POD_NETWORK, AddressPool, ServiceProxy
 from coiled_k8s.offline.store import ObjectStore, now_rfc3339
 
 MARK_ENV = "COILED_OFFLINE_KUBELET"
@@ -139,7 +139,7 @@ class OfflineNode:
                             "pods": max_pods}
         self.labels = {"kubernetes.io/hostname": NODE_NAME, "kubernetes.io/os": "linux",
                        "kubernetes.io/arch": {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), "amd64")}
-        self.pod_ips = AddressPool(__import__("coiled_k8s.offline.network", fromlist=["x"]).POD_NETWORK)
+        self.pod_ips = AddressPool(POD_NETWORK)
         self.node_ip = self.pod_ips.take()
         self.mark = runner_mark()
         self.runtimes: dict[str, PodRuntime] = {}  # pod uid -> runtime
@@ -349,7 +349,7 @@ class OfflineNode:
         env.update(PATH=f"{image_env}/bin:{_SYSTEM_PATH}", HOSTNAME=runtime.name, TMPDIR=str(runtime.directory / "tmp"),
                    KUBERNETES_SERVICE_HOST="127.0.0.1", KUBERNETES_SERVICE_PORT=str(self.api_port),
                    COILED_NODE_HOST=loopback_address(runtime.pod_ip), DASK_COILED__LOOPBACK_ADDRESSES="true",
-                   VIRTUAL_ENV=image_env, COILED_OFFLINE_SERVICE_ACCOUNT_DIR=mounts.get(SERVICE_ACCOUNT_DIR, ""))
+                   VIRTUAL_ENV=image_env)
         fields = {"metadata.name": runtime.name, "metadata.namespace": runtime.namespace, "metadata.uid": runtime.uid,
                   "status.podIP": runtime.pod_ip, "status.hostIP": self.node_ip, "spec.nodeName": NODE_NAME,
                   "spec.serviceAccountName": pod["spec"].get("serviceAccountName") or "default"}
