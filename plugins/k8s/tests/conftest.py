@@ -35,16 +35,22 @@ def environment(**values):
 
 
 @pytest.fixture(scope="session")
-def offline_k8s(tmp_path_factory):
+def offline_k8s_server(tmp_path_factory):
     from coiled_k8s.offline import OfflineKubernetes
 
-    workdir = tmp_path_factory.mktemp("offline-k8s")
-    cluster = OfflineKubernetes(workdir, admin_rules=client_rules())
-    # Child processes (the contract suite's other "sessions") map addresses and keep logs alike.
-    kept = str(workdir / "kept-logs")
-    with (cluster, environment(DASK_COILED__LOOPBACK_ADDRESSES="true", DASK_COILED__K8S__LOG_DIRECTORY=kept),
-          dask.config.set({"coiled.loopback-addresses": True, "coiled.k8s.log_directory": kept})):
+    with OfflineKubernetes(tmp_path_factory.mktemp("offline-k8s"), admin_rules=client_rules()) as cluster:
         yield cluster
+
+
+@pytest.fixture(scope="module")
+def offline_k8s(offline_k8s_server):
+    """The session's offline Kubernetes, with loopback addresses on for this module only (the
+    rest of the project's suite runs in the same session)."""
+    kept = str(offline_k8s_server.workdir / "kept-logs")
+    # Child processes (the contract suite's other "sessions") map addresses and keep logs alike.
+    with (environment(DASK_COILED__LOOPBACK_ADDRESSES="true", DASK_COILED__K8S__LOG_DIRECTORY=kept),
+          dask.config.set({"coiled.loopback-addresses": True, "coiled.k8s.log_directory": kept})):
+        yield offline_k8s_server
 
 
 @pytest.fixture
