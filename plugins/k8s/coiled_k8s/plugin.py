@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import tempfile
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,7 @@ from coiled_core.backend import (
     build_node_config,
     config_get,
     hookimpl,
+    loopback_mode,
     map_address,
     past_lifetime,
     software_environment,
@@ -84,6 +87,10 @@ def preflight(spec, options):
                                "post_build need an image of your own (container=...)")
     if spec.adaptive is None and spec.n_workers > 5000:
         raise ClusterSpecError("n_workers: at most 5000 worker pods per cluster")
+    if options.service_type == "ClusterIP" and not os.environ.get("KUBERNETES_SERVICE_HOST") and not loopback_mode():
+        warnings.warn("this client runs outside Kubernetes, where a ClusterIP Service is reachable only through a "
+                      "VPN or route into the cluster; backend_options={'service_type': 'LoadBalancer'} (or "
+                      "'NodePort') makes the scheduler reachable from here", UserWarning, stacklevel=2)
 
 
 # -- claims ----------------------------------------------------------------------------------

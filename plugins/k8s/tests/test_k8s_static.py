@@ -146,3 +146,17 @@ def test_coiled_tags_become_labels():
 
     assert load_backend("k8s").keyword_options() == {"tags": "labels"}
     assert K8sOptions(labels={"team": "data"}).labels == {"team": "data"}
+
+
+def test_a_client_outside_kubernetes_is_told_about_cluster_ip(monkeypatch):
+    from coiled_k8s.plugin import preflight
+
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("DASK_COILED__LOOPBACK_ADDRESSES", "false")
+    with pytest.warns(UserWarning, match="LoadBalancer"):
+        preflight(_small_spec(), K8sOptions())
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        preflight(_small_spec(), K8sOptions(service_type="LoadBalancer"))
