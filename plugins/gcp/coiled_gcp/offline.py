@@ -1,0 +1,666 @@
+"""Offline Compute Engine: the REST paths the ``gcp`` backend uses, served on 127.0.0.1, plus a
+runner that boots each instance's ``startup-script`` as local processes.
+
+There is no Compute Engine emulator, so :class:`OfflineGCP` serves, on one port:
+
+* Compute Engine v1 (``/compute/v1/projects/P/...``): instances (insert, bulkInsert, get,
+  list, aggregatedList, delete), firewalls, addresses, machine types, regions, and zone, region
+  and global operations (get and wait). It keeps the real API's traps: int64 fields (``id``,
+  machine types' ``memoryMb``... are int32 and stay numbers) as JSON strings, list filters on
+  ``labels.KEY = VALUE`` and ``name``, paging with ``maxResults``/``nextPageToken``, and errors of
+  mutations as an operation that is ``DONE`` with ``error.errors[].code`` and
+  ``httpErrorStatusCode`` (a 200 reply: the client sees them only if it reads the operation).
+* Cloud Storage JSON API (buckets and objects, ``ifGenerationMatch`` preconditions: 412).
+* Secret Manager v1 (secrets, versions, ``:access``, label filters).
+
+Requests must carry ``Authorization: Bearer <token>`` with :attr:`OfflineGCP.token` (every
+user of the machine reaches the port, and what the runner boots runs as its owner).
+
+**The runner.** An instance inserted with a ``startup-script`` metadata item is started at once
+(status ``RUNNING``) as a local process (:mod:`coiled_core.testing.noderunner`) on its own
+loopback address (``10.a.b.c`` -> ``127.a.b.c``), with ``COILED_OFFLINE=1``,
+``COILED_INSTANCE_ID`` (the instance's name, as GCE's metadata server reports it),
+``COILED_NODE_HOST``, ``COILED_NODE_ROOT`` and the endpoint and token of this server. Deleting
+the instance kills its processes. When the script exits (the machine's power-off), the instance
+is deleted: the backend's power-off deletes the instance (see :mod:`coiled_gcp.bootstrap`).
+
+**Faults.** :meth:`OfflineGCP.exhaust` makes inserts of a zone and/or machine type fail with
+``ZONE_RESOURCE_POOL_EXHAUSTED`` or ``QUOTA_EXCEEDED`` (as a DONE operation with an error);
+:meth:`OfflineGCP.fail` makes the next matching request fail with an HTTP error.
+``capacity`` caps the instances running at once (``ZONE_RESOURCE_POOL_EXHAUSTED`` past it).
+``run_scripts=False`` serves the API only, and :attr:`OfflineGCP.calls` counts requests.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import itertools
+import json
+import logging
+import os
+import re
+import secrets
+import tempfile
+import threading
+import time
+import urllib.parse
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from coiled_core.testing import noderunner
+
+logger = logging.getLogger(__name__)
+
+ZONES = {"us-east1": ["us-east1-b", "us-east1-c", "us-east1-d"], "us-central1": ["us-central1-a", "us-central1-b"]}
+
+#: (name, vCPUs, memory MiB, accelerators) of the fake's catalogue; e2/n2/n2d/t2a/n1/g2 families.
+MACHINE_TYPES: list[tuple[str, int, int, list[dict]]] = [
+    ("e2-small", 2, 2048, []),
+    ("e2-medium", 2, 4096, []),
+    ("e2-standard-2", 2, 8192, []),
+    ("e2-standard-4", 4, 16384, []),
+    ("e2-standard-8", 8, 32768, []),
+    ("e2-highmem-2", 2, 16384, []),
+    ("n2-standard-2", 2, 8192, []),
+    ("n2-standard-4", 4, 16384, []),
+    ("n2-standard-8", 8, 32768, []),
+    ("n2-standard-16", 16, 65536, []),
+    ("n2-highmem-4", 4, 32768, []),
+    ("n2-highcpu-8", 8, 8192, []),
+    ("t2a-standard-2", 2, 8192, []),
+    ("t2a-standard-4", 4, 16384, []),
+    ("n1-standard-4", 4, 15360, []),
+    ("n1-standard-8", 8, 30720, []),
+    ("g2-standard-4", 4, 16384, [{"guestAcceleratorType": "nvidia-l4", "guestAcceleratorCount": 1}]),
+    ("a2-highgpu-1g", 12, 87040, [{"guestAcceleratorType": "nvidia-tesla-a100", "guestAcceleratorCount": 1}]),
+]
+
+
+class _Fault(Exception):
+    def __init__(self, status: int, reason: str, message: str):
+        super().__init__(message)
+        self.status, self.reason, self.message = status, reason, message
+
+
+@dataclass
+class _Machine:
+    name: str
+    zone: str
+    directory: Path
+    popen: Any = None
+    status: str = "running"
+
+
+@dataclass
+class _State:
+    instances: dict[tuple[str, str], dict] = field(default_factory=dict)  # (zone, name)
+    firewalls: dict[str, dict] = field(default_factory=dict)
+    addresses: dict[tuple[str, str], dict] = field(default_factory=dict)  # (region, name)
+    operations: dict[str, dict] = field(default_factory=dict)
+    buckets: dict[str, dict] = field(default_factory=dict)
+    objects: dict[tuple[str, str], dict] = field(default_factory=dict)  # (bucket, name) -> meta + data
+    secrets: dict[str, dict] = field(default_factory=dict)  # full name -> secret + versions
+
+
+class OfflineGCP:
+    """A local stand-in for Compute Engine, Cloud Storage and Secret Manager (see the module).
+
+    Parameters:
+        project: the one project it serves.
+        run_scripts: False serves the API only (no instance boots), e.g. to count calls.
+        capacity: most instances running at once (None: no limit).
+        workdir: instance directories and logs (default: a new temporary directory).
+        env_cache: ``COILED_ENV_CACHE`` shared by instances (False: none).
+        kill_grace: seconds between SIGTERM and SIGKILL when an instance is deleted.
+    """
+
+    def __init__(
+        self,
+        project: str = "offline-project",
+        *,
+        run_scripts: bool = True,
+        capacity: int | None = None,
+        workdir: str | os.PathLike[str] | None = None,
+        env_cache: str | os.PathLike[str] | bool | None = None,
+        kill_grace: float = 3.0,
+    ) -> None:
+        self.project = project
+        self.run_scripts = run_scripts
+        self.capacity = capacity
+        self.kill_grace = kill_grace
+        self.token = secrets.token_urlsafe(24)
+        self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="coiled-offline-gce-"))
+        self.env_cache = None if env_cache is False else Path(env_cache) if env_cache not in (None, True) else self.workdir / "env-cache"
+        #: Requests served, by "METHOD /path-pattern".
+        self.calls: dict[str, int] = {}
+        #: Messages, one per refused or failed instance.
+        self.errors: list[str] = []
+        self.state = _State()
+        self._exhausted: list[tuple[str | None, str | None, str]] = []
+        self._faults: list[tuple[str, str, int, str]] = []
+        self._lock = threading.RLock()
+        self._machines: dict[str, _Machine] = {}
+        self._ids = itertools.count(10**18 + secrets.randbelow(10**17))
+        self._ips = itertools.count(2)
+        self._marker = ""
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self._watcher: threading.Thread | None = None
+        self._stopping = threading.Event()
+
+    # -- life ---------------------------------------------------------------------------------
+    @property
+    def endpoint(self) -> str:
+        assert self._server is not None, "OfflineGCP is not started"
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def environ(self) -> dict[str, str]:
+        """Variables pointing the ``gcp`` backend (and a child process) at this server."""
+        return {
+            "COILED_GCP_ENDPOINT": self.endpoint,
+            "COILED_GCP_TOKEN": self.token,
+            "GOOGLE_CLOUD_PROJECT": self.project,
+            "DASK_COILED__LOOPBACK_ADDRESSES": "true",
+        }
+
+    def start(self) -> OfflineGCP:
+        noderunner.reap_orphans()
+        self._marker = noderunner.new_marker()
+        self._bin = noderunner.prepare_bin(self.workdir / "bin")
+        if self.env_cache is not None:
+            self.env_cache.mkdir(parents=True, exist_ok=True)
+        handler = type("Handler", (_Handler,), {"fake": self})
+        self._server = _QuietServer(("127.0.0.1", 0), handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name="offline-gce", daemon=True)
+        self._thread.start()
+        self._stopping.clear()
+        self._watcher = threading.Thread(target=self._watch, name="offline-gce-runner", daemon=True)
+        self._watcher.start()
+        return self
+
+    def stop(self) -> None:
+        """Kill every process started, stop serving. Idempotent."""
+        self._stopping.set()
+        if self._watcher is not None:
+            self._watcher.join()
+            self._watcher = None
+        if self._marker:
+            noderunner.kill_marked(self._marker, grace=self.kill_grace)
+        with self._lock:
+            for machine in self._machines.values():
+                if machine.popen is not None:
+                    machine.popen.poll()
+            self._machines.clear()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self) -> OfflineGCP:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- faults -------------------------------------------------------------------------------
+    def exhaust(self, zone: str | None = None, machine_type: str | None = None, code: str = "ZONE_RESOURCE_POOL_EXHAUSTED") -> None:
+        """Inserts in ``zone`` (any, if None) of ``machine_type`` (any) fail with ``code``."""
+        with self._lock:
+            self._exhausted.append((zone, machine_type, code))
+
+    def fail(self, method: str, path_pattern: str, status: int = 500, reason: str = "backendError") -> None:
+        """The next request whose method is ``method`` and path matches ``path_pattern`` fails."""
+        with self._lock:
+            self._faults.append((method, path_pattern, status, reason))
+
+    def clear_faults(self) -> None:
+        with self._lock:
+            self._exhausted.clear()
+            self._faults.clear()
+
+    def instance_names(self) -> list[str]:
+        with self._lock:
+            return sorted(name for _, name in self.state.instances)
+
+    def machine_pid(self, name: str) -> int | None:
+        with self._lock:
+            machine = self._machines.get(name)
+            return machine.popen.pid if machine and machine.popen else None
+
+    # -- runner -------------------------------------------------------------------------------
+    def _boot(self, instance: dict) -> None:
+        name = instance["name"]
+        script = next((i["value"] for i in instance.get("metadata", {}).get("items", []) if i["key"] == "startup-script"), None)
+        if not self.run_scripts or not script:
+            return
+        ip = instance["networkInterfaces"][0]["networkIP"]
+        directory = self.workdir / name
+        extra = {**self.environ(), **({"COILED_ENV_CACHE": str(self.env_cache)} if self.env_cache else {})}
+        env = noderunner.machine_environ(self._marker, name, directory, noderunner_host(ip), self._bin, extra)
+        machine = _Machine(name, _last(instance["zone"]), directory)
+        machine.popen = noderunner.start_machine(script, directory, env)
+        self._machines[name] = machine
+
+    def _watch(self) -> None:
+        """A machine whose script exited is powered off: its processes go, its instance too."""
+        while not self._stopping.wait(0.2):
+            with self._lock:
+                ended = [m for m in self._machines.values() if m.popen.poll() is not None or (m.directory / "poweroff").exists()]
+                for machine in ended:
+                    del self._machines[machine.name]
+                    self.state.instances.pop((machine.zone, machine.name), None)
+            for machine in ended:
+                threading.Thread(target=noderunner.kill_marked, args=(self._marker, machine.name, self.kill_grace), daemon=True).start()
+
+    def _kill(self, name: str) -> None:
+        with self._lock:
+            machine = self._machines.pop(name, None)
+        if machine is not None:
+            noderunner.kill_marked(self._marker, name, self.kill_grace)
+            machine.popen.poll()
+
+    # -- compute ------------------------------------------------------------------------------
+    def _operation(self, scope: str, where: str, kind: str, target: str, error: tuple[int, str, str] | None = None) -> dict:
+        name = f"operation-{int(time.time() * 1000)}-{secrets.token_hex(6)}"
+        base = f"{self.endpoint}/compute/v1/projects/{self.project}"
+        op: dict[str, Any] = {
+            "kind": "compute#operation",
+            "id": str(next(self._ids)),  # int64: a JSON string
+            "name": name,
+            "operationType": kind,
+            "targetLink": target,
+            "status": "DONE",
+            "progress": 100,
+            "insertTime": _now(),
+            "selfLink": f"{base}/{scope}/{where}/operations/{name}" if scope != "global" else f"{base}/global/operations/{name}",
+        }
+        if scope == "zones":
+            op["zone"] = f"{base}/zones/{where}"
+        elif scope == "regions":
+            op["region"] = f"{base}/regions/{where}"
+        if error is not None:
+            status, code, message = error
+            op["httpErrorStatusCode"] = status
+            op["httpErrorMessage"] = "SERVICE UNAVAILABLE" if status == 503 else "FORBIDDEN" if status == 403 else "ERROR"
+            op["error"] = {"errors": [{"code": code, "message": message}]}
+        self.state.operations[name] = op
+        return op
+
+    def _insert_error(self, zone: str, machine_type: str) -> tuple[int, str, str] | None:
+        for z, t, code in self._exhausted:
+            if z in (None, zone) and t in (None, machine_type):
+                if code == "QUOTA_EXCEEDED":
+                    return 403, code, f"Quota 'CPUS' exceeded in region {zone.rsplit('-', 1)[0]}."
+                return 503, code, f"The zone 'projects/{self.project}/zones/{zone}' does not have enough resources available to fulfill the request."
+        running = sum(1 for _ in self.state.instances)
+        if self.capacity is not None and running >= self.capacity:
+            return 503, "ZONE_RESOURCE_POOL_EXHAUSTED", f"offline capacity of {self.capacity} instances reached"
+        return None
+
+    def _new_instance(self, zone: str, body: dict) -> dict:
+        machine_type = _last(body.get("machineType", ""))
+        if not any(t[0] == machine_type for t in MACHINE_TYPES) and not re.fullmatch(r"[a-z0-9]+-custom-\d+-\d+", machine_type):
+            raise _Fault(400, "invalid", f"Invalid value for field 'resource.machineType': '{body.get('machineType')}'.")
+        interfaces = body.get("networkInterfaces") or [{}]
+        ip = interfaces[0].get("networkIP") or self._next_ip()
+        base = f"{self.endpoint}/compute/v1/projects/{self.project}/zones/{zone}"
+        instance = {
+            **body,
+            "kind": "compute#instance",
+            "id": str(next(self._ids)),
+            "zone": base,
+            "status": "RUNNING",
+            "creationTimestamp": _now(),
+            "selfLink": f"{base}/instances/{body['name']}",
+            "networkInterfaces": [{**interfaces[0], "networkIP": ip, "name": "nic0"}],
+        }
+        return instance
+
+    def _next_ip(self) -> str:
+        n = next(self._ips)
+        return f"10.{(n >> 16) & 255}.{(n >> 8) & 255}.{n & 255}"
+
+    def insert_instances(self, zone: str, bodies: list[dict], kind: str) -> dict:
+        with self._lock:
+            target = f"{self.endpoint}/compute/v1/projects/{self.project}/zones/{zone}/instances/{bodies[0]['name']}"
+            for body in bodies:
+                if (zone, body["name"]) in self.state.instances:
+                    return self._operation("zones", zone, kind, target, (409, "RESOURCE_ALREADY_EXISTS", f"The resource '{body['name']}' already exists"))
+            for body in bodies:
+                error = self._insert_error(zone, _last(body.get("machineType", "")))
+                if error is not None:
+                    return self._operation("zones", zone, kind, target, error)
+            made = [self._new_instance(zone, body) for body in bodies]
+            for instance in made:
+                self.state.instances[(zone, instance["name"])] = instance
+            for instance in made:
+                self._boot(instance)
+            return self._operation("zones", zone, kind, target)
+
+
+def noderunner_host(ip: str) -> str:
+    from coiled_core.backend import loopback_address
+
+    return loopback_address(ip)
+
+
+def _last(url: str) -> str:
+    return url.rstrip("/").rsplit("/", 1)[-1]
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+_LABEL_TERM = re.compile(r"\(?\s*(labels\.[\w-]+|name|status)\s*(=|!=|:)\s*\"?([^\s\")]*)\"?\s*\)?")
+
+
+def _matches(item: dict, filter_text: str) -> bool:
+    """Compute's list filter, the forms the backend uses: ``labels.k = v``, ``labels.k:*``,
+    ``name = x``, joined with AND (or spaces)."""
+    if not filter_text:
+        return True
+    for field_name, op, value in _LABEL_TERM.findall(filter_text):
+        if field_name.startswith("labels."):
+            actual = item.get("labels", {}).get(field_name[7:])
+        else:
+            actual = item.get(field_name)
+        if op == ":":
+            ok = actual is not None if value == "*" else actual == value
+        elif op == "=":
+            ok = actual == value
+        else:
+            ok = actual != value
+        if not ok:
+            return False
+    return True
+
+
+def _page(items: list[dict], query: dict[str, str]) -> tuple[list[dict], str | None]:
+    size = int(query.get("maxResults") or 500)
+    start = int(query.get("pageToken") or 0)
+    chunk = items[start : start + size]
+    return chunk, (str(start + size) if start + size < len(items) else None)
+
+
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that hangs up (a killed process, a closed pool) is no error of the fake's.
+        logger.debug("offline gce: connection from %s ended abruptly", client_address)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    fake: OfflineGCP
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        logger.debug("offline gce: " + format, *args)
+
+    def do_GET(self) -> None:
+        self._serve("GET")
+
+    def do_POST(self) -> None:
+        self._serve("POST")
+
+    def do_DELETE(self) -> None:
+        self._serve("DELETE")
+
+    def _reply(self, status: int, body: Any = None, raw: bytes | None = None, content_type: str = "application/json") -> None:
+        data = raw if raw is not None else json.dumps(body if body is not None else {}).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _error(self, status: int, reason: str, message: str) -> None:
+        self._reply(status, {"error": {"code": status, "message": message, "errors": [{"reason": reason, "message": message, "domain": "global"}]}})
+
+    def _serve(self, method: str) -> None:
+        fake = self.fake
+        url = urllib.parse.urlsplit(self.path)
+        query = {k: v[-1] for k, v in urllib.parse.parse_qs(url.query).items()}
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        pattern = re.sub(r"/(operation-[^/]+|[0-9a-f]{8,})", "/*", url.path)
+        with fake._lock:
+            fake.calls[f"{method} {pattern}"] = fake.calls.get(f"{method} {pattern}", 0) + 1
+        if self.headers.get("Authorization") != f"Bearer {fake.token}":
+            return self._error(401, "authError", "Request had invalid authentication credentials.")
+        with fake._lock:
+            fault = next((f for f in fake._faults if f[0] == method and re.search(f[1], url.path)), None)
+            if fault:
+                fake._faults.remove(fault)
+        if fault:
+            return self._error(fault[2], fault[3], f"injected fault on {method} {url.path}")
+        try:
+            path = urllib.parse.unquote(url.path)
+            if path.startswith("/compute/v1/projects/"):
+                status, reply = _compute(fake, method, path[len("/compute/v1/projects/") :], query, body)
+            elif path.startswith(("/storage/v1/", "/upload/storage/v1/", "/download/storage/v1/")):
+                status, reply = _storage(fake, method, url.path, query, body)
+                if isinstance(reply, bytes):
+                    return self._reply(status, raw=reply, content_type="application/octet-stream")
+            elif path.startswith("/v1/projects/"):
+                status, reply = _secrets(fake, method, path[len("/v1/projects/") :], query, body)
+            else:
+                raise _Fault(404, "notFound", f"no such path {url.path}")
+        except _Fault as f:
+            return self._error(f.status, f.reason, f.message)
+        except Exception as e:  # a bug of the fake: say so, as a 500
+            logger.exception("offline gce")
+            return self._error(500, "backendError", f"{type(e).__name__}: {e}")
+        self._reply(status, reply)
+
+
+def _compute(fake: OfflineGCP, method: str, path: str, query: dict[str, str], body: bytes) -> tuple[int, Any]:
+    project, _, rest = path.partition("/")
+    if project != fake.project:
+        raise _Fault(403, "forbidden", f"Required 'compute.instances.list' permission for 'projects/{project}'")
+    parts = rest.split("/")
+    data = json.loads(body) if body else {}
+    state = fake.state
+    base = f"{fake.endpoint}/compute/v1/projects/{project}"
+    with fake._lock:
+        # operations: zones/Z/operations/N[/wait], regions/R/operations/N[/wait], global/operations/N[/wait]
+        if "operations" in parts:
+            name = parts[parts.index("operations") + 1]
+            op = state.operations.get(name)
+            if op is None:
+                raise _Fault(404, "notFound", f"The resource 'operation {name}' was not found")
+            return 200, op
+        if parts[0] == "regions" and len(parts) == 2 and method == "GET":
+            if parts[1] not in ZONES:
+                raise _Fault(404, "notFound", f"The resource 'projects/{project}/regions/{parts[1]}' was not found")
+            return 200, {"kind": "compute#region", "name": parts[1], "status": "UP", "zones": [f"{base}/zones/{z}" for z in ZONES[parts[1]]]}
+        if parts[0] == "zones" and len(parts) >= 3 and parts[2] == "machineTypes":
+            zone = parts[1]
+            items = [_machine_type(base, zone, *t) for t in MACHINE_TYPES if not (t[0].startswith("t2a") and zone.endswith("-d"))]
+            if len(parts) == 4:
+                found = [i for i in items if i["name"] == parts[3]]
+                if not found:
+                    raise _Fault(404, "notFound", f"The resource 'machineTypes/{parts[3]}' was not found")
+                return 200, found[0]
+            chunk, token = _page(items, query)
+            return 200, {"kind": "compute#machineTypeList", "items": chunk, **({"nextPageToken": token} if token else {})}
+        if parts[0] == "zones" and len(parts) >= 3 and parts[2] == "instances":
+            zone = parts[1]
+            if not any(zone in zs for zs in ZONES.values()):
+                raise _Fault(404, "notFound", f"The resource 'projects/{project}/zones/{zone}' was not found")
+            if method == "POST" and len(parts) == 3:
+                return 200, fake.insert_instances(zone, [data], "insert")
+            if method == "POST" and parts[3] == "bulkInsert":
+                template = data.get("instanceProperties", {})
+                names = list(data.get("perInstanceProperties", {}))
+                bodies = [{**json.loads(json.dumps(template)), "name": n} for n in names]
+                if not bodies:
+                    count = int(data.get("count", 0))
+                    pattern = data.get("namePattern", "instance-####")
+                    bodies = [{**template, "name": pattern.replace("####", f"{i:04d}")} for i in range(count)]
+                return 200, fake.insert_instances(zone, bodies, "bulkInsert")
+            if method == "GET" and len(parts) == 3:
+                items = sorted((i for (z, _), i in state.instances.items() if z == zone and _matches(i, query.get("filter", ""))), key=lambda i: i["name"])
+                chunk, token = _page(items, query)
+                return 200, {"kind": "compute#instanceList", "items": chunk, **({"nextPageToken": token} if token else {})}
+            name = parts[3]
+            instance = state.instances.get((zone, name))
+            if instance is None:
+                raise _Fault(404, "notFound", f"The resource 'projects/{project}/zones/{zone}/instances/{name}' was not found")
+            if method == "GET":
+                return 200, instance
+            if method == "DELETE":
+                del state.instances[(zone, name)]
+                threading.Thread(target=fake._kill, args=(name,), daemon=True).start()
+                return 200, fake._operation("zones", zone, "delete", instance["selfLink"])
+        if parts[0] == "aggregated" and parts[1] == "instances":
+            items = sorted((i for i in state.instances.values() if _matches(i, query.get("filter", ""))), key=lambda i: (i["zone"], i["name"]))
+            chunk, token = _page(items, query)
+            grouped: dict[str, dict] = {f"zones/{z}": {"warning": {"code": "NO_RESULTS_ON_PAGE", "message": "none"}} for zs in ZONES.values() for z in zs}
+            for item in chunk:
+                grouped.setdefault(f"zones/{_last(item['zone'])}", {}).pop("warning", None)
+                grouped[f"zones/{_last(item['zone'])}"].setdefault("instances", []).append(item)
+            return 200, {"kind": "compute#instanceAggregatedList", "items": grouped, **({"nextPageToken": token} if token else {})}
+        if parts[0] == "global" and parts[1] == "firewalls":
+            if method == "POST":
+                if data["name"] in state.firewalls:
+                    return 200, fake._operation("global", "", "insert", f"{base}/global/firewalls/{data['name']}", (409, "RESOURCE_ALREADY_EXISTS", "exists"))
+                state.firewalls[data["name"]] = {**data, "id": str(next(fake._ids)), "selfLink": f"{base}/global/firewalls/{data['name']}"}
+                return 200, fake._operation("global", "", "insert", f"{base}/global/firewalls/{data['name']}")
+            if method == "GET" and len(parts) == 2:
+                items = [f for f in state.firewalls.values() if _matches(f, query.get("filter", ""))]
+                chunk, token = _page(items, query)
+                return 200, {"items": chunk, **({"nextPageToken": token} if token else {})}
+            name = parts[2]
+            if name not in state.firewalls:
+                raise _Fault(404, "notFound", f"The resource 'projects/{project}/global/firewalls/{name}' was not found")
+            if method == "GET":
+                return 200, state.firewalls[name]
+            del state.firewalls[name]
+            return 200, fake._operation("global", "", "delete", f"{base}/global/firewalls/{name}")
+        if parts[0] == "regions" and len(parts) >= 3 and parts[2] == "addresses":
+            region = parts[1]
+            if method == "POST":
+                address = data.get("address") or fake._next_ip()
+                state.addresses[(region, data["name"])] = {**data, "address": address, "id": str(next(fake._ids)), "status": "RESERVED"}
+                return 200, fake._operation("regions", region, "insert", f"{base}/regions/{region}/addresses/{data['name']}")
+            if method == "GET" and len(parts) == 3:
+                items = [a for (r, _), a in state.addresses.items() if r == region and _matches(a, query.get("filter", ""))]
+                chunk, token = _page(items, query)
+                return 200, {"items": chunk, **({"nextPageToken": token} if token else {})}
+            key = (region, parts[3])
+            if key not in state.addresses:
+                raise _Fault(404, "notFound", f"The resource 'addresses/{parts[3]}' was not found")
+            if method == "GET":
+                return 200, state.addresses[key]
+            del state.addresses[key]
+            return 200, fake._operation("regions", region, "delete", f"{base}/regions/{region}/addresses/{parts[3]}")
+    raise _Fault(404, "notFound", f"no such compute path {path}")
+
+
+def _machine_type(base: str, zone: str, name: str, cpus: int, memory: int, accelerators: list[dict]) -> dict:
+    return {
+        "kind": "compute#machineType",
+        "id": str(abs(hash(name)) % 10**12),
+        "name": name,
+        "guestCpus": cpus,
+        "memoryMb": memory,
+        "zone": zone,
+        "isSharedCpu": name in ("e2-small", "e2-medium"),
+        "accelerators": accelerators,
+        "architecture": "ARM64" if name.startswith("t2a") else "X86_64",
+        "selfLink": f"{base}/zones/{zone}/machineTypes/{name}",
+    }
+
+
+def _storage(fake: OfflineGCP, method: str, raw_path: str, query: dict[str, str], body: bytes) -> tuple[int, Any]:
+    state = fake.state
+    parts = [urllib.parse.unquote(p) for p in raw_path.split("/")]
+    # ['', 'storage'|'upload'|'download', ('storage',) 'v1', 'b', BUCKET, 'o', OBJECT]
+    parts = [p for p in parts[1:] if p not in ("storage", "upload", "download", "v1")]
+    with fake._lock:
+        if parts == ["b"] and method == "POST":
+            name = json.loads(body)["name"]
+            if name in state.buckets:
+                raise _Fault(409, "conflict", "Your previous request to create the named bucket succeeded and you already own it.")
+            state.buckets[name] = {"name": name, "projectNumber": "123456789012", "id": name}
+            return 200, state.buckets[name]
+        bucket = parts[1]
+        if bucket not in state.buckets:
+            raise _Fault(404, "notFound", "The specified bucket does not exist.")
+        if len(parts) == 2:
+            return 200, state.buckets[bucket]
+        objects = state.objects
+        if len(parts) == 3:  # o: list or upload
+            if method == "POST":
+                name = query["name"]
+                current = objects.get((bucket, name))
+                precondition = query.get("ifGenerationMatch")
+                if precondition is not None and str(current["generation"] if current else 0) != precondition:
+                    raise _Fault(412, "conditionNotMet", "At least one of the pre-conditions you specified did not hold.")
+                meta = {
+                    "name": name,
+                    "bucket": bucket,
+                    "generation": str(time.time_ns()),
+                    "size": str(len(body)),
+                    "md5Hash": base64.b64encode(hashlib.md5(body).digest()).decode(),
+                }
+                objects[(bucket, name)] = {**meta, "_data": body}
+                return 200, meta
+            prefix = query.get("prefix", "")
+            items = [{k: v for k, v in o.items() if k != "_data"} for (b, n), o in sorted(objects.items()) if b == bucket and n.startswith(prefix)]
+            chunk, token = _page(items, query)
+            return 200, {"kind": "storage#objects", "items": chunk, **({"nextPageToken": token} if token else {})}
+        name = "/".join(parts[3:])
+        current = objects.get((bucket, name))
+        if current is None:
+            raise _Fault(404, "notFound", f"No such object: {bucket}/{name}")
+        precondition = query.get("ifGenerationMatch")
+        if precondition is not None and current["generation"] != precondition:
+            raise _Fault(412, "conditionNotMet", "At least one of the pre-conditions you specified did not hold.")
+        if method == "DELETE":
+            del objects[(bucket, name)]
+            return 204, {}
+        if query.get("alt") == "media":
+            return 200, current["_data"]
+        return 200, {k: v for k, v in current.items() if k != "_data"}
+
+
+def _secrets(fake: OfflineGCP, method: str, path: str, query: dict[str, str], body: bytes) -> tuple[int, Any]:
+    state = fake.state
+    project, _, rest = path.partition("/")
+    data = json.loads(body) if body else {}
+    with fake._lock:
+        if rest == "secrets" and method == "POST":
+            name = f"projects/{project}/secrets/{query['secretId']}"
+            if name in state.secrets:
+                raise _Fault(409, "alreadyExists", f"Secret [{name}] already exists.")
+            state.secrets[name] = {"name": name, "labels": data.get("labels", {}), "replication": data.get("replication", {}), "_versions": []}
+            return 200, {k: v for k, v in state.secrets[name].items() if k != "_versions"}
+        if rest == "secrets" and method == "GET":
+            items = [{k: v for k, v in s.items() if k != "_versions"} for s in state.secrets.values() if _matches(s, query.get("filter", ""))]
+            chunk, token = _page(items, {"maxResults": query.get("pageSize", "500"), "pageToken": query.get("pageToken", "")})
+            return 200, {"secrets": chunk, **({"nextPageToken": token} if token else {})}
+        m = re.fullmatch(r"secrets/([^/:]+)(:addVersion|/versions/latest:access)?", rest)
+        if not m:
+            raise _Fault(404, "notFound", f"no such path {rest}")
+        name = f"projects/{project}/secrets/{m.group(1)}"
+        secret = state.secrets.get(name)
+        if secret is None:
+            raise _Fault(404, "notFound", f"Secret [{name}] not found or has no versions.")
+        if m.group(2) == ":addVersion":
+            secret["_versions"].append(data["payload"]["data"])
+            return 200, {"name": f"{name}/versions/{len(secret['_versions'])}", "state": "ENABLED"}
+        if m.group(2):
+            if not secret["_versions"]:
+                raise _Fault(404, "notFound", f"Secret [{name}] not found or has no versions.")
+            return 200, {"name": f"{name}/versions/{len(secret['_versions'])}", "payload": {"data": secret["_versions"][-1]}}
+        if method == "DELETE":
+            del state.secrets[name]
+            return 200, {}
+        return 200, {k: v for k, v in secret.items() if k != "_versions"}
