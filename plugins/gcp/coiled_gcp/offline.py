@@ -140,7 +140,7 @@ class OfflineGCP:
         #: Messages, one per refused or failed instance.
         self.errors: list[str] = []
         self.state = _State()
-        self._exhausted: list[tuple[str | None, str | None, str]] = []
+        self._exhausted: list[tuple[str | None, str | None, str, bool]] = []
         self._faults: list[tuple[str, str, int, str]] = []
         self._lock = threading.RLock()
         self._machines: dict[str, _Machine] = {}
@@ -209,10 +209,13 @@ class OfflineGCP:
         self.stop()
 
     # -- faults -------------------------------------------------------------------------------
-    def exhaust(self, zone: str | None = None, machine_type: str | None = None, code: str = "ZONE_RESOURCE_POOL_EXHAUSTED") -> None:
-        """Inserts in ``zone`` (any, if None) of ``machine_type`` (any) fail with ``code``."""
+    def exhaust(
+        self, zone: str | None = None, machine_type: str | None = None, code: str = "ZONE_RESOURCE_POOL_EXHAUSTED", spot_only: bool = False
+    ) -> None:
+        """Inserts in ``zone`` (any, if None) of ``machine_type`` (any) fail with ``code``
+        (only Spot ones with ``spot_only``)."""
         with self._lock:
-            self._exhausted.append((zone, machine_type, code))
+            self._exhausted.append((zone, machine_type, code, spot_only))
 
     def fail(self, method: str, path_pattern: str, status: int = 500, reason: str = "backendError") -> None:
         """The next request whose method is ``method`` and path matches ``path_pattern`` fails."""
@@ -292,9 +295,11 @@ class OfflineGCP:
         self.state.operations[name] = op
         return op
 
-    def _insert_error(self, zone: str, machine_type: str) -> tuple[int, str, str] | None:
-        for z, t, code in self._exhausted:
-            if z in (None, zone) and t in (None, machine_type):
+    def _insert_error(self, zone: str, body: dict) -> tuple[int, str, str] | None:
+        machine_type = _last(body.get("machineType", ""))
+        spot = body.get("scheduling", {}).get("provisioningModel") == "SPOT"
+        for z, t, code, spot_only in self._exhausted:
+            if z in (None, zone) and t in (None, machine_type) and (spot or not spot_only):
                 if code == "QUOTA_EXCEEDED":
                     return 403, code, f"Quota 'CPUS' exceeded in region {zone.rsplit('-', 1)[0]}."
                 return 503, code, f"The zone 'projects/{self.project}/zones/{zone}' does not have enough resources available to fulfill the request."
@@ -333,7 +338,7 @@ class OfflineGCP:
                 if (zone, body["name"]) in self.state.instances:
                     return self._operation("zones", zone, kind, target, (409, "RESOURCE_ALREADY_EXISTS", f"The resource '{body['name']}' already exists"))
             for body in bodies:
-                error = self._insert_error(zone, _last(body.get("machineType", "")))
+                error = self._insert_error(zone, body)
                 if error is not None:
                     return self._operation("zones", zone, kind, target, error)
             made = [self._new_instance(zone, body) for body in bodies]
