@@ -82,9 +82,9 @@ def tls_policy(options):
 @hookimpl
 def preflight(spec, options):
     software = software_environment(spec) if spec.software else None
-    if software is not None and (software.conda or software.post_build):
-        raise ClusterSpecError("software: the k8s backend installs pip packages at pod start; conda packages and "
-                               "post_build need an image of your own (container=...)")
+    if software is not None and (software.conda or software.post_build or software.include_local_code):
+        raise ClusterSpecError("software: the k8s backend installs pip packages at pod start; conda packages, "
+                               "post_build and include_local_code need an image of your own (container=...)")
     if spec.adaptive is None and spec.n_workers > 5000:
         raise ClusterSpecError("n_workers: at most 5000 worker pods per cluster")
     if options.service_type == "ClusterIP" and not os.environ.get("KUBERNETES_SERVICE_HOST") and not loopback_mode():
