@@ -607,9 +607,13 @@ def scale(record: ClusterRecord, options: GCPOptions, n_workers: int, retired: l
 def _delete_everything(gcp: GCP, name: str) -> list[str]:
     """Delete every instance, firewall rule, address, secret and the claim of cluster ``name``
     (its logs stay, for ``logs`` after the end)."""
+    return _delete_label(gcp, cluster_label(name), name)
+
+
+def _delete_label(gcp: GCP, label: str, name: str) -> list[str]:
+    """:func:`_delete_everything` by the cluster's label (gc knows only that of some leftovers)."""
     from google.api_core.exceptions import NotFound
 
-    label = cluster_label(name)
     deleted = []
     instances = _instances(gcp, label)
     if instances:
@@ -682,6 +686,23 @@ def _expired(instances: list[Any]) -> bool:
     return expires.isdigit() and time.time() > int(expires) + EXPIRY_GRACE
 
 
+def _labels_of_leftovers(gcp: GCP) -> set[str]:
+    """Cluster labels named by firewall rules, reserved addresses and secrets: what a cluster
+    that ended on its own (its instances deleted themselves) leaves."""
+    from google.cloud import compute_v1
+
+    labels = set()
+    for rule in gcp.firewalls.list(request=compute_v1.ListFirewallsRequest(project=gcp.project)):
+        for suffix in ("-client", "-internal"):
+            if rule.name.startswith("coiled-") and rule.name.endswith(suffix):
+                labels.add(rule.name[len("coiled-") : -len(suffix)])
+    request = compute_v1.ListAddressesRequest(project=gcp.project, region=gcp.region, filter=f"labels.{LABEL_CLUSTER}:*")
+    labels |= {a.labels[LABEL_CLUSTER] for a in gcp.addresses.list(request=request) if LABEL_CLUSTER in a.labels}
+    for secret in storage.labelled_secrets(gcp, LABEL_CLUSTER):
+        labels.add(secret.removeprefix("coiled-").rsplit("-", 1)[0])
+    return labels
+
+
 @hookimpl
 def gc(options: GCPOptions) -> list[str]:
     """Delete clusters without a live scheduler (or past their lifetime cap by more than
@@ -699,13 +720,9 @@ def gc(options: GCPOptions) -> list[str]:
             removed += _delete_everything(gcp, name)
     labels_with_instances = {cluster_label(n) for n in by_name}
     bucket = storage.bucket_name(gcp)
-    for secret in storage.labelled_secrets(gcp, LABEL_CLUSTER):
-        label = secret.removeprefix("coiled-").rsplit("-", 1)[0]
-        if label in labels_with_instances:
-            continue
+    for label in sorted(_labels_of_leftovers(gcp) - labels_with_instances):
         held = _read_claim(gcp, bucket, label)
         if held is not None and held[0].state == "claimed" and not held[0].is_stale(cluster_live=False):
             continue  # being created right now
-        if storage.delete_secret(gcp, secret):
-            removed.append(f"deleted secret {secret}")
+        removed += _delete_label(gcp, label, label)
     return removed

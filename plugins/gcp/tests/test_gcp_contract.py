@@ -13,13 +13,14 @@ pytestmark = pytest.mark.usefixtures("offline_gcp")
 OPTIONS = {"region": "us-east1", "allow_ingress_from": "127.0.0.1/32"}
 
 
-def _agents(fake, names):
-    """Node agent processes of these instances (whatever the runner still knows of them)."""
+def _agents(fake, names=(), prefix=None):
+    """Node agent processes of the instances ``names`` (or whose names start with ``prefix``)."""
     found = []
     for proc in psutil.process_iter():
         try:
-            env = proc.environ()
-            if env.get("COILED_INSTANCE_ID") in names and "coiled_core.node" in " ".join(proc.cmdline()) and proc.status() != psutil.STATUS_ZOMBIE:
+            instance = proc.environ().get("COILED_INSTANCE_ID", "")
+            wanted = instance in names or (prefix is not None and instance.startswith(prefix))
+            if wanted and "coiled_core.node" in " ".join(proc.cmdline()) and proc.status() != psutil.STATUS_ZOMBIE:
                 found.append(proc)
         except (psutil.Error, OSError):
             pass
@@ -46,8 +47,8 @@ class TestGCPContract(BackendContract):
         assert plugin._leftovers(gcp, label) == []
         assert [k for (_, k) in self.fake.state.addresses if label in k] == []
         assert storage.read(gcp, storage.bucket_name(gcp), plugin._claim_key(label)) is None
-        names = {k for (_, k) in self.fake.state.instances} | {f"coiled-{label}-scheduler"}
-        wait_until(lambda: not [p for p in _agents(self.fake, names) if label in p.environ().get("COILED_INSTANCE_ID", "")], 30, message="node processes to end")
+        # Every machine of the cluster has ended: no node agent of its instances runs.
+        wait_until(lambda: not _agents(self.fake, prefix=f"coiled-{label}-"), 30, message="node processes to end")
 
     def freeze_scheduler(self, record):
         agents = _agents(self.fake, {record.backend_ids["scheduler_instance"]})
