@@ -7,7 +7,7 @@ PLUGINS := $(sort $(wildcard plugins/*/pyproject.toml))
 # Example backends built from docs/writing-a-backend.md; installed and tested like the plugins.
 EXAMPLES := examples/subprocess-backend/pyproject.toml
 
-.PHONY: install demo demo-aws demo-k8s test bench clean
+.PHONY: install demo demo-aws demo-k8s demo-gcp test bench clean
 
 install: $(VENV)/.installed
 
@@ -25,6 +25,9 @@ demo-aws: install
 
 demo-k8s: install
 	$(PY) examples/quickstart_k8s.py
+
+demo-gcp: install
+	$(PY) examples/quickstart_gcp.py
 
 test: install
 	$(PY) -m pytest
