@@ -15,9 +15,9 @@ import getpass
 import ipaddress
 import logging
 import secrets
+import threading
 import time
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -48,7 +48,6 @@ from coiled_core.backend import (
     software_environment,
     worker_name_prefix,
 )
-
 from coiled_gcp import bootstrap, storage
 from coiled_gcp import machine_types as mt
 from coiled_gcp.options import GCPOptions, label_value
@@ -415,18 +414,39 @@ def _zone(instance: Any) -> str:
     return instance.zone.rsplit("/", 1)[-1]
 
 
-def _delete_instances(gcp: GCP, instances: list[Any]) -> None:
-    """Delete ``instances`` (in parallel) and wait for every operation."""
+def _delete_instances(gcp: GCP, instances: list[Any], parallel: int = 16) -> None:
+    """Delete ``instances`` (``parallel`` at a time) and wait for every operation.
+
+    Plain threads, not an executor: teardown also runs at interpreter exit (a creator's
+    ``Cluster`` shutting down), when executors refuse new work.
+    """
     from google.api_core.exceptions import NotFound
 
-    def one(instance: Any) -> None:
-        try:
-            gcp.wait(gcp.instances.delete_unary(project=gcp.project, zone=_zone(instance), instance=instance.name))
-        except NotFound:
-            pass  # deleted itself meanwhile (its node ended)
+    pending = list(instances)
+    errors: list[BaseException] = []
+    lock = threading.Lock()
 
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        list(pool.map(one, instances))
+    def work() -> None:
+        while True:
+            with lock:
+                if not pending or errors:
+                    return
+                instance = pending.pop()
+            try:
+                gcp.wait(gcp.instances.delete_unary(project=gcp.project, zone=_zone(instance), instance=instance.name))
+            except NotFound:
+                pass  # deleted itself meanwhile (its node ended)
+            except BaseException as e:
+                with lock:
+                    errors.append(e)
+
+    threads = [threading.Thread(target=work, daemon=True) for _ in range(min(parallel, len(pending)))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
 
 
 # -- spec, secrets and claims -------------------------------------------------------------------

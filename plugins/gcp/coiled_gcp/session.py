@@ -17,7 +17,6 @@ from functools import cached_property
 from typing import Any
 
 from coiled_core.backend import ClusterSpecError, CoiledError, ProvisionError
-
 from coiled_gcp.options import GCPOptions
 
 CREDENTIALS_HELP = (

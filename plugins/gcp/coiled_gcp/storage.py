@@ -19,7 +19,6 @@ import urllib.parse
 from dataclasses import dataclass
 
 from coiled_core.backend import ProvisionError
-
 from coiled_gcp.session import GCP
 
 

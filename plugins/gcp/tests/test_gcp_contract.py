@@ -30,7 +30,8 @@ def _agents(fake, names=(), prefix=None):
 class TestGCPContract(BackendContract):
     backend = "gcp"
     backend_options = OPTIONS
-    cluster_kwargs = {"n_workers": 2, "worker_cpu": 1, "worker_memory": "2 GiB"}
+    # One worker per cluster keeps the suite within its time budget on two cores.
+    cluster_kwargs = {"n_workers": 1, "worker_cpu": 1, "worker_memory": "2 GiB"}
     worker_timeout = 120.0
 
     @pytest.fixture(autouse=True)

@@ -1,11 +1,10 @@
 """Machine type selection: cheapest fit, custom types, GPUs, named types, nearest when none fits."""
 
 import pytest
-
-from coiled_core.errors import ClusterSpecError
-
 from coiled_gcp import machine_types as mt
 from coiled_gcp.offline import MACHINE_TYPES
+
+from coiled_core.errors import ClusterSpecError
 
 GiB = 2**30
 CATALOGUE = [

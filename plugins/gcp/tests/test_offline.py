@@ -9,11 +9,10 @@ import sys
 
 import psutil
 import pytest
-
-from coiled_core.testing import noderunner, wait_until
-
 from coiled_gcp.options import GCPOptions
 from coiled_gcp.session import GCP, OperationError
+
+from coiled_core.testing import noderunner, wait_until
 
 
 @pytest.fixture
@@ -89,7 +88,7 @@ def test_requests_without_the_token_are_refused(offline_gcp):
 
 def test_leftovers_of_a_dead_runner_are_reaped(tmp_path):
     # A "runner" that is gone: a marker naming a process that no longer exists.
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True).stdout.strip()
     env = {**os.environ, noderunner.RUNNER_ENV: f"{dead}:0.000:token"}
     orphan = subprocess.Popen(["sleep", "300"], env=env, start_new_session=True)
     try:

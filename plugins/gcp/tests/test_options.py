@@ -1,9 +1,8 @@
 """backend_options validation: errors name the option and what would be valid."""
 
 import pytest
-from pydantic import ValidationError
-
 from coiled_gcp.options import GCPOptions
+from pydantic import ValidationError
 
 
 def test_defaults():

@@ -9,15 +9,14 @@ import subprocess
 import sys
 
 import pytest
+from coiled_gcp import plugin, storage
+from coiled_gcp.options import GCPOptions
+from coiled_gcp.session import GCP
 
 from coiled_core.errors import ClusterSpecError, CoiledError, ProvisionError
 from coiled_core.keywords import apply_generic_keywords
 from coiled_core.security import ClusterTLS
 from coiled_core.spec import resolve_cluster_spec
-
-from coiled_gcp import plugin, storage
-from coiled_gcp.options import GCPOptions
-from coiled_gcp.session import GCP
 
 BASE = {"allow_ingress_from": "127.0.0.1/32"}
 
@@ -51,7 +50,7 @@ def _provision(name, options=None, tls=False, **keywords):
 
 
 def test_one_wave_labels_firewall_and_secrets(api_only):
-    spec, options, record = _provision("wave", tls=True)
+    _spec, options, record = _provision("wave", tls=True)
     try:
         instances = _instances(api_only, "wave")
         assert sorted(i["labels"][plugin.LABEL_ROLE] for i in instances) == ["scheduler", "worker", "worker"]
@@ -79,7 +78,7 @@ def test_one_wave_labels_firewall_and_secrets(api_only):
 
 
 def test_keywords_map_onto_options(api_only):
-    spec, options, record = _provision(
+    _spec, options, record = _provision(
         "keywords",
         region="us-east1",
         worker_vm_types=["n2-standard-4"],
@@ -106,7 +105,7 @@ def test_arm_picks_arm_types_and_image(api_only):
 
 
 def test_lifetime_cap_sets_max_run_duration(api_only):
-    spec, options, record = _provision("capped", cluster_timeout="1h")
+    _spec, options, record = _provision("capped", cluster_timeout="1h")
     try:
         for i in _instances(api_only, "capped"):
             assert int(i["scheduling"]["maxRunDuration"]["seconds"]) >= 3600
@@ -117,7 +116,7 @@ def test_lifetime_cap_sets_max_run_duration(api_only):
 
 def test_zone_exhaustion_falls_back_to_the_next_zone(api_only):
     api_only.exhaust(zone="us-east1-b")
-    spec, options, record = _provision("nextzone")
+    _spec, options, record = _provision("nextzone")
     try:
         assert {i["zone"].rsplit("/", 1)[-1] for i in _instances(api_only, "nextzone")} == {"us-east1-c"}
     finally:
@@ -137,7 +136,7 @@ def test_quota_falls_back_to_the_next_machine_type(api_only):
 
 def test_spot_with_fallback_goes_on_demand(api_only):
     api_only.exhaust(spot_only=True)
-    spec, options, record = _provision("fallback", spot_policy="spot_with_fallback")
+    _spec, options, record = _provision("fallback", spot_policy="spot_with_fallback")
     try:
         workers = [i for i in _instances(api_only, "fallback") if i["labels"][plugin.LABEL_ROLE] == "worker"]
         assert len(workers) == 2
@@ -187,7 +186,7 @@ def test_a_fault_at_each_step_rolls_back_everything(api_only, method, path, step
 
 
 def test_teardown_is_idempotent_and_lists_nothing(api_only):
-    spec, options, record = _provision("twice")
+    _spec, options, record = _provision("twice")
     assert "twice" in [r.name for r in plugin.list_clusters(options)]
     plugin.teardown(record, options)
     assert plugin.teardown(record, options).state.value == "stopped"
@@ -195,7 +194,7 @@ def test_teardown_is_idempotent_and_lists_nothing(api_only):
 
 
 def test_paging_of_the_aggregated_list(api_only):
-    spec, options, record = _provision("paged", n_workers=7)
+    _spec, options, record = _provision("paged", n_workers=7)
     try:
         from google.cloud import compute_v1
 
