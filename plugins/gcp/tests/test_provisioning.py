@@ -77,6 +77,18 @@ def test_one_wave_labels_firewall_and_secrets(api_only):
     _assert_nothing_left(api_only, "wave")
 
 
+def test_environ_is_a_secret_not_metadata(api_only):
+    _spec, options, record = _provision("environ", environ={"API_KEY": "hunter2-value"})
+    try:
+        for i in _instances(api_only, "environ"):
+            assert "hunter2-value" not in json.dumps(i)
+        gcp = GCP(options)
+        worker = json.loads(storage.get_secret(gcp, storage.secret_id(plugin.cluster_label("environ"), "worker")))
+        assert worker["environ"] == {"API_KEY": "hunter2-value"}
+    finally:
+        plugin.teardown(record, options)
+
+
 def test_keywords_map_onto_options(api_only):
     _spec, options, record = _provision(
         "keywords",
