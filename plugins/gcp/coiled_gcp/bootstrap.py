@@ -48,8 +48,9 @@ def store_program() -> str:
     return (Path(__file__).parent / "node_store.py").read_text()
 
 
-def node_store(bucket: str) -> NodeStore:
-    return NodeStore(program=store_program(), requirements=(), settings={"bucket": bucket})
+def node_store(bucket: str, token: str | None = None) -> NodeStore:
+    """How a node reaches the artifact bucket; ``token`` only for the client's own builds."""
+    return NodeStore(program=store_program(), requirements=(), settings={"bucket": bucket, **({"token": token} if token else {})})
 
 
 def render(

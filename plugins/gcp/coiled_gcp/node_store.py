@@ -4,7 +4,8 @@ environment exists (commands and exit codes: :mod:`coiled_core.node.bootstrap`).
 Standard library only. It authenticates as the node's service account with a token from the
 metadata server (offline: ``COILED_GCP_ENDPOINT`` and ``COILED_GCP_TOKEN``). ``create`` is an
 upload with ``ifGenerationMatch=0``: Cloud Storage writes it only if no object has the name
-(412 otherwise). Settings (JSON in ``COILED_STORE``): ``bucket``.
+(412 otherwise). Settings (JSON in ``COILED_STORE``): ``bucket``; ``token`` only when a client
+runs it to pre-build an environment (``coiled env build``), with the client's own access token.
 """
 
 import json
@@ -19,6 +20,9 @@ METADATA_TOKEN = "http://metadata.google.internal/computeMetadata/v1/instance/se
 
 
 def token():
+    given = json.loads(os.environ.get("COILED_STORE") or "{}").get("token")
+    if given:
+        return given
     if os.environ.get("COILED_GCP_TOKEN"):
         return os.environ["COILED_GCP_TOKEN"]
     request = urllib.request.Request(METADATA_TOKEN, headers={"Metadata-Flavor": "Google"})

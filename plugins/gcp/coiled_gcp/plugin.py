@@ -32,12 +32,17 @@ from coiled_core.backend import (
     ClusterSpecError,
     ClusterState,
     ClusterTLS,
+    EnvironmentBuildError,
+    PlatformMismatchError,
     ProvisionError,
+    SoftwareEnvironment,
     StoredFile,
+    StoreError,
     TLSPolicy,
     WorkerRecord,
     agent_bundle,
     boot_software,
+    build_environment_pack,
     build_node_config,
     dns_label,
     hookimpl,
@@ -98,6 +103,22 @@ def backend_options_model() -> type[GCPOptions]:
 @hookimpl
 def keyword_options() -> dict[str, str]:
     return dict(KEYWORD_OPTIONS)
+
+
+@hookimpl
+def build_environment(software: SoftwareEnvironment, options: GCPOptions) -> str:
+    """Build ``software``'s pack here and upload it to the artifact bucket, where nodes of every
+    later cluster fetch it (``coiled env build NAME --backend gcp``)."""
+    gcp = GCP(options)
+    bucket = storage.ensure_bucket(gcp)
+    machine = "aarch64" if getattr(software, "arm", False) or options.arm else "x86_64"
+    store = bootstrap.node_store(bucket, token=gcp.access_token())
+    try:
+        return build_environment_pack(boot_software(software, node_requirements()), store, machine)
+    except PlatformMismatchError as e:
+        raise ClusterSpecError(f"software: {e}") from None
+    except (EnvironmentBuildError, StoreError) as e:
+        raise ProvisionError(str(e)) from None
 
 
 @hookimpl

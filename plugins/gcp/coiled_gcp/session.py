@@ -76,6 +76,15 @@ class GCP:
         self._resolve()
         return self._credentials
 
+    def access_token(self) -> str:
+        """A current access token of the client's credentials (offline: the fake's token)."""
+        if self.endpoint:
+            return os.environ.get("COILED_GCP_TOKEN", "")
+        from google.auth.transport.requests import Request
+
+        self.credentials.refresh(Request())
+        return self.credentials.token
+
     # -- Compute Engine ----------------------------------------------------------------------
     def _compute(self, name: str) -> Any:
         from google.api_core.client_options import ClientOptions
