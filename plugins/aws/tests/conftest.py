@@ -32,7 +32,7 @@ def running_offline_ec2(workdir, env_cache):
 @pytest.fixture(scope="module")
 def offline_ec2(tmp_path_factory):
     # Per module: moto's state is per process, so a module that starts simulators of its own
-    # (test_offline.py) must not find this one running.
+    # (test_aws_offline.py) must not find this one running.
     # Environment builds are shared between test runs: the first build takes a while.
     cache = os.path.join(os.path.expanduser("~"), ".cache", "coiled", "offline-env-cache")
     with running_offline_ec2(tmp_path_factory.mktemp("offline-ec2"), cache) as simulator:
