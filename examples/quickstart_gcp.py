@@ -9,7 +9,6 @@ with `make demo-gcp`.
 import os
 
 import dask.config
-
 from coiled_gcp.offline import OfflineGCP
 
 
