@@ -36,6 +36,8 @@ bench: install
 	$(PY) bench/startup.py
 	$(PY) bench/aws_calls.py
 	$(PY) bench/node_boot.py
+	$(PY) bench/gcp_calls.py
+	$(PY) bench/k8s_calls.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info plugins/*/*.egg-info
