@@ -1,7 +1,8 @@
 """Everything a backend may use from coiled-core, in one place.
 
-A backend (built in or third party) imports from this module only; the built-in ones are held to
-that by a test, which is what proves the list complete. Names load on first use, so a node add-on
+A backend (built in or third party) imports from this module only (its tests and offline
+simulators may also use the testing kit, :mod:`coiled_core.testing`); the built-in ones are held
+to that by a test, which is what proves the list complete. Names load on first use, so a node add-on
 can import ``NodeAddOn`` from here without pulling in pydantic or the client-side core.
 
 The hooks themselves are specified in :mod:`coiled_core.hookspecs`; ``docs/writing-a-backend.md``
