@@ -9,7 +9,6 @@ venv's Python as the image's, so what runs inside the image runs for real too.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import io
 import json
@@ -36,31 +35,10 @@ from coiled_core.node.bootstrap import (
 )
 from coiled_core.node.bundle import agent_bundle
 from coiled_core.testing.directory_store import directory_store
+from coiled_core.testing.wheels import tiny_wheel
 
 UV = shutil.which("uv") or shutil.which("uv", path=os.path.dirname(sys.executable))
 PYTHON = "%d.%d" % sys.version_info[:2]
-
-
-def _wheel(directory: Path) -> Path:
-    """A tiny pure-Python wheel, ``coiled-tiny-pkg`` 1.0 (importable as ``coiled_tiny_pkg``)."""
-    files = {
-        "coiled_tiny_pkg/__init__.py": b"VALUE = 'tiny'\n",
-        "coiled_tiny_pkg-1.0.dist-info/METADATA": b"Metadata-Version: 2.1\nName: coiled-tiny-pkg\nVersion: 1.0\n",
-        "coiled_tiny_pkg-1.0.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
-        "coiled_tiny_pkg-1.0.dist-info/entry_points.txt": b"[console_scripts]\ncoiled-tiny = coiled_tiny_pkg:main\n",
-    }
-    files["coiled_tiny_pkg/__init__.py"] += b"def main():\n    print('tiny main')\n"
-    record = []
-    for name, data in files.items():
-        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-        record.append(f"{name},sha256={digest},{len(data)}")
-    record.append("coiled_tiny_pkg-1.0.dist-info/RECORD,,")
-    path = directory / "coiled_tiny_pkg-1.0-py3-none-any.whl"
-    with zipfile.ZipFile(path, "w") as wheel:
-        for name, data in files.items():
-            wheel.writestr(name, data)
-        wheel.writestr("coiled_tiny_pkg-1.0.dist-info/RECORD", "\n".join(record) + "\n")
-    return path
 
 
 #: The agent of the container tests: it reports what it can see, in the node's root.
@@ -269,7 +247,7 @@ def test_a_bundle_with_another_sha256_is_refused_and_nothing_runs(cloud):
 
 # -- the container path -----------------------------------------------------------------------
 def test_a_container_gets_pip_packages_post_build_and_local_code_before_the_agent(cloud, tmp_path):
-    wheel = _wheel(tmp_path)
+    wheel = tiny_wheel(tmp_path)
     code = io.BytesIO()
     with zipfile.ZipFile(code, "w") as zipped:
         zipped.writestr("my_local_code.py", "ANSWER = 42\n")
@@ -333,7 +311,7 @@ def real_bundle(tmp_path_factory) -> bytes:
 
 
 def _software(tmp_path: Path, env_hash: str, **extra) -> BootSoftware:
-    wheel = _wheel(tmp_path)
+    wheel = tiny_wheel(tmp_path)
     return BootSoftware(name="team/tiny", env_hash=env_hash, python=PYTHON, requirements=(f"coiled-tiny-pkg @ {wheel.as_uri()}",), **extra)
 
 
@@ -417,7 +395,7 @@ def test_a_failed_build_fails_every_waiting_node_with_uvs_message_and_a_later_bo
 
 
 def test_without_uv_the_environment_is_built_with_pip_and_the_log_says_so(tmp_path, capsys):
-    wheel = _wheel(tmp_path)
+    wheel = tiny_wheel(tmp_path)
     request = envpack.EnvironmentRequest(
         software="team/tiny", env_hash="pip", python=PYTHON, requirements=[str(wheel)], interpreter=sys.executable, uv="",
         cache=tmp_path / "envs",

@@ -149,7 +149,22 @@ def _image_and_packages(spec: ClusterSpec, options: K8sOptions) -> tuple[str, li
     software = software_environment(spec) if spec.software else None
     image = spec.container or (software.container if software else None) or options.image or default_image()
     pip = list(software.pip or []) if software is not None and software.kind != "conda" else []
+    if image == default_image():
+        # The software environment pins distributed to this client's version, which the default
+        # image already has: installing it again at every pod start is a resolve for nothing.
+        pip = [p for p in pip if not _is_client_distributed(p)]
     return image, pip
+
+
+def _is_client_distributed(requirement: str) -> bool:
+    from importlib.metadata import version
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    parsed = Requirement(requirement)
+    return (canonicalize_name(parsed.name) == "distributed" and parsed.url is None and not parsed.extras
+            and parsed.specifier.contains(version("distributed"), prereleases=True))
 
 
 def _bundle() -> bytes:

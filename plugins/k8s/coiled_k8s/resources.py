@@ -44,11 +44,16 @@ CONFIGMAP_LIMIT = 1024 * 1024
 DEADLINE_GRACE = 60
 
 # The container's command: install the software environment's pip packages as the Dask image's
-# EXTRA_PIP_PACKAGES does (with uv when the image has it), then run the node agent.
+# EXTRA_PIP_PACKAGES does (with uv when the image has it, else pip), then run the node agent.
+# The packages are one requirement per line and go through a requirements file: a requirement may
+# hold spaces (``name @ url``, markers) or glob characters (``dask[complete]``).
 BOOT = """set -e
 if [ -n "$EXTRA_PIP_PACKAGES" ]; then
-  if command -v uv >/dev/null; then uv pip install --python "$(command -v python)" $EXTRA_PIP_PACKAGES
-  else python -m pip install --no-cache-dir $EXTRA_PIP_PACKAGES; fi
+  requirements="$(mktemp)"
+  printf '%s\\n' "$EXTRA_PIP_PACKAGES" > "$requirements"
+  if command -v uv >/dev/null; then uv pip install --python "$(command -v python)" -r "$requirements"
+  else python -m pip install --no-cache-dir -r "$requirements"; fi
+  rm -f "$requirements"
 fi
 exec python -m coiled_core.node "$0"
 """
@@ -162,7 +167,7 @@ def pod_manifest(name: str, role: str, spec: Any, options: Any, owner: dict, ima
     if role == "scheduler":
         env.append({"name": "COILED_K8S_SERVICE_ACCOUNT_DIR", "value": SERVICE_ACCOUNT_DIR})
     if pip_packages:
-        env.append({"name": "EXTRA_PIP_PACKAGES", "value": " ".join(pip_packages)})
+        env.append({"name": "EXTRA_PIP_PACKAGES", "value": "\n".join(pip_packages)})
     container: dict[str, Any] = {
         "name": role, "image": image, "command": ["sh", "-c", BOOT, f"{NODE_DIR}/{role}.json"], "env": env,
         "resources": resources,

@@ -10,7 +10,8 @@ Each tick (on every change in the store, or every ``interval`` seconds) the node
   ``ErrImagePull`` then ``ImagePullBackOff``; a missing ConfigMap or Secret keeps the pod in
   ``ContainerCreating``. Otherwise each container's ``command`` + ``args`` run as one local
   process in its own session, in ``<workdir>/pods/<namespace>/<name>/``, with ``env`` (values and
-  ``fieldRef``s of the downward API), the image's Python environment first on ``PATH``, the
+  ``fieldRef``s of the downward API), the container's own writable layer over the image's
+  Python environment (:func:`.images.container_layer`) first on ``PATH``, the
   service-account token, ConfigMaps and Secrets written as files, ``KUBERNETES_SERVICE_HOST`` and
   ``_PORT`` pointing at the fake API, and ``COILED_NODE_HOST`` set to the pod's loopback address
   (see :mod:`.network`; ``DASK_COILED__LOOPBACK_ADDRESSES=true`` too);
@@ -49,6 +50,7 @@ from typing import Any
 import psutil
 
 from coiled_core.backend import loopback_address
+from coiled_k8s.offline.images import container_layer
 from coiled_k8s.offline.network import POD_NETWORK, AddressPool, ServiceProxy
 from coiled_k8s.offline.store import ObjectStore, now_rfc3339
 
@@ -271,7 +273,8 @@ class OfflineNode:
         mounts = self._write_volumes(pod, volumes, runtime)
         self.runtimes[meta["uid"]] = runtime
         for container in spec["containers"]:
-            env = self._environment(pod, container, runtime, mounts)
+            prefix = container_layer(self.images[container["image"]], directory / "layers" / container["name"])
+            env = self._environment(pod, container, runtime, mounts, prefix)
             argv = [_rewrite(a, mounts) for a in (container.get("command") or []) + (container.get("args") or [])]
             cwd = _rewrite(container.get("workingDir") or "", mounts) or str(directory)
             with open(directory / "logs" / f"{container['name']}.log", "ab") as log:
@@ -343,8 +346,8 @@ class OfflineNode:
             mounts[SERVICE_ACCOUNT_DIR] = str(account)
         return mounts
 
-    def _environment(self, pod: dict, container: dict, runtime: PodRuntime, mounts: dict[str, str]) -> dict[str, str]:
-        image_env = self.images[container["image"]]
+    def _environment(self, pod: dict, container: dict, runtime: PodRuntime, mounts: dict[str, str],
+                     image_env: str) -> dict[str, str]:
         env = {k: os.environ[k] for k in _INHERIT_ENV if k in os.environ}
         env.update(PATH=f"{image_env}/bin:{_SYSTEM_PATH}", HOSTNAME=runtime.name, TMPDIR=str(runtime.directory / "tmp"),
                    KUBERNETES_SERVICE_HOST="127.0.0.1", KUBERNETES_SERVICE_PORT=str(self.api_port),

@@ -1,0 +1,84 @@
+"""A software environment's pip packages are installed at pod start, into that pod only."""
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from coiled_k8s.offline.images import container_layer, dask_image_environment
+from coiled_k8s.options import default_image
+from coiled_k8s.resources import BOOT
+
+import coiled
+from coiled_core.testing.wheels import tiny_wheel
+
+PRINT_TINY = 'exec python -c "import coiled_tiny_pkg, sys; print(coiled_tiny_pkg.VALUE, sys.prefix)"'
+
+
+def _boot(layer: str, packages: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    """The container command of the pods, ending in a report instead of the node agent."""
+    script = BOOT.replace('exec python -m coiled_core.node "$0"', PRINT_TINY)
+    assert script != BOOT
+    env = {"PATH": f"{layer}/bin:/usr/bin:/bin", "HOME": str(tmp_path), "TMPDIR": str(tmp_path),
+           "EXTRA_PIP_PACKAGES": packages, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "UV_OFFLINE": "1",
+           "PIP_NO_INDEX": "1", "UV_CACHE_DIR": str(tmp_path / "uv-cache")}
+    return subprocess.run(["sh", "-c", script, "/etc/coiled/node/worker.json"], env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+@pytest.mark.parametrize("installer", ["uv", "pip"])
+def test_the_container_command_installs_requirements_with_spaces_into_the_containers_layer(tmp_path, installer):
+    image = dask_image_environment(tmp_path / "image")
+    if installer == "uv" and not os.path.exists(f"{image}/bin/uv"):
+        pytest.skip("uv is not installed")
+    layer = container_layer(image, tmp_path / "layer")
+    if installer == "pip":  # an image without uv
+        Path(layer, "bin", "uv").unlink(missing_ok=True)
+    wheel = tiny_wheel(tmp_path)
+    # One requirement per line; this one holds spaces (a direct reference), which word splitting breaks.
+    done = _boot(layer, f"coiled-tiny-pkg @ {wheel.as_uri()}", tmp_path)
+    assert done.returncode == 0, done.stderr
+    value, prefix = done.stdout.split()[-2:]
+    assert (value, prefix) == ("tiny", layer)
+    # The image is untouched, as a container never writes into its image.
+    check = subprocess.run([f"{image}/bin/python", "-c", "import coiled_tiny_pkg"], capture_output=True)
+    assert check.returncode != 0
+
+
+def test_a_failed_install_fails_the_container_with_the_installers_message(tmp_path):
+    layer = container_layer(dask_image_environment(tmp_path / "image"), tmp_path / "layer")
+    done = _boot(layer, f"coiled-tiny-pkg @ {(tmp_path / 'missing.whl').as_uri()}", tmp_path)
+    assert done.returncode != 0
+    assert "missing.whl" in done.stderr + done.stdout
+
+
+def test_a_cluster_with_a_pip_software_environment_has_the_packages_on_every_pod(offline_k8s, k8s_options, tmp_path):
+    from distributed import Client
+
+    wheel = tiny_wheel(tmp_path)
+    coiled.create_software_environment(name="k8s-tiny", pip=[f"coiled-tiny-pkg @ {wheel.as_uri()}"])
+    cluster = coiled.Cluster(name="k8s-pip", backend="k8s", backend_options=k8s_options, software="k8s-tiny",
+                             n_workers=1, worker_cpu=1, worker_memory="1 GiB")
+    try:
+        pods, *_ = offline_k8s.store.list("pods", "default")
+        packages = {p["metadata"]["name"]: next(e["value"] for e in p["spec"]["containers"][0]["env"]
+                                                if e["name"] == "EXTRA_PIP_PACKAGES")
+                    for p in pods if p["metadata"]["name"].startswith("k8s-pip-")}
+        assert len(packages) == 2
+        # The client's distributed is the default image's: not installed again at pod start.
+        assert set(packages.values()) == {f"coiled-tiny-pkg @ {wheel.as_uri()}"}
+
+        def tiny():
+            import coiled_tiny_pkg
+
+            return coiled_tiny_pkg.VALUE
+
+        with Client(cluster) as client:
+            assert list(client.run(tiny).values()) == ["tiny"]
+            assert client.run_on_scheduler(tiny) == "tiny"
+    finally:
+        cluster.shutdown()
+        coiled.delete_software_environment("k8s-tiny")
+    # Each pod installed into its own layer: the image (every later pod's start) is as it was.
+    image = offline_k8s.images[default_image()]
+    assert subprocess.run([f"{image}/bin/python", "-c", "import coiled_tiny_pkg"], capture_output=True).returncode != 0
