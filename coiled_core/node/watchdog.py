@@ -76,7 +76,9 @@ def dask_setup(worker) -> None:
     async def lost(reason: str) -> None:
         logger.error("worker %s ends: %s", worker.name, reason)
         try:
-            await asyncio.wait_for(worker.close(nanny=False, reason="scheduler-unresponsive"), 5)
+            # nanny=True: the nanny is told first, else it would restart the worker it sees exit
+            # (and the new one would wait on the frozen scheduler again).
+            await asyncio.wait_for(worker.close(nanny=True, reason="scheduler-unresponsive"), 5)
         finally:
             # A frozen parent cannot reap or restart us; leave no process behind.
             os._exit(1)
