@@ -39,6 +39,9 @@ TLS
 Names and claims
     ``dns_label`` (a DNS label derived from a cluster name, for resources that need one),
     ``ClaimLease`` (a claim that expires, for backends without a process table)
+Machine sizes (:mod:`coiled_core.sizing`)
+    ``MEMORY_TOLERANCE``, ``within_memory``, ``smallest_above`` (which machine types match a
+    requested memory, as every VM backend answers it)
 Files and settings
     ``make_private_dirs``, ``config_get`` (the ``coiled.*`` dask config)
 """
@@ -48,8 +51,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from coiled_core.errors import ClusterSpecError, CoiledError, ProvisionError
-from coiled_core.hookspecs import HOOK_API_VERSION
+from coiled_core.errors import ClusterSpecError, CoiledError, ProvisionError  # noqa: F401 (public)
+from coiled_core.hookspecs import HOOK_API_VERSION  # noqa: F401 (public)
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -103,6 +106,9 @@ _LAZY = {
     "dns_label": "coiled_core.names",
     "make_private_dirs": "coiled_core.store",
     "SoftwareEnvironment": "coiled_core.software",
+    "MEMORY_TOLERANCE": "coiled_core.sizing",
+    "within_memory": "coiled_core.sizing",
+    "smallest_above": "coiled_core.sizing",
 }
 
 __all__ = sorted(

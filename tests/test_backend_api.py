@@ -203,3 +203,21 @@ def test_dns_labels_are_deterministic_and_never_collide():
         assert __import__("re").fullmatch(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?", label), label
     assert dns_label("ab", prefix="coiled-") == "coiled-ab"
     assert len(dns_label("y" * 128, max_length=40, prefix="coiled-")) <= 40
+
+
+# -- machine sizes ----------------------------------------------------------------------------
+def test_memory_matches_within_the_tolerance_else_the_smallest_types_above():
+    from types import SimpleNamespace
+
+    from coiled_core.backend import MEMORY_TOLERANCE, smallest_above, within_memory
+
+    GiB = 2**30
+    types = [SimpleNamespace(name=f"m{g}", memory_bytes=int(g * GiB)) for g in (4, 7.5, 8, 8.5, 16, 17, 32)]
+    names = lambda found: [t.name for t in found]  # noqa: E731
+    assert MEMORY_TOLERANCE == 0.10
+    assert names(within_memory(types, 8 * GiB)) == ["m7.5", "m8", "m8.5"]
+    # A [min, max] range: from the tolerance under the minimum to the tolerance over the maximum.
+    assert names(within_memory(types, 8 * GiB, 16 * GiB)) == ["m7.5", "m8", "m8.5", "m16", "m17"]
+    assert within_memory(types, 12 * GiB) == []
+    assert names(smallest_above(types, 12 * GiB)) == ["m16", "m17"]
+    assert smallest_above(types, 64 * GiB) == []

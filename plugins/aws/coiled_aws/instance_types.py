@@ -32,15 +32,16 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from coiled_core.backend import ClusterSpecError
+from coiled_core.backend import (
+    ClusterSpecError,
+    smallest_above,
+    within_memory,
+)
 
 from .prices import price
 
 GiB = 2**30
 MiB = 2**20
-
-#: Memory matching window around the request (Coiled's +/- 10 %).
-MEMORY_TOLERANCE = 0.10
 
 #: ``MaxResults`` per DescribeInstanceTypes page (the API's maximum) and a hard page cap.
 PAGE_SIZE = 100
@@ -263,14 +264,9 @@ def choose_instance_types(
     pool = [t for t in types if _usable(t, arch, usage_class)]
     fitting = [t for t in pool if cpu <= t.vcpus <= (cpu_max or t.vcpus) and _gpu_fits(t, gpus)]
     if memory_bytes:
-        low = memory_bytes * (1 - MEMORY_TOLERANCE)
-        high = max(memory_bytes, memory_max or 0) * (1 + MEMORY_TOLERANCE)
-        tier = [t for t in fitting if low <= t.memory_bytes <= high]
+        tier = within_memory(fitting, memory_bytes, memory_max)
         if not tier and memory_max is None:
-            above = [t for t in fitting if t.memory_bytes >= memory_bytes]
-            if above:
-                smallest = min(t.memory_bytes for t in above)
-                tier = [t for t in above if t.memory_bytes <= smallest * (1 + MEMORY_TOLERANCE)]
+            tier = smallest_above(fitting, memory_bytes)
     else:
         tier = fitting
     if not tier:

@@ -2,7 +2,7 @@
 
 The catalogue is the zone's machine-types list (cached per project and zone for the process).
 A request is met by the cheapest predefined types whose vCPUs are at least ``cpu`` and whose
-memory is within :data:`MEMORY_TOLERANCE` of ``memory`` (or the smallest above it); when no
+memory is within :data:`coiled_core.sizing.MEMORY_TOLERANCE` of ``memory`` (or the smallest above it); when no
 predefined type fits that closely, a custom type (``n2-custom-C-M``) of exactly the request.
 GPUs: N1 types with ``gpu_type`` as guest accelerators (T4 by default), or the types that come
 with the GPU built in (``g2`` has L4s, ``a2`` A100s). When nothing fits, the error names the
@@ -14,9 +14,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from coiled_core.backend import ClusterSpecError
+from coiled_core.backend import (
+    ClusterSpecError,
+    smallest_above,
+    within_memory,
+)
 
-MEMORY_TOLERANCE = 0.10
 #: Rough on-demand USD per vCPU-hour and per GiB-hour of each family, for ordering only.
 FAMILY_PRICES = {
     "e2": (0.0218, 0.0029),
@@ -125,17 +128,13 @@ def choose(
         pool = [t for t in pool if not t.gpus]
     fitting = [t for t in pool if t.vcpus >= cpu]
     if memory_bytes:
-        low, high = memory_bytes * (1 - MEMORY_TOLERANCE), memory_bytes * (1 + MEMORY_TOLERANCE)
-        tier = [t for t in fitting if low <= t.memory_bytes <= high and t.vcpus <= max(cpu * 2, 2)]
+        tier = [t for t in within_memory(fitting, memory_bytes) if t.vcpus <= max(cpu * 2, 2)]
         if not tier and not gpus and not arm:
             custom = custom_type(cpu, memory_bytes)
             if custom is not None:
                 return [custom]
         if not tier:
-            above = [t for t in fitting if t.memory_bytes >= memory_bytes]
-            if above:
-                smallest = min(t.memory_bytes for t in above)
-                tier = [t for t in above if t.memory_bytes <= smallest * (1 + MEMORY_TOLERANCE)]
+            tier = smallest_above(fitting, memory_bytes)
     else:
         tier = fitting
     if not tier:
