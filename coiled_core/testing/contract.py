@@ -194,26 +194,49 @@ class ContractBase:
         with Client(cluster) as client:
             yield client
 
+    @pytest.fixture(scope="class")
+    def shared_cluster(self):
+        """One cluster for the tests that only look at it (made once per backend class: a cloud
+        cluster takes seconds to make and to tear down)."""
+        if "lifecycle" in self.unsupported:  # a class fixture is made before the capability check
+            pytest.skip(f"backend {self.backend!r} does not support 'lifecycle': {self.unsupported['lifecycle']}")
+        cluster = self.make_cluster()
+        try:
+            yield cluster
+        finally:
+            record = cluster.record
+            cluster.shutdown()
+            if record is not None:
+                self.assert_nothing_left(record)
+
+    @pytest.fixture(scope="class")
+    def shared_client(self, shared_cluster):
+        from distributed import Client
+
+        with Client(shared_cluster) as client:
+            yield client
+
+
 class LifecycleContract(ContractBase):
     """Create, compute, scale, describe, list, dashboard, logs, teardown."""
 
     capability = "lifecycle"
 
-    def test_create_and_compute(self, cluster, client):
+    def test_create_and_compute(self, shared_cluster, shared_client):
         # All workers joined; the backend may take a moment more to report the cluster running.
-        wait_until(lambda: cluster.state is ClusterState.running, self.worker_timeout, message="state running")
-        assert len(client.scheduler_info()["workers"]) == cluster.spec.n_workers
-        assert client.submit(sum, range(101)).result() == 5050
+        wait_until(lambda: shared_cluster.state is ClusterState.running, self.worker_timeout, message="state running")
+        assert len(shared_client.scheduler_info()["workers"]) == shared_cluster.spec.n_workers
+        assert shared_client.submit(sum, range(101)).result() == 5050
 
         import dask.array as da
 
         x = da.arange(100_000, chunks=10_000)
         assert int(x.sum().compute()) == sum(range(100_000))
 
-    def test_workers_have_requested_resources(self, cluster, client):
-        info = client.scheduler_info()["workers"].values()
-        assert {w["nthreads"] for w in info} == {cluster.spec.worker_cpu}
-        assert {w["name"] for w in info} == set(cluster.workers)
+    def test_workers_have_requested_resources(self, shared_cluster, shared_client):
+        info = shared_client.scheduler_info()["workers"].values()
+        assert {w["nthreads"] for w in info} == {shared_cluster.spec.worker_cpu}
+        assert {w["name"] for w in info} == set(shared_cluster.workers)
 
     def test_scale_up_and_down(self, cluster, client):
         cluster.scale(3)
@@ -227,35 +250,35 @@ class LifecycleContract(ContractBase):
         assert list(cluster.workers) == [survivor]
         assert client.submit(lambda x: x * 2, 21).result() == 42
 
-    def test_describe_and_list(self, cluster):
-        wait_until(lambda: cluster.state is ClusterState.running, self.worker_timeout, message="state running")
-        record = cluster.backend.describe(cluster.name, cluster.backend_options)
+    def test_describe_and_list(self, shared_cluster):
+        wait_until(lambda: shared_cluster.state is ClusterState.running, self.worker_timeout, message="state running")
+        record = shared_cluster.backend.describe(shared_cluster.name, shared_cluster.backend_options)
         assert record is not None
-        assert record.name == cluster.name
+        assert record.name == shared_cluster.name
         assert record.backend == self.backend
         assert record.state is ClusterState.running
-        assert record.scheduler_address == cluster.scheduler_address
-        assert sorted(record.worker_names) == sorted(cluster.workers)
-        assert record.spec["worker_cpu"] == cluster.spec.worker_cpu
-        listed = {r.name: r for r in cluster.backend.list_clusters(cluster.backend_options)}
-        assert listed[cluster.name].state is ClusterState.running
+        assert record.scheduler_address == shared_cluster.scheduler_address
+        assert sorted(record.worker_names) == sorted(shared_cluster.workers)
+        assert record.spec["worker_cpu"] == shared_cluster.spec.worker_cpu
+        listed = {r.name: r for r in shared_cluster.backend.list_clusters(shared_cluster.backend_options)}
+        assert listed[shared_cluster.name].state is ClusterState.running
 
-    def test_dashboard_answers(self, cluster):
-        link = cluster.dashboard_link
+    def test_dashboard_answers(self, shared_cluster):
+        link = shared_cluster.dashboard_link
         assert link.startswith("http")
-        with urllib.request.urlopen(link, timeout=30, context=dashboard_ssl_context(cluster)) as response:
+        with urllib.request.urlopen(link, timeout=30, context=dashboard_ssl_context(shared_cluster)) as response:
             assert response.status == 200
             assert b"Dask" in response.read()
-        if cluster.security is not None:
+        if shared_cluster.security is not None:
             # With TLS on, the dashboard speaks HTTPS only.
             assert link.startswith("https://")
             with pytest.raises(OSError):
                 urllib.request.urlopen(link.replace("https://", "http://", 1), timeout=30).read()
 
-    def test_logs(self, cluster):
-        logs = cluster.backend.logs(cluster.record, cluster.backend_options, None)
+    def test_logs(self, shared_cluster):
+        logs = shared_cluster.backend.logs(shared_cluster.record, shared_cluster.backend_options, None)
         assert logs and any("Scheduler" in text or "scheduler" in text for text in logs.values())
-        tail = cluster.backend.logs(cluster.record, cluster.backend_options, 2)
+        tail = shared_cluster.backend.logs(shared_cluster.record, shared_cluster.backend_options, 2)
         assert all(len(text.splitlines()) <= 2 for text in tail.values())
 
     def test_teardown_leaves_nothing(self):
