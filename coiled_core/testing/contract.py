@@ -38,6 +38,7 @@ backends test without a cloud).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -176,8 +177,9 @@ class ContractBase:
     def unique_name(self, prefix: str) -> str:
         return f"{prefix}-{os.getpid()}-{time.monotonic_ns() % 10**8}"
 
-    @pytest.fixture
-    def cluster(self):
+    @contextlib.contextmanager
+    def _checked_cluster(self):
+        """A cluster that is shut down after the block, and checked to leave nothing."""
         cluster = self.make_cluster()
         try:
             yield cluster
@@ -186,6 +188,11 @@ class ContractBase:
             cluster.shutdown()
             if record is not None:
                 self.assert_nothing_left(record)
+
+    @pytest.fixture
+    def cluster(self):
+        with self._checked_cluster() as cluster:
+            yield cluster
 
     @pytest.fixture
     def client(self, cluster):
@@ -194,27 +201,31 @@ class ContractBase:
         with Client(cluster) as client:
             yield client
 
-    @pytest.fixture(scope="class")
-    def shared_cluster(self):
-        """One cluster for the tests that only look at it (made once per backend class: a cloud
-        cluster takes seconds to make and to tear down)."""
-        if "lifecycle" in self.unsupported:  # a class fixture is made before the capability check
-            pytest.skip(f"backend {self.backend!r} does not support 'lifecycle': {self.unsupported['lifecycle']}")
-        cluster = self.make_cluster()
-        try:
-            yield cluster
-        finally:
-            record = cluster.record
-            cluster.shutdown()
-            if record is not None:
-                self.assert_nothing_left(record)
+    # The tests that only look at a cluster share one per test class (a cloud cluster takes
+    # seconds to make and to tear down). Not a class-scoped fixture: that would be made before
+    # the backend's own per-test fixtures (its stand-in, its options) and checked without them;
+    # this one is made by the first test that asks, with that test's instance, and ends with
+    # the class.
+    def _shared(self, request, key: str, make: Callable[[], Any]) -> Any:
+        owner = request.node.parent  # the test class
+        value = getattr(owner, key, None)
+        if value is None:
+            stack = contextlib.ExitStack()
+            value = stack.enter_context(make())
+            setattr(owner, key, value)
+            owner.addfinalizer(stack.close)
+        return value
 
-    @pytest.fixture(scope="class")
-    def shared_client(self, shared_cluster):
+    @pytest.fixture
+    def shared_cluster(self, request):
+        """One cluster for the tests of this class that only look at it."""
+        return self._shared(request, "_contract_shared_cluster", self._checked_cluster)
+
+    @pytest.fixture
+    def shared_client(self, request, shared_cluster):
         from distributed import Client
 
-        with Client(shared_cluster) as client:
-            yield client
+        return self._shared(request, "_contract_shared_client", lambda: Client(shared_cluster))
 
 
 class LifecycleContract(ContractBase):

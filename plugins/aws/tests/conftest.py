@@ -3,8 +3,9 @@
 import contextlib
 import os
 
-import dask.config
 import pytest
+
+from coiled_core.testing.environment import offline_environment
 
 
 @contextlib.contextmanager
@@ -14,19 +15,11 @@ def running_offline_ec2(workdir, env_cache):
 
     simulator = OfflineEC2(workdir=str(workdir), env_cache=env_cache)
     simulator.start()
-    saved = {key: os.environ.get(key) for key in simulator.environ()}
-    os.environ.pop("AWS_PROFILE", None)
-    os.environ.update(simulator.environ())
     try:
-        with dask.config.set({"coiled.loopback-addresses": True}):
+        with offline_environment(simulator.environ(), unset=("AWS_PROFILE",)):
             yield simulator
     finally:
         simulator.stop()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 @pytest.fixture(scope="module")

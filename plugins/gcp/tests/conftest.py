@@ -3,8 +3,9 @@
 import contextlib
 import os
 
-import dask.config
 import pytest
+
+from coiled_core.testing.environment import offline_environment
 
 
 @contextlib.contextmanager
@@ -13,18 +14,11 @@ def running_offline_gcp(**kwargs):
     from coiled_gcp.offline import OfflineGCP
 
     fake = OfflineGCP(**kwargs).start()
-    saved = {key: os.environ.get(key) for key in fake.environ()}
-    os.environ.update(fake.environ())
     try:
-        with dask.config.set({"coiled.loopback-addresses": True}):
+        with offline_environment(fake.environ()):
             yield fake
     finally:
         fake.stop()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 @pytest.fixture(scope="session")

@@ -3,13 +3,12 @@
 The client is held to the Role in docs/rbac.yaml, so every test also proves that Role enough.
 """
 
-import contextlib
-import os
 from pathlib import Path
 
-import dask.config
 import pytest
 import yaml
+
+from coiled_core.testing.environment import offline_environment
 
 RBAC = Path(__file__).parents[1] / "docs" / "rbac.yaml"
 
@@ -18,20 +17,6 @@ def client_rules():
     """The rules of the client Role in the docs."""
     roles = [doc for doc in yaml.safe_load_all(RBAC.read_text()) if doc]
     return next(role["rules"] for role in roles if role["metadata"]["name"] == "coiled-k8s-client")
-
-
-@contextlib.contextmanager
-def environment(**values):
-    saved = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 @pytest.fixture(scope="session")
@@ -48,8 +33,8 @@ def offline_k8s(offline_k8s_server):
     rest of the project's suite runs in the same session)."""
     kept = str(offline_k8s_server.workdir / "kept-logs")
     # Child processes (the contract suite's other "sessions") map addresses and keep logs alike.
-    with (environment(DASK_COILED__LOOPBACK_ADDRESSES="true", DASK_COILED__K8S__LOG_DIRECTORY=kept),
-          dask.config.set({"coiled.loopback-addresses": True, "coiled.k8s.log_directory": kept})):
+    with offline_environment({"DASK_COILED__LOOPBACK_ADDRESSES": "true", "DASK_COILED__K8S__LOG_DIRECTORY": kept},
+                             config={"coiled.k8s.log_directory": kept}):
         yield offline_k8s_server
 
 
