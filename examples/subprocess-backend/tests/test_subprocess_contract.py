@@ -24,6 +24,8 @@ def processes(record):
 class TestSubprocessContract(BackendContract):
     backend = "subprocess"
     backend_options = {"directory": str(DIRECTORY)}
+    # One worker node per cluster (each node is a whole agent process); the scaling tests run more.
+    cluster_kwargs = {"n_workers": 1, "worker_cpu": 1, "worker_memory": "1 GiB"}
 
     @pytest.fixture(scope="class", autouse=True)
     @classmethod

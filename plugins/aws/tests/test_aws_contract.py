@@ -33,7 +33,9 @@ def _agents(simulator, instance_ids):
 class TestAWSContract(BackendContract):
     backend = "aws"
     backend_options = OPTIONS
-    cluster_kwargs = {"n_workers": 2, "worker_cpu": 1, "worker_memory": "2 GiB"}
+    # One worker instance per cluster keeps the suite's clusters small on two cores (each simulated
+    # instance is a whole node agent); the scaling and adaptive tests still run several.
+    cluster_kwargs = {"n_workers": 1, "worker_cpu": 1, "worker_memory": "2 GiB"}
     worker_timeout = 120.0
 
     @pytest.fixture(autouse=True)
