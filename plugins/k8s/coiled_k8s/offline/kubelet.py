@@ -273,7 +273,9 @@ class OfflineNode:
         mounts = self._write_volumes(pod, volumes, runtime)
         self.runtimes[meta["uid"]] = runtime
         for container in spec["containers"]:
-            prefix = container_layer(self.images[container["image"]], directory / "layers" / container["name"])
+            image = self.images[container["image"]]
+            # A writable layer only for a container that runs (the call benchmark runs none).
+            prefix = container_layer(image, directory / "layers" / container["name"]) if self.run_processes else image
             env = self._environment(pod, container, runtime, mounts, prefix)
             argv = [_rewrite(a, mounts) for a in (container.get("command") or []) + (container.get("args") or [])]
             cwd = _rewrite(container.get("workingDir") or "", mounts) or str(directory)
