@@ -7,14 +7,12 @@ import hashlib
 import zipfile
 from pathlib import Path
 
-#: The wheel's distribution name; it imports as ``coiled_tiny_pkg`` (``VALUE == "tiny"``) and
-#: installs a ``coiled-tiny`` console script.
-TINY_DISTRIBUTION = "coiled-tiny-pkg"
-
 
 def tiny_wheel(directory: Path) -> Path:
-    """Write ``coiled_tiny_pkg-1.0-py3-none-any.whl`` (pure Python, no dependencies) into
-    ``directory``; return its path."""
+    """Write ``coiled_tiny_pkg-1.0-py3-none-any.whl`` into ``directory``; return its path.
+
+    The distribution ``coiled-tiny-pkg`` 1.0: pure Python, no dependencies, importable as
+    ``coiled_tiny_pkg`` (``VALUE == "tiny"``), with a ``coiled-tiny`` console script."""
     files = {
         "coiled_tiny_pkg/__init__.py": b"VALUE = 'tiny'\n\n\ndef main():\n    print('tiny main')\n",
         "coiled_tiny_pkg-1.0.dist-info/METADATA": b"Metadata-Version: 2.1\nName: coiled-tiny-pkg\nVersion: 1.0\n",

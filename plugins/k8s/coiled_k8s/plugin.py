@@ -147,9 +147,10 @@ def _wait_gone(kube: Kube, name: str, uid: str, timeout: float) -> bool:
 # -- provision -------------------------------------------------------------------------------
 def _image_and_packages(spec: ClusterSpec, options: K8sOptions) -> tuple[str, list[str]]:
     software = software_environment(spec) if spec.software else None
-    image = spec.container or (software.container if software else None) or options.image or default_image()
+    default = default_image()
+    image = spec.container or (software.container if software else None) or options.image or default
     pip = list(software.pip or []) if software is not None and software.kind != "conda" else []
-    if image == default_image():
+    if image == default:
         # The software environment pins distributed to this client's version, which the default
         # image already has: installing it again at every pod start is a resolve for nothing.
         pip = [p for p in pip if not _is_client_distributed(p)]
