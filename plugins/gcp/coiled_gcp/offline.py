@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from coiled_core.testing import noderunner
+from coiled_gcp import offline_api
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +105,8 @@ class _State:
     buckets: dict[str, dict] = field(default_factory=dict)
     objects: dict[tuple[str, str], dict] = field(default_factory=dict)  # (bucket, name) -> meta + data
     secrets: dict[str, dict] = field(default_factory=dict)  # full name -> secret + versions
+    networks: dict[str, dict] = field(default_factory=dict)  # name -> network
+    subnetworks: dict[tuple[str, str], dict] = field(default_factory=dict)  # (region, name)
 
 
 class OfflineGCP:
@@ -116,6 +119,8 @@ class OfflineGCP:
         workdir: instance directories and logs (default: a new temporary directory).
         env_cache: ``COILED_ENV_CACHE`` shared by instances (False: none).
         kill_grace: seconds between SIGTERM and SIGKILL when an instance is deleted.
+        default_network: False: a project without the ``default`` network (add one with
+            :meth:`add_network`).
     """
 
     def __init__(
@@ -127,6 +132,7 @@ class OfflineGCP:
         workdir: str | os.PathLike[str] | None = None,
         env_cache: str | os.PathLike[str] | bool | None = None,
         kill_grace: float = 3.0,
+        default_network: bool = True,
     ) -> None:
         self.project = project
         self.run_scripts = run_scripts
@@ -139,10 +145,16 @@ class OfflineGCP:
         self.calls: dict[str, int] = {}
         #: Messages, one per refused or failed instance.
         self.errors: list[str] = []
+        #: Requests refused by the discovery documents' rules (method id: message).
+        self.refused: list[str] = []
+        #: Replies of the stand-in its discovery documents do not describe (a bug of the stand-in).
+        self.drift: list[str] = []
         self.state = _State()
         self._exhausted: list[tuple[str | None, str | None, str, bool]] = []
         self._faults: list[tuple[str, str, int, str]] = []
         self._lock = threading.RLock()
+        if default_network:
+            self.add_network("default")
         self._machines: dict[str, _Machine] = {}
         self._ids = itertools.count(10**18 + secrets.randbelow(10**17))
         self._ips = itertools.count(2)
@@ -226,6 +238,16 @@ class OfflineGCP:
         with self._lock:
             self._exhausted.clear()
             self._faults.clear()
+
+    def add_network(self, name: str, subnetworks: dict[str, str] | None = None) -> None:
+        """A VPC network: auto mode (one subnetwork named ``name`` per region) unless
+        ``subnetworks`` ({region: subnetwork name}) makes it a custom-mode one."""
+        auto = subnetworks is None
+        with self._lock:
+            self.state.networks[name] = {"name": name, "autoCreateSubnetworks": auto}
+            for n, (region, subnetwork) in enumerate(({r: name for r in ZONES} if auto else subnetworks).items()):
+                cidr = f"10.{128 + len(self.state.subnetworks) % 100}.{n}.0/24"
+                self.state.subnetworks[(region, subnetwork)] = {"name": subnetwork, "network": name, "ipCidrRange": cidr}
 
     def instance_names(self) -> list[str]:
         with self._lock:
@@ -312,9 +334,13 @@ class OfflineGCP:
         machine_type = _last(body.get("machineType", ""))
         if not any(t[0] == machine_type for t in MACHINE_TYPES) and not re.fullmatch(r"[a-z0-9]+-custom-\d+-\d+", machine_type):
             raise _Fault(400, "invalid", f"Invalid value for field 'resource.machineType': '{body.get('machineType')}'.")
-        interfaces = body.get("networkInterfaces") or [{}]
+        interfaces = [self._interface(zone, i, interface) for i, interface in enumerate(body.get("networkInterfaces") or [{}])]
         ip = interfaces[0].get("networkIP") or self._next_ip()
         base = f"{self.endpoint}/compute/v1/projects/{self.project}/zones/{zone}"
+        # What the service returns: full URLs of what the request named, in either form.
+        body = {**body, "machineType": f"{base}/machineTypes/{machine_type}"}
+        if body.get("guestAccelerators"):
+            body["guestAccelerators"] = [{**a, "acceleratorType": f"{base}/acceleratorTypes/{_last(a.get('acceleratorType', ''))}"} for a in body["guestAccelerators"]]
         instance = {
             **body,
             "kind": "compute#instance",
@@ -323,9 +349,47 @@ class OfflineGCP:
             "status": "RUNNING",
             "creationTimestamp": _now(),
             "selfLink": f"{base}/instances/{body['name']}",
-            "networkInterfaces": [{**interfaces[0], "networkIP": ip, "name": "nic0"}],
+            "networkInterfaces": [{**interfaces[0], "networkIP": ip, "name": "nic0"}, *interfaces[1:]],
         }
         return instance
+
+    def _network(self, url: str | None, field_name: str) -> str:
+        """The name of the network ``url`` names (the default one if None); 400 if there is none."""
+        name = _last(url) if url else "default"
+        if name not in self.state.networks:
+            what = f"'{url}'" if url else "the default network global/networks/default (this project has none: name a network or subnetwork)"
+            raise _Fault(400, "invalid", f"Invalid value for field '{field_name}': {what}. The referenced network resource cannot be found.")
+        return name
+
+    def _subnetwork(self, region: str, url: str, field_name: str) -> dict:
+        m = re.fullmatch(r"(?:.*/)?(?:regions/([^/]+)/)?subnetworks/([^/]+)", url)
+        key = (m.group(1) or region, m.group(2)) if m else ("", "")
+        if key[0] != region or key not in self.state.subnetworks:
+            raise _Fault(400, "invalid", f"Invalid value for field '{field_name}': '{url}'. The referenced subnetwork resource cannot be found in region {region}.")
+        return self.state.subnetworks[key]
+
+    def _interface(self, zone: str, index: int, interface: dict) -> dict:
+        """A network interface as NetworkInterface's description has it: the subnetwork implies
+        its network; both given must agree; a custom-mode network needs a subnetwork."""
+        region = zone.rsplit("-", 1)[0]
+        field_name = f"resource.networkInterfaces[{index}]"
+        url = f"{self.endpoint}/compute/v1/projects/{self.project}"
+        if interface.get("subnetwork"):
+            subnetwork = self._subnetwork(region, interface["subnetwork"], f"{field_name}.subnetwork")
+            if interface.get("network") and self._network(interface["network"], f"{field_name}.network") != subnetwork["network"]:
+                raise _Fault(
+                    400, "invalid", f"Invalid value for field '{field_name}.subnetwork': '{interface['subnetwork']}'. Subnetwork should belong to network '{interface['network']}'."
+                )
+        else:
+            network = self._network(interface.get("network"), f"{field_name}.network")
+            if not self.state.networks[network]["autoCreateSubnetworks"]:
+                raise _Fault(400, "invalid", f"Invalid value for field '{field_name}': Subnetwork should be specified for custom subnetmode network '{network}'.")
+            subnetwork = self.state.subnetworks[(region, network)]
+        return {
+            **interface,
+            "network": f"{url}/global/networks/{subnetwork['network']}",
+            "subnetwork": f"{url}/regions/{region}/subnetworks/{subnetwork['name']}",
+        }
 
     def _next_ip(self) -> str:
         n = next(self._ips)
@@ -363,7 +427,7 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
-_LABEL_TERM = re.compile(r"\(?\s*(labels\.[\w-]+|name|status)\s*(=|!=|:)\s*\"?([^\s\")]*)\"?\s*\)?")
+_LABEL_TERM = re.compile(r"\(?\s*(labels\.[\w-]+|name|status|network)\s*(=|!=|:)\s*\"?([^\s\")]*)\"?\s*\)?")
 
 
 def _matches(item: dict, filter_text: str) -> bool:
@@ -417,6 +481,13 @@ class _Handler(BaseHTTPRequestHandler):
         self._serve("DELETE")
 
     def _reply(self, status: int, body: Any = None, raw: bytes | None = None, content_type: str = "application/json") -> None:
+        if status == 204:
+            # No content, as the real service answers: a body here would be read as the start of
+            # the next response on this keep-alive connection.
+            self.send_response(204)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         data = raw if raw is not None else json.dumps(body if body is not None else {}).encode()
         self.send_response(status)
         self.send_header("Content-Type", content_type)
@@ -425,7 +496,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def _error(self, status: int, reason: str, message: str) -> None:
-        self._reply(status, {"error": {"code": status, "message": message, "errors": [{"reason": reason, "message": message, "domain": "global"}]}})
+        self._reply(status, offline_api.ApiError(status, reason, message).body())
 
     def _serve(self, method: str) -> None:
         fake = self.fake
@@ -444,6 +515,19 @@ class _Handler(BaseHTTPRequestHandler):
                 fake._faults.remove(fault)
         if fault:
             return self._error(fault[2], fault[3], f"injected fault on {method} {url.path}")
+        api = offline_api.route(method, url.path)
+        if api is None:
+            return self._error(404, "notFound", f"no such path {url.path}")
+        try:
+            offline_api.discovery(api.service).check_request(api, query, json.loads(body) if body and not api.media else None)
+        except ValueError:
+            return self._error(400, "parseError", "Invalid JSON payload received.")
+        except offline_api.ApiError as e:
+            with fake._lock:
+                fake.refused.append(f"{api.id}: {e.message}")
+            if e.operation_code:
+                return self._reply(200, _refused_operation(fake, api, e))
+            return self._reply(e.status, e.body())
         try:
             path = urllib.parse.unquote(url.path)
             if path.startswith("/compute/v1/projects/"):
@@ -461,7 +545,22 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception as e:  # a bug of the fake: say so, as a 500
             logger.exception("offline gce")
             return self._error(500, "backendError", f"{type(e).__name__}: {e}")
+        drift = offline_api.discovery(api.service).check_response(api, reply) if 200 <= status < 300 and reply is not None else []
+        if drift:
+            # The stand-in answered what the real service would not: a bug of the stand-in.
+            with fake._lock:
+                fake.drift.append(f"{api.id}: {'; '.join(drift)}")
+            return self._error(500, "backendError", f"offline stand-in reply of {api.id} does not match its discovery document: {'; '.join(drift)}")
         self._reply(status, reply)
+
+
+def _refused_operation(fake: OfflineGCP, api: offline_api.Route, error: offline_api.ApiError) -> dict:
+    """A mutation Compute Engine accepts and fails: a DONE operation carrying the error."""
+    params = api.params
+    scope, where = ("zones", params["zone"]) if "zone" in params else ("regions", params["region"]) if "region" in params else ("global", "")
+    target = f"{fake.endpoint}/compute/v1/projects/{fake.project}/{scope}/{where}".rstrip("/")
+    with fake._lock:
+        return fake._operation(scope, where, api.id.rsplit(".", 1)[-1], target, (error.status, error.operation_code or "", error.message))
 
 
 def _compute(fake: OfflineGCP, method: str, path: str, query: dict[str, str], body: bytes) -> tuple[int, Any]:
@@ -533,6 +632,8 @@ def _compute(fake: OfflineGCP, method: str, path: str, query: dict[str, str], bo
             return 200, {"kind": "compute#instanceAggregatedList", "items": grouped, **({"nextPageToken": token} if token else {})}
         if parts[0] == "global" and parts[1] == "firewalls":
             if method == "POST":
+                network = fake._network(data.get("network"), "resource.network")
+                data = {**data, "network": f"{base}/global/networks/{network}"}
                 if data["name"] in state.firewalls:
                     return 200, fake._operation("global", "", "insert", f"{base}/global/firewalls/{data['name']}", (409, "RESOURCE_ALREADY_EXISTS", "exists"))
                 state.firewalls[data["name"]] = {**data, "id": str(next(fake._ids)), "selfLink": f"{base}/global/firewalls/{data['name']}"}
@@ -548,9 +649,34 @@ def _compute(fake: OfflineGCP, method: str, path: str, query: dict[str, str], bo
                 return 200, state.firewalls[name]
             del state.firewalls[name]
             return 200, fake._operation("global", "", "delete", f"{base}/global/firewalls/{name}")
+        if parts[:2] == ["global", "networks"] and len(parts) == 3 and method == "GET":
+            network = state.networks.get(parts[2])
+            if network is None:
+                raise _Fault(404, "notFound", f"The resource 'projects/{project}/global/networks/{parts[2]}' was not found")
+            return 200, _network_resource(fake, base, network)
+        if parts[0] == "regions" and len(parts) >= 3 and parts[2] == "subnetworks" and method == "GET":
+            region = parts[1]
+            if len(parts) == 4:
+                subnetwork = state.subnetworks.get((region, parts[3]))
+                if subnetwork is None:
+                    raise _Fault(404, "notFound", f"The resource 'projects/{project}/regions/{region}/subnetworks/{parts[3]}' was not found")
+                return 200, _subnetwork_resource(fake, base, region, subnetwork)
+            items = [_subnetwork_resource(fake, base, r, s) for (r, _), s in sorted(state.subnetworks.items()) if r == region]
+            items = [i for i in items if _matches(i, query.get("filter", ""))]
+            chunk, token = _page(items, query)
+            return 200, {"kind": "compute#subnetworkList", "items": chunk, **({"nextPageToken": token} if token else {})}
         if parts[0] == "regions" and len(parts) >= 3 and parts[2] == "addresses":
             region = parts[1]
             if method == "POST":
+                if data.get("subnetwork"):
+                    subnetwork = fake._subnetwork(region, data["subnetwork"], "resource.subnetwork")
+                elif data.get("addressType") == "INTERNAL":
+                    # An internal address without a subnetwork is the default network's.
+                    subnetwork = fake._subnetwork(region, f"subnetworks/{fake._network(None, 'resource.subnetwork')}", "resource.subnetwork")
+                else:
+                    subnetwork = None
+                if subnetwork is not None:
+                    data = {**data, "subnetwork": f"{base}/regions/{region}/subnetworks/{subnetwork['name']}"}
                 address = data.get("address") or fake._next_ip()
                 state.addresses[(region, data["name"])] = {**data, "address": address, "id": str(next(fake._ids)), "status": "RESERVED"}
                 return 200, fake._operation("regions", region, "insert", f"{base}/regions/{region}/addresses/{data['name']}")
@@ -566,6 +692,31 @@ def _compute(fake: OfflineGCP, method: str, path: str, query: dict[str, str], bo
             del state.addresses[key]
             return 200, fake._operation("regions", region, "delete", f"{base}/regions/{region}/addresses/{parts[3]}")
     raise _Fault(404, "notFound", f"no such compute path {path}")
+
+
+def _network_resource(fake: OfflineGCP, base: str, network: dict) -> dict:
+    name = network["name"]
+    subnetworks = [f"{base}/regions/{r}/subnetworks/{s['name']}" for (r, _), s in sorted(fake.state.subnetworks.items()) if s["network"] == name]
+    return {
+        "kind": "compute#network",
+        "id": str(abs(hash(name)) % 10**12),
+        "name": name,
+        "autoCreateSubnetworks": network["autoCreateSubnetworks"],
+        "subnetworks": subnetworks,
+        "selfLink": f"{base}/global/networks/{name}",
+    }
+
+
+def _subnetwork_resource(fake: OfflineGCP, base: str, region: str, subnetwork: dict) -> dict:
+    return {
+        "kind": "compute#subnetwork",
+        "id": str(abs(hash((region, subnetwork["name"]))) % 10**12),
+        "name": subnetwork["name"],
+        "network": f"{base}/global/networks/{subnetwork['network']}",
+        "region": f"{base}/regions/{region}",
+        "ipCidrRange": subnetwork["ipCidrRange"],
+        "selfLink": f"{base}/regions/{region}/subnetworks/{subnetwork['name']}",
+    }
 
 
 def _machine_type(base: str, zone: str, name: str, cpus: int, memory: int, accelerators: list[dict]) -> dict:
@@ -598,6 +749,11 @@ def _storage(fake: OfflineGCP, method: str, raw_path: str, query: dict[str, str]
         bucket = parts[1]
         if bucket not in state.buckets:
             raise _Fault(404, "notFound", "The specified bucket does not exist.")
+        if len(parts) == 2 and method == "DELETE":
+            if any(b == bucket for b, _ in state.objects):
+                raise _Fault(409, "conflict", "The bucket you tried to delete is not empty.")
+            del state.buckets[bucket]
+            return 204, None
         if len(parts) == 2:
             return 200, state.buckets[bucket]
         objects = state.objects
@@ -630,7 +786,7 @@ def _storage(fake: OfflineGCP, method: str, raw_path: str, query: dict[str, str]
             raise _Fault(412, "conditionNotMet", "At least one of the pre-conditions you specified did not hold.")
         if method == "DELETE":
             del objects[(bucket, name)]
-            return 204, {}
+            return 204, None
         if query.get("alt") == "media":
             return 200, current["_data"]
         return 200, {k: v for k, v in current.items() if k != "_data"}

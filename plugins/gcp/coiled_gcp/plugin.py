@@ -275,6 +275,8 @@ def _secret_ids(label: str) -> list[str]:
 # -- instances ----------------------------------------------------------------------------------
 def _instance_body(boot: _Boot, role: str, machine: mt.MachineType, zone: str, script: str, spot: bool, bulk: bool, ip: str | None = None) -> dict:
     spec, options = boot.spec, boot.options
+    # An instance names its machine and accelerator types by (partial) URL; bulkInsert's
+    # InstanceProperties only by name (a URL there is an INTERNAL_ERROR, says its description).
     prefix = "" if bulk else f"zones/{zone}/"
     interface: dict[str, Any] = {"network": f"global/networks/{options.network}"}
     if options.subnetwork:
@@ -290,7 +292,7 @@ def _instance_body(boot: _Boot, role: str, machine: mt.MachineType, zone: str, s
         # The cloud ends the cluster even if its node cannot: maxRunDuration, then delete.
         scheduling.update(max_run_duration={"seconds": int(spec.cluster_timeout) + EXPIRY_GRACE}, instance_termination_action="DELETE")
     body: dict[str, Any] = {
-        "machine_type": f"{prefix}machineTypes/{machine.name}",
+        "machine_type": machine.name if bulk else f"{prefix}machineTypes/{machine.name}",
         "labels": _labels(spec, options, role),
         "tags": {"items": [f"coiled-{boot.label}"]},
         "metadata": {"items": [{"key": "startup-script", "value": script}, {"key": NAME_ITEM, "value": spec.name}]},
@@ -306,7 +308,7 @@ def _instance_body(boot: _Boot, role: str, machine: mt.MachineType, zone: str, s
         "scheduling": scheduling,
     }
     if machine.attach:
-        body["guest_accelerators"] = [{"accelerator_type": f"{prefix}acceleratorTypes/{t}", "accelerator_count": n} for t, n in machine.attach]
+        body["guest_accelerators"] = [{"accelerator_type": t if bulk else f"{prefix}acceleratorTypes/{t}", "accelerator_count": n} for t, n in machine.attach]
     if machine.attach or machine.gpus:
         scheduling["on_host_maintenance"] = "TERMINATE"
     return body

@@ -19,6 +19,8 @@ def running_offline_gcp(**kwargs):
             yield fake
     finally:
         fake.stop()
+    # Every reply matched Google's description of it (the stand-in did not drift).
+    assert not fake.drift, fake.drift
 
 
 @pytest.fixture(scope="session")
