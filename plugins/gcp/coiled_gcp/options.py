@@ -38,7 +38,9 @@ class GCPOptions(BaseModel):
     region: str = DEFAULT_REGION
     #: One zone of ``region`` (default: the region's zones in turn, as capacity allows).
     zone: str | None = None
-    network: str = "default"
+    #: The nodes' VPC network (default: the subnetwork's network, else ``default``).
+    network: str | None = None
+    #: The nodes' subnetwork in ``region`` (default: the network's one subnetwork there).
     subnetwork: str | None = None
     #: Worker machine types to use, in order of preference (default: the cheapest that fit).
     machine_types: list[str] | None = None

@@ -78,6 +78,11 @@ NODE_LOG_MAX_BYTES = 50 * 2**20
 CAPACITY_ERRORS = {"ZONE_RESOURCE_POOL_EXHAUSTED", "ZONE_RESOURCE_POOL_EXHAUSTED_WITH_DETAILS", "QUOTA_EXCEEDED", "RESOURCE_POOL_EXHAUSTED", "UNSUPPORTED_OPERATION"}
 LIVE_STATUSES = {"PROVISIONING", "STAGING", "RUNNING"}
 DEFAULT_IMAGES = {False: "projects/debian-cloud/global/images/family/debian-12", True: "projects/debian-cloud/global/images/family/debian-12-arm64"}
+#: Nodes with a GPU: a Deep Learning VM image whose NVIDIA driver CUDA 12.8 can use (plain Debian
+#: has none, and the GPU would be attached and unusable), with the metadata that has the images
+#: of that project install the driver if the family does not carry it.
+GPU_IMAGE = "projects/deeplearning-platform-release/global/images/family/common-cu128-ubuntu-2204-nvidia-570"
+GPU_DRIVER_ITEM = {"key": "install-nvidia-driver", "value": "True"}
 PUBLIC_ADDRESS_URL = "https://checkip.amazonaws.com"
 logger = logging.getLogger("coiled_gcp")
 
@@ -146,6 +151,15 @@ def _claim_key(label: str) -> str:
 
 
 # -- checks before anything exists --------------------------------------------------------------
+@dataclass(frozen=True)
+class _Network:
+    """Where the nodes go: their VPC network (name) and subnetwork (partial URL; None on a legacy
+    network, which has none)."""
+
+    network: str
+    subnetwork: str | None
+
+
 @dataclass
 class _Plan:
     zones: list[str]
@@ -153,6 +167,7 @@ class _Plan:
     scheduler: list[mt.MachineType]
     image: str
     cidr: str
+    network: _Network
 
 
 def _parameter(spec: ClusterSpec, keyword: str, option: str) -> str:
@@ -171,6 +186,47 @@ def _client_cidr(options: GCPOptions) -> str:
             "give the range allowed to reach the scheduler, e.g. allow_ingress_from='203.0.113.7/32'"
         ) from None
     return f"{address}/{address.max_prefixlen}"
+
+
+def _last(url: str) -> str:
+    return url.rstrip("/").rsplit("/", 1)[-1]
+
+
+def _nodes_network(gcp: GCP, options: GCPOptions) -> _Network:
+    """The nodes' network and subnetwork: a subnetwork implies its network (a network named beside
+    it must be that one); a network alone means its one subnetwork in the region."""
+    from google.api_core.exceptions import NotFound
+
+    region = gcp.region
+    if options.subnetwork:
+        try:
+            found = gcp.subnetworks.get(project=gcp.project, region=region, subnetwork=options.subnetwork)
+        except NotFound:
+            raise ClusterSpecError(f"backend_options.subnetwork: project {gcp.project!r} has no subnetwork {options.subnetwork!r} in region {region!r}") from None
+        network = _last(found.network)
+        if options.network and options.network != network:
+            raise ClusterSpecError(
+                f"backend_options.subnetwork: {options.subnetwork!r} belongs to network {network!r}, not to backend_options.network "
+                f"{options.network!r}; leave network out (the subnetwork implies it) or name a subnetwork of {options.network!r}"
+            )
+        return _Network(network, f"regions/{region}/subnetworks/{options.subnetwork}")
+    name = options.network or "default"
+    try:
+        found = gcp.networks.get(project=gcp.project, network=name)
+    except NotFound:
+        raise ClusterSpecError(
+            f"backend_options.network: project {gcp.project!r} has no network {name!r}; name an existing one, "
+            "e.g. backend_options={'network': 'my-vpc'} or {'subnetwork': 'my-subnet'}"
+        ) from None
+    if not found.subnetworks:
+        return _Network(name, None)  # a legacy network: no subnetworks
+    here = [url for url in found.subnetworks if f"/regions/{region}/" in url]
+    if len(here) != 1:
+        raise ClusterSpecError(
+            f"backend_options.subnetwork: network {name!r} has {len(here) or 'no'} subnetworks in region {region!r}; "
+            + ("name the one for the nodes" if here else "choose another region or network")
+        )
+    return _Network(name, f"regions/{region}/subnetworks/{_last(here[0])}")
 
 
 def _types(gcp: GCP, spec: ClusterSpec, options: GCPOptions, zone: str) -> tuple[list[mt.MachineType], list[mt.MachineType]]:
@@ -199,7 +255,8 @@ def _plan(gcp: GCP, spec: ClusterSpec, options: GCPOptions) -> _Plan:
     zones = gcp.zones()
     workers, scheduler = _types(gcp, spec, options, zones[0])
     image = options.image or DEFAULT_IMAGES[bool(options.arm)]
-    return _Plan(zones=zones, workers=workers, scheduler=scheduler, image=image, cidr=_client_cidr(options))
+    network = _nodes_network(gcp, options)
+    return _Plan(zones=zones, workers=workers, scheduler=scheduler, image=image, cidr=_client_cidr(options), network=network)
 
 
 @hookimpl
@@ -229,8 +286,8 @@ def _labels(spec: ClusterSpec, options: GCPOptions, role: str | None = None) -> 
 class _Boot:
     """The node configs and startup scripts of one cluster."""
 
-    def __init__(self, gcp: GCP, spec: ClusterSpec, options: GCPOptions):
-        self.gcp, self.spec, self.options = gcp, spec, options
+    def __init__(self, gcp: GCP, spec: ClusterSpec, options: GCPOptions, network: _Network):
+        self.gcp, self.spec, self.options, self.network = gcp, spec, options, network
         self.label = cluster_label(spec.name)
         self.bucket = storage.ensure_bucket(gcp)
         bundle = agent_bundle(Path.home() / ".cache" / "coiled" / "gcp", extra_modules=[NODE_ADDON_MODULE])
@@ -278,9 +335,9 @@ def _instance_body(boot: _Boot, role: str, machine: mt.MachineType, zone: str, s
     # An instance names its machine and accelerator types by (partial) URL; bulkInsert's
     # InstanceProperties only by name (a URL there is an INTERNAL_ERROR, says its description).
     prefix = "" if bulk else f"zones/{zone}/"
-    interface: dict[str, Any] = {"network": f"global/networks/{options.network}"}
-    if options.subnetwork:
-        interface["subnetwork"] = f"regions/{options.region}/subnetworks/{options.subnetwork}"
+    # The subnetwork alone: it implies its network (both sent must agree).
+    net = boot.network
+    interface: dict[str, Any] = {"subnetwork": net.subnetwork} if net.subnetwork else {"network": f"global/networks/{net.network}"}
     if ip:
         interface["network_i_p"] = ip
     if options.use_public_ip:
@@ -291,17 +348,21 @@ def _instance_body(boot: _Boot, role: str, machine: mt.MachineType, zone: str, s
     if spec.cluster_timeout:
         # The cloud ends the cluster even if its node cannot: maxRunDuration, then delete.
         scheduling.update(max_run_duration={"seconds": int(spec.cluster_timeout) + EXPIRY_GRACE}, instance_termination_action="DELETE")
+    gpu = bool(machine.attach or machine.gpus)
+    metadata = [{"key": "startup-script", "value": script}, {"key": NAME_ITEM, "value": spec.name}]
+    if gpu and not options.image:
+        metadata.append(dict(GPU_DRIVER_ITEM))
     body: dict[str, Any] = {
         "machine_type": machine.name if bulk else f"{prefix}machineTypes/{machine.name}",
         "labels": _labels(spec, options, role),
         "tags": {"items": [f"coiled-{boot.label}"]},
-        "metadata": {"items": [{"key": "startup-script", "value": script}, {"key": NAME_ITEM, "value": spec.name}]},
+        "metadata": {"items": metadata},
         "network_interfaces": [interface],
         "disks": [
             {
                 "boot": True,
                 "auto_delete": True,
-                "initialize_params": {"source_image": boot_image(options), "disk_size_gb": options.boot_disk_gib, "labels": _labels(spec, options, role)},
+                "initialize_params": {"source_image": boot_image(options, gpu), "disk_size_gb": options.boot_disk_gib, "labels": _labels(spec, options, role)},
             }
         ],
         "service_accounts": [{"email": options.service_account or "default", "scopes": ["https://www.googleapis.com/auth/cloud-platform"]}],
@@ -309,13 +370,16 @@ def _instance_body(boot: _Boot, role: str, machine: mt.MachineType, zone: str, s
     }
     if machine.attach:
         body["guest_accelerators"] = [{"accelerator_type": t if bulk else f"{prefix}acceleratorTypes/{t}", "accelerator_count": n} for t, n in machine.attach]
-    if machine.attach or machine.gpus:
+    if gpu:
         scheduling["on_host_maintenance"] = "TERMINATE"
     return body
 
 
-def boot_image(options: GCPOptions) -> str:
-    return options.image or DEFAULT_IMAGES[bool(options.arm)]
+def boot_image(options: GCPOptions, gpu: bool = False) -> str:
+    """``image`` if given; else a GPU node's :data:`GPU_IMAGE`, or plain Debian 12."""
+    if options.image:
+        return options.image
+    return GPU_IMAGE if gpu and not options.arm else DEFAULT_IMAGES[bool(options.arm)]
 
 
 def _markets(options: GCPOptions) -> list[bool]:
@@ -380,8 +444,8 @@ def _reserve_address(gcp: GCP, boot: _Boot) -> str:
 
     name = _address_name(boot.label)
     body: dict[str, Any] = {"name": name, "address_type": "INTERNAL", "labels": _labels(boot.spec, boot.options, "scheduler"), "purpose": "GCE_ENDPOINT"}
-    if boot.options.subnetwork:
-        body["subnetwork"] = f"regions/{gcp.region}/subnetworks/{boot.options.subnetwork}"
+    if boot.network.subnetwork:
+        body["subnetwork"] = boot.network.subnetwork  # the nodes' (else the default network's)
     gcp.wait(gcp.addresses.insert_unary(project=gcp.project, region=gcp.region, address_resource=compute_v1.Address(body)))
     return gcp.addresses.get(project=gcp.project, region=gcp.region, address=name).address
 
@@ -391,7 +455,7 @@ def _create_firewalls(gcp: GCP, boot: _Boot, cidr: str) -> None:
 
     tag = f"coiled-{boot.label}"
     client_rule, internal_rule = _firewall_names(boot.label)
-    network = f"global/networks/{boot.options.network}"
+    network = f"global/networks/{boot.network.network}"  # the nodes' network
     rules = [
         {
             "name": client_rule,
@@ -528,7 +592,7 @@ def provision(spec: ClusterSpec, options: GCPOptions, tls: ClusterTLS | None) ->
     plan = _plan(gcp, spec, options)
     step = "preparing artifacts"
     try:
-        boot = _Boot(gcp, spec, options)
+        boot = _Boot(gcp, spec, options, plan.network)
         step = "creating the firewall rules"
         _create_firewalls(gcp, boot, plan.cidr)
         step = "storing secrets"
@@ -635,7 +699,7 @@ def scale(record: ClusterRecord, options: GCPOptions, n_workers: int, retired: l
     missing = n_workers - (len(record.workers) - len(doomed))
     if missing > 0:
         spec = ClusterSpec.model_validate(record.spec)
-        boot = _Boot(gcp, spec, options)
+        boot = _Boot(gcp, spec, options, _nodes_network(gcp, options))
         zone = record.backend_ids.get("scheduler_zone") or gcp.zones()[0]
         workers, _ = _types(gcp, spec, options, zone)
         scheme = "tls" if spec.security else "tcp"

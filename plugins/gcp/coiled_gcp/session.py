@@ -111,6 +111,14 @@ class GCP:
         return self._compute("AddressesClient")
 
     @cached_property
+    def networks(self) -> Any:
+        return self._compute("NetworksClient")
+
+    @cached_property
+    def subnetworks(self) -> Any:
+        return self._compute("SubnetworksClient")
+
+    @cached_property
     def machine_types(self) -> Any:
         return self._compute("MachineTypesClient")
 
