@@ -19,8 +19,10 @@ def running_offline_gcp(**kwargs):
             yield fake
     finally:
         fake.stop()
-    # Every reply matched Google's description of it (the stand-in did not drift).
+    # Every reply matched Google's description of it (the stand-in did not drift), and no
+    # request was one the real service refuses but those the tests made on purpose (and forgot).
     assert not fake.drift, fake.drift
+    assert not fake.refused, f"requests the real service refuses: {fake.refused}"
 
 
 @pytest.fixture(scope="session")

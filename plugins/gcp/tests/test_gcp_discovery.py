@@ -134,6 +134,39 @@ def test_insert_takes_a_machine_type_url(api, api_only):
     _cleanup(api_only, "single")
 
 
+def test_insert_takes_an_accelerator_type_url(api, api_only):
+    body = {
+        "name": "single-gpu",
+        "machineType": f"zones/{ZONE}/machineTypes/n1-standard-4",
+        "guestAccelerators": [{"acceleratorType": "nvidia-tesla-t4", "acceleratorCount": 1}],
+        "networkInterfaces": [{}],
+    }
+    _assert_error(api.post(_compute(api_only, f"zones/{ZONE}/instances"), json=body), 400, "invalid", "resource.guestAccelerators[0].acceleratorType")
+
+
+def test_a_path_parameter_outside_its_pattern_is_refused(api, api_only):
+    _assert_error(api.get(_compute(api_only, "zones/US_EAST1/instances")), 400, "invalid", "zone")
+
+
+def test_a_storage_body_is_checked_too(api, api_only):
+    reply = api.post(f"{api_only.endpoint}/storage/v1/b", params={"project": api_only.project}, json={"name": "typo", "locaton": "US"})
+    _assert_error(reply, 400, "invalid", 'Unknown name "locaton"')
+
+
+def test_without_a_default_network_an_instance_must_name_one(api, api_only):
+    with api_only._lock:
+        network = api_only.state.networks.pop("default")
+    try:
+        reply = api.post(_compute(api_only, f"zones/{ZONE}/instances/bulkInsert"), json=_bulk(networkInterfaces=[{}]))
+        _assert_error(reply, 400, "invalid", "global/networks/default", "cannot be found")
+        reply = api.post(_compute(api_only, "regions/us-east1/addresses"), json={"name": "internal", "addressType": "INTERNAL"})
+        _assert_error(reply, 400, "invalid", "resource.subnetwork")
+    finally:
+        api_only.state.networks["default"] = network
+    reply = api.post(_compute(api_only, "regions/us-east1/addresses"), json={"name": "internal", "addressType": "INTERNAL", "subnetwork": "regions/us-east1/subnetworks/nowhere"})
+    _assert_error(reply, 400, "invalid", "subnetwork resource cannot be found")
+
+
 def test_network_and_subnetwork_must_agree(api, api_only):
     api_only.add_network("other", {"us-east1": "other-east"})
     try:
