@@ -385,6 +385,12 @@ class OfflineGCP:
             if not self.state.networks[network]["autoCreateSubnetworks"]:
                 raise _Fault(400, "invalid", f"Invalid value for field '{field_name}': Subnetwork should be specified for custom subnetmode network '{network}'.")
             subnetwork = self.state.subnetworks[(region, network)]
+        reserved = next((a for (r, _), a in self.state.addresses.items() if r == region and a["address"] == interface.get("networkIP")), None)
+        if reserved is not None and _last(reserved.get("subnetwork", "")) != subnetwork["name"]:
+            # A reserved internal address belongs to the subnetwork it was reserved in.
+            raise _Fault(
+                400, "invalid", f"Invalid value for field '{field_name}.networkIP': '{reserved['address']}'. The address is reserved in subnetwork '{reserved.get('subnetwork')}', not in this interface's."
+            )
         return {
             **interface,
             "network": f"{url}/global/networks/{subnetwork['network']}",

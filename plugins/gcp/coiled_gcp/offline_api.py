@@ -198,10 +198,34 @@ def _instance(check: _Check, value: Any, where: str) -> None:
             check.fail("invalid", f"Invalid value for field 'resource.guestAccelerators[{i}].acceleratorType': {kind!r}. Invalid URL.")
 
 
+def _scheduling(check: _Check, value: Any, where: str) -> None:
+    """Scheduling.onHostMaintenance: "For preemptible instances, the default and only possible
+    behavior is TERMINATE"; automaticRestart: "Preemptible instances cannot be automatically
+    restarted" (Spot VMs are preemptible)."""
+    if not check.request or not isinstance(value, dict):
+        return
+    if value.get("provisioningModel") == "SPOT" or value.get("preemptible") is True:
+        if value.get("onHostMaintenance") == "MIGRATE":
+            check.fail("invalid", f"Invalid value for field '{where}.onHostMaintenance': 'MIGRATE'. Preemptible and Spot instances can only TERMINATE on host maintenance.")
+        if value.get("automaticRestart") is True:
+            check.fail("invalid", f"Invalid value for field '{where}.automaticRestart': 'true'. Preemptible and Spot instances cannot be automatically restarted.")
+
+
+def _address(check: _Check, value: Any, where: str) -> None:
+    """Address.subnetwork: "This field can only be used with INTERNAL type with a GCE_ENDPOINT or
+    DNS_RESOLVER purpose"."""
+    if not check.request or not isinstance(value, dict) or not value.get("subnetwork"):
+        return
+    if value.get("addressType") != "INTERNAL" or value.get("purpose", "GCE_ENDPOINT") not in ("GCE_ENDPOINT", "DNS_RESOLVER"):
+        check.fail("invalid", f"Invalid value for field 'resource.subnetwork': {value['subnetwork']!r}. A subnetwork is only for INTERNAL addresses of purpose GCE_ENDPOINT or DNS_RESOLVER.")
+
+
 #: Schema name -> checks of the rules its field descriptions state in prose.
 PROSE_RULES: dict[str, tuple[Callable[[_Check, Any, str], None], ...]] = {
     "InstanceProperties": (_instance_properties,),
     "Instance": (_instance,),
+    "Scheduling": (_scheduling,),
+    "Address": (_address,),
 }
 
 

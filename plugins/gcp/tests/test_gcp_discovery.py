@@ -230,3 +230,31 @@ def test_deletes_answer_204_without_a_body_on_a_kept_alive_connection(api, api_o
     reply = api.delete(f"{bucket}/keepalive")
     assert reply.status_code == 204 and reply.content == b""
     assert api.get(f"{bucket}/keepalive").status_code == 404
+
+
+def test_spot_instances_cannot_migrate_or_restart(api, api_only):
+    url = _compute(api_only, f"zones/{ZONE}/instances/bulkInsert")
+    migrate = {"provisioningModel": "SPOT", "onHostMaintenance": "MIGRATE"}
+    _assert_error(api.post(url, json=_bulk(scheduling=migrate)), 400, "invalid", "instanceProperties.scheduling.onHostMaintenance")
+    restart = {"provisioningModel": "SPOT", "automaticRestart": True}
+    _assert_error(api.post(url, json=_bulk(scheduling=restart)), 400, "invalid", "instanceProperties.scheduling.automaticRestart")
+
+
+def test_only_internal_addresses_name_a_subnetwork(api, api_only):
+    body = {"name": "external", "addressType": "EXTERNAL", "subnetwork": "regions/us-east1/subnetworks/default"}
+    _assert_error(api.post(_compute(api_only, "regions/us-east1/addresses"), json=body), 400, "invalid", "only for INTERNAL")
+
+
+def test_a_reserved_address_is_used_in_its_own_subnetwork(api, api_only):
+    api_only.add_network("other", {"us-east1": "other-east"})
+    addresses = _compute(api_only, "regions/us-east1/addresses")
+    try:
+        body = {"name": "reserved", "addressType": "INTERNAL", "purpose": "GCE_ENDPOINT", "subnetwork": "regions/us-east1/subnetworks/other-east"}
+        assert "error" not in api.post(addresses, json=body).json()
+        ip = api.get(f"{addresses}/reserved").json()["address"]
+        elsewhere = [{"subnetwork": "regions/us-east1/subnetworks/default", "networkIP": ip}]
+        _assert_error(api.post(_compute(api_only, f"zones/{ZONE}/instances/bulkInsert"), json=_bulk(networkInterfaces=elsewhere)), 400, "invalid", "networkIP")
+    finally:
+        api.delete(f"{addresses}/reserved")
+        api_only.state.networks.pop("other")
+        api_only.state.subnetworks.pop(("us-east1", "other-east"))

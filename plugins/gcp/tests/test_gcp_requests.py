@@ -130,6 +130,14 @@ def test_a_project_without_a_default_network_works_when_the_user_names_one(api_o
         assert api_only.state.firewalls.keys().isdisjoint(plugin._firewall_names(plugin.cluster_label("no-net")))
 
 
+def test_a_named_network_gets_the_firewall_rules_and_the_scheduler_address(api_only):
+    with _network(api_only, "prod"):
+        with _cluster(api_only, "prod-net", {"network": "prod"}) as (_, instances):
+            assert {i["networkInterfaces"][0]["subnetwork"].rsplit("/", 1)[-1] for i in instances} == {"prod"}
+            assert _firewall_networks(api_only, "prod-net") == {"prod"}
+            assert _address(api_only, "prod-net")["subnetwork"].endswith("/regions/us-east1/subnetworks/prod")
+
+
 def test_a_custom_mode_network_uses_its_one_subnetwork_of_the_region(api_only):
     with _network(api_only, "custom", {"us-east1": "custom-east", "us-central1": "custom-central"}):
         with _cluster(api_only, "custom-net", {"network": "custom"}) as (_, instances):
