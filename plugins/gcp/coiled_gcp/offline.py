@@ -12,6 +12,13 @@ There is no Compute Engine emulator, so :class:`OfflineGCP` serves, on one port:
   ``httpErrorStatusCode`` (a 200 reply: the client sees them only if it reads the operation).
 * Cloud Storage JSON API (buckets and objects, ``ifGenerationMatch`` preconditions: 412).
 * Secret Manager v1 (secrets, versions, ``:access``, label filters).
+* Networks and subnetworks (get, and list of a region's subnetworks): the project's ``default``
+  network (auto mode) unless ``default_network=False``, and those :meth:`OfflineGCP.add_network`
+  adds; instances, firewall rules and internal addresses must name ones that exist and agree.
+
+Every request is checked against Google's discovery documents, and refused as the service
+refuses it (:mod:`coiled_gcp.offline_api`; :attr:`OfflineGCP.refused`); every reply is checked
+against the method's response schema (:attr:`OfflineGCP.drift`, a 500 when it does not match).
 
 Requests must carry ``Authorization: Bearer <token>`` with :attr:`OfflineGCP.token` (every
 user of the machine reaches the port, and what the runner boots runs as its owner).
