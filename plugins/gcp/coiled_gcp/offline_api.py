@@ -220,12 +220,24 @@ def _address(check: _Check, value: Any, where: str) -> None:
         check.fail("invalid", f"Invalid value for field 'resource.subnetwork': {value['subnetwork']!r}. A subnetwork is only for INTERNAL addresses of purpose GCE_ENDPOINT or DNS_RESOLVER.")
 
 
+def _bulk_insert(check: _Check, value: Any, where: str) -> None:
+    """BulkInsertInstanceResource: "Either name_pattern or per_instance_properties must be set";
+    instanceProperties is "Required if sourceInstanceTemplate is not provided"."""
+    if not check.request or not isinstance(value, dict):
+        return
+    if not value.get("namePattern") and not value.get("perInstanceProperties"):
+        check.fail("required", "Either namePattern or perInstanceProperties must be set")
+    if "instanceProperties" not in value and not value.get("sourceInstanceTemplate"):
+        check.fail("required", "Required field 'instanceProperties' not specified (no sourceInstanceTemplate is given)")
+
+
 #: Schema name -> checks of the rules its field descriptions state in prose.
 PROSE_RULES: dict[str, tuple[Callable[[_Check, Any, str], None], ...]] = {
     "InstanceProperties": (_instance_properties,),
     "Instance": (_instance,),
     "Scheduling": (_scheduling,),
     "Address": (_address,),
+    "BulkInsertInstanceResource": (_bulk_insert,),
 }
 
 

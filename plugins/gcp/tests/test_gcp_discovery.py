@@ -258,3 +258,11 @@ def test_a_reserved_address_is_used_in_its_own_subnetwork(api, api_only):
         api.delete(f"{addresses}/reserved")
         api_only.state.networks.pop("other")
         api_only.state.subnetworks.pop(("us-east1", "other-east"))
+
+
+def test_bulk_insert_names_its_instances_and_their_properties(api, api_only):
+    url = _compute(api_only, f"zones/{ZONE}/instances/bulkInsert")
+    unnamed = {key: value for key, value in _bulk().items() if key != "perInstanceProperties"}
+    _assert_error(api.post(url, json=unnamed), 400, "required", "namePattern or perInstanceProperties")
+    bare = {key: value for key, value in _bulk().items() if key != "instanceProperties"}
+    _assert_error(api.post(url, json=bare), 400, "required", "instanceProperties")
