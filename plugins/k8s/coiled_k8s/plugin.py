@@ -57,6 +57,9 @@ FAILED_WAITING = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "Creat
                   "CreateContainerError", "CrashLoopBackOff"}
 #: How long teardown waits for the garbage collector and the pods' graceful ends.
 TEARDOWN_TIMEOUT = 90.0
+#: Every object is sent with strict field validation: a field the server does not know (a typo in
+#: a ``pod_template``, a field newer than the server) is an error naming it, not silently dropped.
+STRICT = {"field_validation": "Strict"}
 #: Lines of each pod's log kept on this machine when teardown deletes the pod.
 KEPT_LOG_LINES = 2000
 
@@ -100,7 +103,7 @@ def claim_name(name, options):
     for _ in range(20):
         try:
             retrying(kube.core.create_namespaced_config_map, kube.namespace,
-                     r.owner_manifest(name, options, ClaimLease.new().to_json()))
+                     r.owner_manifest(name, options, ClaimLease.new().to_json()), **STRICT)
             return True
         except Exception as e:
             if status_of(e) != 409:
@@ -187,7 +190,7 @@ def provision(spec, options, tls):
     try:
         with ThreadPoolExecutor(CONCURRENCY) as pool:
             step = "service"
-            service = retrying(kube.core.create_namespaced_service, kube.namespace, r.service_manifest(name, options, ref))
+            service = retrying(kube.core.create_namespaced_service, kube.namespace, r.service_manifest(name, options, ref), **STRICT)
             scheme = "tls" if tls else "tcp"
             inside = f"{scheme}://{service.spec.cluster_ip}:{r.SCHEDULER_PORT}"  # what the workers use
             image, pip = _image_and_packages(spec, options)
@@ -203,8 +206,8 @@ def provision(spec, options, tls):
             scheduler = r.pod_manifest(name, "scheduler", spec, options, ref, image, pip, account)
             worker = r.pod_manifest(name, "worker", spec, options, ref, image, pip, options.service_account)
             # Scheduler and workers at once: workers retry until the scheduler answers.
-            pods = [pool.submit(retrying, kube.core.create_namespaced_pod, kube.namespace, scheduler)]
-            pods += [pool.submit(retrying, kube.core.create_namespaced_pod, kube.namespace, worker)
+            pods = [pool.submit(retrying, kube.core.create_namespaced_pod, kube.namespace, scheduler, **STRICT)]
+            pods += [pool.submit(retrying, kube.core.create_namespaced_pod, kube.namespace, worker, **STRICT)
                      for _ in range(spec.n_workers)]
             for pod in pods:
                 pod.result()
@@ -214,7 +217,7 @@ def provision(spec, options, tls):
         owner.data = {**(owner.data or {}), "claim": ClaimLease.from_json(owner.data["claim"]).provisioned().to_json(),
                       "spec": json.dumps(spec.model_dump(mode="json")), "scheduler_address": address,
                       "dashboard_url": dashboard, "worker_pod": r.to_json(worker), "created_at": str(time.time())}
-        retrying(kube.core.replace_namespaced_config_map, owner.metadata.name, kube.namespace, owner)
+        retrying(kube.core.replace_namespaced_config_map, owner.metadata.name, kube.namespace, owner, **STRICT)
     except Exception as e:
         _remove(kube, name, ref["uid"])
         if isinstance(e, ProvisionError):
@@ -227,7 +230,7 @@ def _create_secret(kube: Kube, name: str, spec: ClusterSpec, options: K8sOptions
     data = {"environ.json": json.dumps(spec.environ)}
     for role in ("scheduler", "worker"):
         data[f"{role}.json"] = json.dumps(tls.to_node_config(role) if tls else {})
-    retrying(kube.core.create_namespaced_secret, kube.namespace, r.secret_manifest(name, options, ref, data))
+    retrying(kube.core.create_namespaced_secret, kube.namespace, r.secret_manifest(name, options, ref, data), **STRICT)
 
 
 def _create_node_configmap(kube: Kube, name: str, spec: ClusterSpec, options: K8sOptions, ref: dict,
@@ -242,14 +245,14 @@ def _create_node_configmap(kube: Kube, name: str, spec: ClusterSpec, options: K8
     if r.configmap_size(manifest) > r.CONFIGMAP_LIMIT:
         raise ProvisionError(f"objects: the node agent bundle is {r.configmap_size(manifest)} bytes, over the "
                              f"{r.CONFIGMAP_LIMIT}-byte limit of a ConfigMap")
-    retrying(kube.core.create_namespaced_config_map, kube.namespace, manifest)
+    retrying(kube.core.create_namespaced_config_map, kube.namespace, manifest, **STRICT)
 
 
 def _create_rbac(kube: Kube, name: str, options: K8sOptions, ref: dict) -> None:
     account, role, binding = r.rbac_manifests(name, options, ref)
-    retrying(kube.core.create_namespaced_service_account, kube.namespace, account)
-    retrying(kube.rbac.create_namespaced_role, kube.namespace, role)
-    retrying(kube.rbac.create_namespaced_role_binding, kube.namespace, binding)
+    retrying(kube.core.create_namespaced_service_account, kube.namespace, account, **STRICT)
+    retrying(kube.rbac.create_namespaced_role, kube.namespace, role, **STRICT)
+    retrying(kube.rbac.create_namespaced_role_binding, kube.namespace, binding, **STRICT)
 
 
 def _client_addresses(kube: Kube, name: str, options: K8sOptions, scheme: str, service: Any,
@@ -384,7 +387,7 @@ def scale(record, options, n_workers, retired, tls):
             done.result()
         missing = n_workers - (len(current.workers) - len(doomed))
         template = json.loads(owner.data["worker_pod"])
-        created = [pool.submit(retrying, kube.core.create_namespaced_pod, kube.namespace, template)
+        created = [pool.submit(retrying, kube.core.create_namespaced_pod, kube.namespace, template, **STRICT)
                    for _ in range(max(missing, 0))]
         errors = [f.exception() for f in created if f.exception() is not None]
     if errors:

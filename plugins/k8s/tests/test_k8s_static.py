@@ -80,7 +80,8 @@ def test_names_are_dns_1123_and_the_users_name_is_kept(name):
             if "generateName" in meta:  # the longest name the server may generate
                 meta["name"] = meta.pop("generateName") + "zzzzz"
             assert len(meta["name"]) <= 63
-            store._validate(resource, resource, manifest)  # the offline API's name and label rules
+            kind = {"configmaps": "ConfigMap", "services": "Service", "pods": "Pod", "secrets": "Secret"}[resource]
+            store._validate(resource, kind, {**manifest, "kind": kind, "apiVersion": "v1"}, "Strict")  # the offline API's rules
             assert meta["annotations"][r.ANNOTATION_NAME] == name
     assert r.cluster_base(name) != r.cluster_base(name.upper()) or name == name.upper()
 
