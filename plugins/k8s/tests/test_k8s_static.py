@@ -161,3 +161,24 @@ def test_a_client_outside_kubernetes_is_told_about_cluster_ip(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         preflight(_small_spec(), K8sOptions(service_type="LoadBalancer"))
+
+
+@pytest.mark.parametrize("pip", [[], ["a==1"]])
+@pytest.mark.parametrize("role", ["scheduler", "worker"])
+def test_pods_meet_the_restricted_pod_security_standard(role, pip):
+    from coiled_k8s.offline.podsecurity import violations
+
+    owner = {"name": "x-cluster", "uid": "u", "namespace": "d"}
+    pod = r.pod_manifest("x", role, _small_spec(), K8sOptions(), owner, "img", pip, None)
+    assert violations(pod, "restricted") == []
+    context = pod["spec"]["securityContext"]
+    assert context["runAsNonRoot"] and context["runAsUser"] == r.RUN_AS_USER != 0
+    assert isinstance(context["runAsGroup"], int) and context["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["spec"]["containers"][0]["securityContext"] == {"allowPrivilegeEscalation": False,
+                                                               "capabilities": {"drop": ["ALL"]}}
+    # pip packages go to an emptyDir of the pod, not into the image's Python.
+    env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
+    if pip:
+        assert env["COILED_K8S_PACKAGES"] == r.PACKAGES_DIR
+        assert {"name": "packages", "emptyDir": {}} in pod["spec"]["volumes"]
+        assert "--prefix \"$COILED_K8S_PACKAGES\"" in r.BOOT
