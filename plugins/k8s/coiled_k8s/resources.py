@@ -229,18 +229,41 @@ def pod_manifest(name: str, role: str, spec: Any, options: Any, owner: dict, ima
         pod_spec["imagePullSecrets"] = [{"name": s} for s in options.image_pull_secrets]
     object_name = f"{base}-scheduler" if role == "scheduler" else f"{base}-worker-"
     pod = {"metadata": metadata(name, object_name, role, options, owner), "spec": pod_spec}
-    return merge_pod_template(pod, options.pod_template)
+    return merge_pod_template(pod, options.pod_template, role)
 
 
-def merge_pod_template(pod: dict[str, Any], template: dict[str, Any]) -> dict[str, Any]:
-    """``pod`` with the user's partial pod merged in: maps merge, lists of named items (containers,
-    volumes, env) merge by name, other values replace ours. The template may be a pod
-    (``{"metadata": ..., "spec": ...}``) or just a spec; our labels and owner stay."""
+ROLES = ("scheduler", "worker")
+
+
+def role_template(template: dict[str, Any], role: str) -> dict[str, Any]:
+    """The part of a ``pod_template`` for ``role``: the per-role form ``{"scheduler": ...,
+    "worker": ...}`` gives each role its own (a role left out gets none); any other template
+    applies to both."""
+    if template and set(template) <= set(ROLES):
+        return template.get(role) or {}
+    return template
+
+
+def merge_pod_template(pod: dict[str, Any], template: dict[str, Any], role: str | None = None) -> dict[str, Any]:
+    """``pod`` with the user's partial pod merged in.
+
+    The template may be a pod (``{"metadata": ..., "spec": ...}``) or just a spec, and either for
+    both roles or per role (:func:`role_template`). Maps merge; the template's *first* container
+    is the Dask container (whatever its name: the pod's keeps its own) and merges into it, any
+    further one is added as a sidecar (it needs its own image); other lists of named items
+    (``volumes``, ``env``, ...) merge by name; other values replace ours. Our labels and owner stay.
+    """
+    template = role_template(template, role) if role else template
     if not template:
         return pod
     if "spec" not in template and "metadata" not in template:
         template = {"spec": template}
-    merged = _merge(copy.deepcopy(pod), copy.deepcopy(template))
+    template = copy.deepcopy(template)
+    containers = (template.get("spec") or {}).get("containers")
+    if containers:
+        ours = pod["spec"]["containers"][0]["name"]
+        template["spec"]["containers"] = [{**containers[0], "name": ours}, *containers[1:]]
+    merged = _merge(copy.deepcopy(pod), template)
     merged["metadata"]["labels"] = {**merged["metadata"].get("labels", {}), **pod["metadata"]["labels"]}
     for key in ("name", "generateName", "ownerReferences"):
         if key in pod["metadata"]:

@@ -182,3 +182,48 @@ def test_pods_meet_the_restricted_pod_security_standard(role, pip):
         assert env["COILED_K8S_PACKAGES"] == r.PACKAGES_DIR
         assert {"name": "packages", "emptyDir": {}} in pod["spec"]["volumes"]
         assert "--prefix \"$COILED_K8S_PACKAGES\"" in r.BOOT
+
+
+def _admitted(pod):
+    """``pod`` as the offline API server takes it (schemas and server rules; raises ApiError)."""
+    from coiled_k8s.offline.store import ObjectStore
+
+    body = {**pod, "kind": "Pod", "apiVersion": "v1"}
+    body["metadata"] = {**pod["metadata"], "name": pod["metadata"].get("name") or pod["metadata"]["generateName"] + "z"}
+    ObjectStore()._validate("pods", "Pod", body, "Strict")
+    return pod
+
+
+def _pods(template):
+    owner = {"name": "x-cluster", "uid": "u", "namespace": "d"}
+    options = K8sOptions(pod_template=template)
+    return {role: _admitted(r.pod_manifest("x", role, _small_spec(), options, owner, "img", [], None))
+            for role in ("scheduler", "worker")}
+
+
+def test_one_pod_template_sets_the_dask_container_of_both_roles():
+    # Named after one role, as a user writes it: it still applies to the other role's container
+    # (it used to become a second container, without an image, in the scheduler pod: 422).
+    template = {"spec": {"containers": [{"name": "worker", "env": [{"name": "X", "value": "1"}],
+                                         "imagePullPolicy": "Always"}]}}
+    for role, pod in _pods(template).items():
+        [container] = pod["spec"]["containers"]
+        assert container["name"] == role and container["image"] == "img"
+        assert {"name": "X", "value": "1"} in container["env"] and container["imagePullPolicy"] == "Always"
+
+
+def test_per_role_pod_templates_and_sidecars():
+    sidecar = {"name": "proxy", "image": "envoy:1"}
+    pods = _pods({"scheduler": {"spec": {"priorityClassName": "high", "containers": [{"name": "x"}, sidecar]}},
+                  "worker": {"metadata": {"annotations": {"a": "b"}}, "spec": {"containers": [{"env": [
+                      {"name": "Y", "value": "2"}]}]}}})
+    assert pods["scheduler"]["spec"]["priorityClassName"] == "high"
+    assert [c["name"] for c in pods["scheduler"]["spec"]["containers"]] == ["scheduler", "proxy"]
+    assert "priorityClassName" not in pods["worker"]["spec"] and pods["worker"]["metadata"]["annotations"]["a"] == "b"
+    assert {"name": "Y", "value": "2"} in pods["worker"]["spec"]["containers"][0]["env"]
+    assert "a" not in pods["scheduler"]["metadata"]["annotations"]
+
+
+def test_a_pod_template_mixing_both_forms_is_refused():
+    with pytest.raises(ValueError, match="one per role"):
+        K8sOptions(pod_template={"worker": {}, "spec": {}})
