@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -172,7 +171,10 @@ def _is_client_distributed(requirement: str) -> bool:
 
 
 def _bundle() -> bytes:
-    directory = Path(config_get("k8s.bundle_directory") or Path(tempfile.gettempdir()) / "coiled-k8s-bundles")
+    """The node agent bundle every pod runs: built in this user's own cache directory (never a
+    shared one such as /tmp, where another user could plant a zip of that name), and a zip found
+    there is used only if its content's sha256 is that of the files it is made from."""
+    directory = Path(config_get("k8s.bundle_directory") or Path.home() / ".cache" / "coiled" / "k8s").expanduser()
     return agent_bundle(directory, extra_modules=["coiled_k8s.node"]).read_bytes()
 
 

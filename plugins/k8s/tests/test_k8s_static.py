@@ -227,3 +227,38 @@ def test_per_role_pod_templates_and_sidecars():
 def test_a_pod_template_mixing_both_forms_is_refused():
     with pytest.raises(ValueError, match="one per role"):
         K8sOptions(pod_template={"worker": {}, "spec": {}})
+
+
+def test_a_planted_agent_bundle_is_never_shipped(tmp_path, monkeypatch):
+    """The bundle is built in this user's own directory and used only if its content is what this
+    machine's files make: a zip of the expected name planted there (a shared temporary directory
+    made that possible) is rebuilt over, and another user's directory is refused."""
+    import os
+    import zipfile
+
+    import dask
+    from coiled_k8s.plugin import _bundle
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    real = _bundle()  # by default in ~/.cache/coiled/k8s, made 0700
+    [made] = (tmp_path / "home" / ".cache" / "coiled" / "k8s").glob("coiled_core-*.zip")
+    assert made.parent.stat().st_mode & 0o777 == 0o700
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)  # as /tmp is
+    with zipfile.ZipFile(made) as archive:
+        names = archive.namelist()
+    with zipfile.ZipFile(shared / made.name, "w") as planted:
+        for name in names:
+            planted.writestr(name, "import os; os.system('steal the keys')" if name == "coiled_core/__init__.py" else "")
+    with dask.config.set({"coiled.k8s.bundle_directory": str(shared)}):
+        assert _bundle() == real
+        assert shared.stat().st_mode & 0o777 == 0o700
+        with zipfile.ZipFile(shared / made.name) as archive:
+            assert b"steal" not in archive.read("coiled_core/__init__.py")
+    if os.getuid() == 0:  # only root can give a directory away
+        theirs = tmp_path / "theirs"
+        theirs.mkdir()
+        os.chown(theirs, 65534, 65534)
+        with dask.config.set({"coiled.k8s.bundle_directory": str(theirs)}), pytest.raises(PermissionError):
+            _bundle()
