@@ -125,17 +125,18 @@ def owner_manifest(name: str, options: Any, lease: str) -> dict[str, Any]:
     return {"metadata": metadata(name, owner_name(name), "cluster", options, None), "data": {"claim": lease}}
 
 
-def service_manifest(name: str, options: Any, owner: dict) -> dict[str, Any]:
+def service_manifest(name: str, options: Any, owner: dict, source_ranges: list[str] | None = None) -> dict[str, Any]:
+    """The scheduler's Service; a LoadBalancer admits only ``source_ranges`` (None: anyone)."""
     base = cluster_base(name)
-    return {
-        "metadata": metadata(name, f"{base}-scheduler", "scheduler", options, owner),
-        "spec": {
-            "type": options.service_type,
-            "selector": {LABEL_UID: owner["uid"], LABEL_COMPONENT: "scheduler"},
-            "ports": [{"name": "tcp-comm", "port": SCHEDULER_PORT, "targetPort": "tcp-comm"},
-                      {"name": "http-dashboard", "port": DASHBOARD_PORT, "targetPort": "http-dashboard"}],
-        },
+    spec: dict[str, Any] = {
+        "type": options.service_type,
+        "selector": {LABEL_UID: owner["uid"], LABEL_COMPONENT: "scheduler"},
+        "ports": [{"name": "tcp-comm", "port": SCHEDULER_PORT, "targetPort": "tcp-comm"},
+                  {"name": "http-dashboard", "port": DASHBOARD_PORT, "targetPort": "http-dashboard"}],
     }
+    if options.service_type == "LoadBalancer" and source_ranges:
+        spec["loadBalancerSourceRanges"] = list(source_ranges)
+    return {"metadata": metadata(name, f"{base}-scheduler", "scheduler", options, owner), "spec": spec}
 
 
 def node_configmap(name: str, options: Any, owner: dict, configs: dict[str, str], bundle: bytes) -> dict[str, Any]:

@@ -145,7 +145,7 @@ def test_the_agent_bundle_fits_a_configmap(tmp_path):
 def test_coiled_tags_become_labels():
     from coiled_core.plugins import load_backend
 
-    assert load_backend("k8s").keyword_options() == {"tags": "labels"}
+    assert load_backend("k8s").keyword_options() == {"tags": "labels", "allow_ingress_from": "allow_ingress_from"}
     assert K8sOptions(labels={"team": "data"}).labels == {"team": "data"}
 
 
