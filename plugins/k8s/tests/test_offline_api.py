@@ -195,13 +195,9 @@ def test_image_pull_errors_unschedulable_pods_and_deadlines(core, offline_k8s, l
         wait_until(lambda: not core.list_namespaced_pod(NS, label_selector=f"test={label}").items, 20)
 
 
-def test_deleted_pods_lose_their_processes_and_orphans_are_reaped(core, offline_k8s, label):
-    import os
-    import subprocess
-    import sys
-
+def test_deleted_pods_lose_their_processes(core, offline_k8s, label):
     import psutil
-    from coiled_k8s.offline.kubelet import MARK_ENV, reap_orphans
+    from coiled_k8s.offline.kubelet import MARK_ENV
     from coiled_k8s.options import default_image
 
     core.create_namespaced_pod(NS, _pod(f"{label}-sleep", label, default_image(), ["sleep", "300"]))
@@ -213,15 +209,29 @@ def test_deleted_pods_lose_their_processes_and_orphans_are_reaped(core, offline_
     psutil.wait_procs(marked, timeout=30)
     assert not any(p.is_running() for p in marked)
     wait_until(lambda: not core.list_namespaced_pod(NS, label_selector=f"test={label}").items, 30)
-    # A process marked by a runner that no longer exists (a kubelet killed with SIGKILL) is reaped.
-    leftover = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
-                                env={**os.environ, MARK_ENV: "1:0.000:dead:pod"})
+
+
+def test_a_starting_node_leaves_other_runs_processes_alone(tmp_path):
+    """Processes another run started (its runner gone or not, this user's or not) are not this
+    run's to kill: a new offline Kubernetes kills nothing when it starts, and at its stop only what
+    carries its own run's mark."""
+    import os
+    import subprocess
+    import sys
+
+    from coiled_k8s.offline import OfflineKubernetes
+    from coiled_k8s.offline.kubelet import MARK_ENV
+
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
+                             env={**os.environ, MARK_ENV: "1:0.000:dead:pod"})  # a runner that is gone
     try:
-        time.sleep(0.2)
-        assert reap_orphans() >= 1
-        assert leftover.wait(10) is not None
+        with OfflineKubernetes(tmp_path / "k", run_processes=False):
+            time.sleep(0.5)  # the node's loop ran
+            assert other.poll() is None
+        assert other.poll() is None
     finally:
-        leftover.kill()
+        other.kill()
+        other.wait()
 
 
 def test_run_as_non_root_without_a_user_fails_on_a_root_image(core, offline_k8s, label):

@@ -38,7 +38,7 @@ from typing import Any
 
 from coiled_k8s.offline.api import ADMIN, SUPERUSER, ApiServer
 from coiled_k8s.offline.images import dask_image_environment
-from coiled_k8s.offline.kubelet import OfflineNode, reap_orphans
+from coiled_k8s.offline.kubelet import OfflineNode
 from coiled_k8s.offline.network import (
     LOAD_BALANCER_NETWORK,
     SERVICE_NETWORK,
@@ -46,7 +46,7 @@ from coiled_k8s.offline.network import (
 )
 from coiled_k8s.offline.store import ObjectStore
 
-__all__ = ["OfflineKubernetes", "reap_orphans"]
+__all__ = ["OfflineKubernetes"]
 
 
 def _self_signed(host: str) -> tuple[str, str]:

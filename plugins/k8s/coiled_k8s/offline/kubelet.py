@@ -27,9 +27,11 @@ There is no mount namespace: each volume's ``mountPath`` is a directory of the p
 ``command``, ``args`` or ``env`` value that is a mounted path (or a ``:``-separated list of them)
 is rewritten to the local directory. Paths written inside files are not rewritten.
 
-Every process carries ``COILED_OFFLINE_KUBELET=<runner mark>:<pod uid>`` in its environment, so
-the whole pod is found however its processes detach, and leftovers of a dead runner are killed
-at the next start (:func:`reap_orphans`).
+Every process carries ``COILED_OFFLINE_KUBELET=<runner mark>:<pod uid>`` in its environment (the
+mark: the runner's pid, start time and a random token, new for every node), so the whole pod is
+found however its processes detach, and :meth:`OfflineNode.stop` kills exactly this run's. A
+node kills nothing when it starts: processes of another run (one that was SIGKILLed included)
+are not provably its own; the node agent in them ends them on its own timeouts.
 """
 
 from __future__ import annotations
@@ -102,19 +104,6 @@ def kill_processes(procs: list[psutil.Process], grace: float) -> None:
     psutil.wait_procs(alive, timeout=5)
 
 
-def reap_orphans() -> int:
-    """Kill every process a kubelet of a runner that no longer exists started; how many."""
-    orphans = []
-    for proc in marked_processes(""):
-        with contextlib.suppress(psutil.Error, ValueError):
-            pid, created = proc.environ()[MARK_ENV].split(":")[:2]
-            runner = psutil.Process(int(pid)) if psutil.pid_exists(int(pid)) else None
-            if runner is None or f"{runner.create_time():.3f}" != created:
-                orphans.append(proc)
-    kill_processes(orphans, 2)
-    return len(orphans)
-
-
 @dataclass
 class PodRuntime:
     """What the kubelet keeps about a started pod."""
@@ -153,7 +142,7 @@ class OfflineNode:
         self._thread = threading.Thread(target=self._run, name="offline-kubelet", daemon=True)
 
     def start(self) -> None:
-        reap_orphans()
+        # Nothing is reaped here: a process another run started is not provably this run's to kill.
         self._thread.start()
 
     def stop(self) -> None:
