@@ -10,8 +10,8 @@ that either would refuse:
   API server's own validation answers, with one ``details.causes`` entry per problem;
 * a field the schema does not declare is what the server's *field validation* decides: with
   ``fieldValidation=Strict`` (which the backend sends) a ``400 BadRequest`` ``strict decoding
-  error``; otherwise (``Warn``, the server's default, or ``Ignore``) the field is dropped, with
-  a ``Warning`` header for ``Warn``.
+  error``; otherwise (``Warn``, the server's default, or ``Ignore``) the field is dropped (the
+  warning the server would send in a ``Warning`` header is kept in ``ObjectStore.warnings``).
 
 Loading a version's definitions takes a moment, so each version's validators are made once per
 process.
@@ -44,7 +44,11 @@ def _registry(directory: str) -> Any:
 
 
 def _schema_directory(version: str, strict: bool) -> str:
-    from kubernetes_validate.utils import all_versions
+    try:
+        from kubernetes_validate.utils import all_versions  # the schemas are this package's data
+    except ImportError:
+        raise RuntimeError("the offline Kubernetes checks objects against the schemas of the package "
+                           "kubernetes-validate: pip install 'coiled-k8s[test]'") from None
 
     shipped = [v for v in all_versions() if v.rsplit(".", 1)[0] == version]
     if not shipped:
