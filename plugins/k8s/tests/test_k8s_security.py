@@ -31,6 +31,9 @@ def test_environ_only_in_the_secret_a_restricted_balancer_and_private_kept_logs(
         assert holders == []  # in plain text nowhere: not in the owner's spec, a ConfigMap, a pod, the Service
         [secret] = [o for res, o in objects if res == "secrets"]
         assert SECRET in base64.b64decode(secret["data"]["environ.json"]).decode()
+        # Teardown deletes it by name with this uid as a precondition (the client may not list Secrets).
+        [owner] = [o for res, o in everything if res == "configmaps" and o["metadata"]["name"] == "k8s-secure-cluster"]
+        assert owner["data"]["secret_uid"] == secret["metadata"]["uid"]
         # In the Secret, not in the pods' specs: only mounted (the node add-on reads it).
         for res, pod in objects:
             if res == "pods":

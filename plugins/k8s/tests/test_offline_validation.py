@@ -189,6 +189,8 @@ def test_a_pod_that_meets_the_standard_is_admitted(core, raw, namespaces):
 
 
 BASELINE = [
+    ("hostProcess", {"container": {"windowsOptions": {"hostProcess": True}}},
+     'hostProcess (container "c" must not set securityContext.windowsOptions.hostProcess=true)'),
     ("host namespaces", {"spec": {"hostNetwork": True, "hostPID": True}}, "host namespaces (hostNetwork=true, hostPID=true)"),
     ("host ipc", {"spec": {"hostIPC": True}}, "host namespaces (hostIPC=true)"),
     ("privileged", {"container": {"privileged": True}},
@@ -287,3 +289,26 @@ def test_a_generated_name_and_a_relabelled_namespace(core, raw, offline_k8s, nam
     offline_k8s.create_namespace("pss-relabel", {LABEL_ENFORCE: "restricted"})
     forbidden(raw, "pss-relabel", body)
     wait_until(lambda: not core.list_namespaced_pod("pss-relabel").items, 30)
+
+
+def test_namespaces_are_served_and_their_labels_set_the_level(offline_k8s, raw):
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    superuser = client.CoreV1Api(offline_k8s.api_client(superuser=True))
+    superuser.create_namespace({"metadata": {"name": "pss-api"}})
+    try:
+        assert superuser.read_namespace("pss-api").metadata.labels == {"kubernetes.io/metadata.name": "pss-api"}
+        assert raw("POST", pods("pss-api"), pod("ok"))[0] == 201  # no label: admitted
+        superuser.patch_namespace("pss-api", {"metadata": {"labels": {LABEL_ENFORCE: "baseline"}}})
+        body = pod("host")
+        body["spec"]["hostNetwork"] = True
+        assert "host namespaces (hostNetwork=true)" in forbidden(raw, "pss-api", body)
+        # The backend's client (held to the Role of the docs) may not touch namespaces.
+        with pytest.raises(ApiException) as info:
+            client.CoreV1Api(offline_k8s.api_client()).read_namespace("pss-api")
+        assert info.value.status == 403 and "at the cluster scope" in json.loads(info.value.body)["message"]
+    finally:
+        for made in superuser.list_namespaced_pod("pss-api").items:
+            superuser.delete_namespaced_pod(made.metadata.name, "pss-api", grace_period_seconds=0)
+        wait_until(lambda: not superuser.list_namespaced_pod("pss-api").items, 30)

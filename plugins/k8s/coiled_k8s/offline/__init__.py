@@ -100,7 +100,8 @@ class OfflineKubernetes:
         self.admin_token = base64.urlsafe_b64encode(random.randbytes(24)).decode()
         self.service_ips = AddressPool(SERVICE_NETWORK)
         self.balancer_ips = AddressPool(LOAD_BALANCER_NETWORK)
-        defaults = {"pods": self._pod_defaults, "services": self._service_defaults, "secrets": self._secret_defaults}
+        defaults = {"pods": self._pod_defaults, "services": self._service_defaults, "secrets": self._secret_defaults,
+                    "namespaces": _namespace_defaults}
         self.api = ApiServer(self.store, context, self.admin_token, defaults, self._logs, admin_rules)
         self.superuser_token = base64.urlsafe_b64encode(random.randbytes(24)).decode()
         self.api.tokens[self.superuser_token] = SUPERUSER
@@ -166,8 +167,7 @@ class OfflineKubernetes:
 
         try:
             return self.store.create("namespaces", "Namespace", "v1", "", {"metadata": {
-                "name": name, "labels": {"kubernetes.io/metadata.name": name, **(labels or {})}}},
-                lambda ns: ns.update(spec={"finalizers": ["kubernetes"]}, status={"phase": "Active"}))
+                "name": name, "labels": dict(labels or {})}}, _namespace_defaults)
         except ApiError as e:
             if e.code != 409:
                 raise
@@ -241,6 +241,13 @@ class OfflineKubernetes:
         if query.get("tailLines"):
             lines = lines[-int(query["tailLines"]):] if int(query["tailLines"]) else []
         return "".join(lines)
+
+
+def _namespace_defaults(namespace: dict) -> None:
+    meta = namespace["metadata"]
+    # The label the API server sets on every namespace (since 1.21), for selecting one by name.
+    meta["labels"] = {**(meta.get("labels") or {}), "kubernetes.io/metadata.name": meta["name"]}
+    namespace.update(spec={"finalizers": ["kubernetes"]}, status={"phase": "Active"})
 
 
 def _qos_class(spec: dict) -> str:
