@@ -234,19 +234,22 @@ def test_a_starting_node_leaves_other_runs_processes_alone(tmp_path):
         other.wait()
 
 
-def test_run_as_non_root_without_a_user_fails_on_a_root_image(core, offline_k8s, label):
-    """The Dask image's user is root: runAsNonRoot without runAsUser cannot start, as on a real node."""
+@pytest.mark.parametrize(("context", "message"), [
+    ({"runAsNonRoot": True}, "container has runAsNonRoot and image will run as root"),
+    ({"runAsNonRoot": True, "runAsUser": 0}, "container's runAsUser breaks non-root policy")])
+def test_run_as_non_root_without_a_user_fails_on_a_root_image(core, offline_k8s, label, context, message):
+    """The Dask image's user is root: runAsNonRoot without a non-root runAsUser cannot start, as on a real node."""
     from coiled_k8s.options import default_image
 
-    body = _pod(f"{label}-nonroot", label, default_image(), ["true"], securityContext={"runAsNonRoot": True})
+    body = _pod(f"{label}-nonroot", label, default_image(), ["true"], securityContext=context)
     core.create_namespaced_pod(NS, body)
     try:
         def reason():
             statuses = core.read_namespaced_pod(f"{label}-nonroot", NS).status.container_statuses or []
             return statuses and statuses[0].state.waiting and statuses[0].state.waiting.reason
         wait_until(lambda: reason() == "CreateContainerConfigError", 20, message="CreateContainerConfigError")
-        message = core.read_namespaced_pod(f"{label}-nonroot", NS).status.container_statuses[0].state.waiting.message
-        assert "container has runAsNonRoot and image will run as root" in message
+        waiting = core.read_namespaced_pod(f"{label}-nonroot", NS).status.container_statuses[0].state.waiting
+        assert message in waiting.message
     finally:
         core.delete_namespaced_pod(f"{label}-nonroot", NS, grace_period_seconds=0)
         wait_until(lambda: not core.list_namespaced_pod(NS, label_selector=f"test={label}").items, 20)

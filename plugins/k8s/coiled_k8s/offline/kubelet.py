@@ -254,10 +254,14 @@ class OfflineNode:
             return
         for container in spec["containers"]:
             user, non_root = _run_as(spec, container)
+            where = f'(pod: "{meta["name"]}_{meta["namespace"]}({meta["uid"]})", container: {container["name"]})'
             if non_root and user is None:  # the images here run as root, as the Dask image does
-                self._set_waiting(pod, "CreateContainerConfigError", "container has runAsNonRoot and image will run "
-                                  f'as root (pod: "{meta["name"]}_{meta["namespace"]}({meta["uid"]})", container: '
-                                  f'{container["name"]})')
+                self._set_waiting(pod, "CreateContainerConfigError",
+                                  f"container has runAsNonRoot and image will run as root {where}")
+                return
+            if non_root and user == 0:
+                self._set_waiting(pod, "CreateContainerConfigError",
+                                  f"container's runAsUser breaks non-root policy {where}")
                 return
         pod_ip = self.pod_ips.take()
         directory = self.workdir / "pods" / meta["namespace"] / meta["name"]
