@@ -253,3 +253,40 @@ def test_run_as_non_root_without_a_user_fails_on_a_root_image(core, offline_k8s,
     finally:
         core.delete_namespaced_pod(f"{label}-nonroot", NS, grace_period_seconds=0)
         wait_until(lambda: not core.list_namespaced_pod(NS, label_selector=f"test={label}").items, 20)
+
+
+@pytest.mark.parametrize("blocking", [False, True])
+def test_foreground_deletion_waits_only_for_blocking_dependents(core, label, blocking):
+    """As the garbage collector does: a foreground deletion of an owner waits for the dependents
+    whose reference says blockOwnerDeletion (a pod ending slowly), not for the others."""
+    from kubernetes import client
+    from coiled_k8s.options import default_image
+
+    owner = core.create_namespaced_config_map(NS, configmap(f"{label}-owner", label))
+    pod = _pod(f"{label}-slow", label, default_image(), ["sh", "-c", "trap '' TERM; sleep 300"],
+               terminationGracePeriodSeconds=4 if blocking else 60)
+    pod["metadata"]["ownerReferences"] = [{"apiVersion": "v1", "kind": "ConfigMap", "name": owner.metadata.name,
+                                           "uid": owner.metadata.uid, "blockOwnerDeletion": blocking}]
+    core.create_namespaced_pod(NS, pod)
+    try:
+        wait_until(lambda: core.read_namespaced_pod(f"{label}-slow", NS).status.phase == "Running", 20)
+        core.delete_namespaced_config_map(owner.metadata.name, NS, body=client.V1DeleteOptions(
+            propagation_policy="Foreground"))
+        wait_until(lambda: core.read_namespaced_pod(f"{label}-slow", NS).metadata.deletion_timestamp, 10,
+                   message="the dependent's deletion")
+
+        def owner_there():
+            return any(c.metadata.name == f"{label}-owner"
+                       for c in core.list_namespaced_config_map(NS, label_selector=f"test={label}").items)
+        if blocking:
+            assert owner_there()  # held while the pod ends (about 4 s)
+            wait_until(lambda: not owner_there(), 30, message="the owner to go after its blocking dependent")
+            assert not core.list_namespaced_pod(NS, label_selector=f"test={label}").items
+        else:  # gone while its dependent still ends (for a minute)
+            wait_until(lambda: not owner_there(), 30, message="the owner to go at once")
+            assert core.read_namespaced_pod(f"{label}-slow", NS).metadata.deletion_timestamp
+    finally:
+        for made in core.list_namespaced_pod(NS, label_selector=f"test={label}").items:
+            core.delete_namespaced_pod(made.metadata.name, NS, grace_period_seconds=0)
+        wait_until(lambda: not core.list_namespaced_pod(NS, label_selector=f"test={label}").items, 30)
+        cleanup(core, label)

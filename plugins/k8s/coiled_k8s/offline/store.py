@@ -383,8 +383,10 @@ class ObjectStore:
                 stored["metadata"]["finalizers"] = sorted({*stored["metadata"].get("finalizers", []), "foregroundDeletion"})
                 self._bump(stored)
                 return copy.deepcopy(stored)
-            if resource == "pods" and (stored.get("spec") or {}).get("nodeName"):
-                grace = options.get("gracePeriodSeconds")
+            grace = options.get("gracePeriodSeconds")
+            if resource == "pods" and (stored.get("spec") or {}).get("nodeName") and grace != 0:
+                # A grace period of 0 deletes at once (a forced deletion: the kubelet then kills
+                # the containers of a pod it no longer finds); else the kubelet ends it first.
                 if grace is None:
                     grace = stored["spec"].get("terminationGracePeriodSeconds", 30)
                 if "deletionTimestamp" not in stored["metadata"] or grace < stored["metadata"].get(
@@ -405,13 +407,18 @@ class ObjectStore:
                 self.version += 1
                 self.changed.notify_all()
 
-    def _dependents(self, uid: str) -> list[tuple[str, str, str]]:
+    def _dependents(self, uid: str, blocking: bool = False) -> list[tuple[str, str, str]]:
+        """Keys of the objects ``uid`` owns (``blocking``: only those whose reference says
+        ``blockOwnerDeletion``, the only ones a foreground deletion waits for)."""
         return [key for key, obj in self.objects.items()
-                if any(r["uid"] == uid for r in obj["metadata"].get("ownerReferences") or [])]
+                if any(r["uid"] == uid and (r.get("blockOwnerDeletion") or not blocking)
+                       for r in obj["metadata"].get("ownerReferences") or [])]
 
     def collect_garbage(self) -> None:
         """One pass of the garbage collector: delete objects whose owners are all gone or being
-        deleted in the foreground, and finish foreground deletions without dependents left."""
+        deleted in the foreground, and finish the foreground deletions that no dependent blocks
+        (only a reference with ``blockOwnerDeletion: true`` does: the others' deletion has been
+        issued, and the owner goes without waiting for it to end)."""
         with self.lock:
             live = {obj["metadata"]["uid"]: obj for obj in self.objects.values()}
             foreground = {uid for uid, obj in live.items()
@@ -425,7 +432,7 @@ class ObjectStore:
                 if doomed and "deletionTimestamp" not in obj["metadata"]:
                     self.delete(resource, namespace, name, {"propagationPolicy": "Background"})
             for (resource, namespace, name), obj in list(self.objects.items()):
-                if obj["metadata"]["uid"] in foreground and not self._dependents(obj["metadata"]["uid"]):
+                if obj["metadata"]["uid"] in foreground and not self._dependents(obj["metadata"]["uid"], blocking=True):
                     self.remove(resource, namespace, name)
 
 
