@@ -10,6 +10,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from coiled_core.backend import config_get
 
 
+#: ``allow_ingress_from``'s words: this client's public address, and any address.
+INGRESS_ME, INGRESS_EVERYONE = "me", "everyone"
+
+
 def default_image() -> str:
     """The public Dask image matching this client's distributed and Python versions."""
     from importlib.metadata import version
@@ -44,8 +48,47 @@ class K8sOptions(BaseModel):
     #: The pods' service account. Default: one made per cluster, allowed only to delete its
     #: cluster (the client then needs the RBAC to make it; see the README).
     service_account: str | None = Field(default_factory=lambda: config_get("k8s.service_account"))
-    #: A partial pod (``{"spec": {...}, "metadata": {...}}`` or just a spec) merged into every pod.
+    #: Who may reach the scheduler through a LoadBalancer Service (its ``loadBalancerSourceRanges``):
+    #: ``"me"`` (the default: this client's public address, /32), ``"everyone"``, or CIDRs (a bare
+    #: address means /32). A NodePort Service cannot be restricted by Kubernetes (see the README).
+    allow_ingress_from: str | list[str] | None = Field(default_factory=lambda: config_get("k8s.allow_ingress_from"))
+    #: A partial pod (``{"spec": {...}, "metadata": {...}}`` or just a spec) merged into every pod,
+    #: or one per role: ``{"scheduler": {...}, "worker": {...}}``. Maps merge; the first of its
+    #: ``containers`` merges into the pod's Dask container (the scheduler's in the scheduler pod,
+    #: the worker's in worker pods, whatever name it is given), further ones are added as
+    #: sidecars; ``volumes``, ``env`` and other named lists merge by name; other values replace.
     pod_template: dict[str, Any] = Field(default_factory=lambda: dict(config_get("k8s.pod_template") or {}))
+
+    @field_validator("allow_ingress_from")
+    @classmethod
+    def _ingress(cls, value: str | list[str] | None) -> str | list[str] | None:
+        import ipaddress
+
+        if value is None or value in (INGRESS_ME, INGRESS_EVERYONE):
+            return value
+        networks = []
+        for item in [value] if isinstance(value, str) else value:
+            try:
+                networks.append(str(ipaddress.ip_network(item.strip(), strict=False)))
+            except ValueError:
+                raise ValueError(f"{item!r} is not a network in CIDR notation (e.g. '203.0.113.7/32'); or give "
+                                 f"{INGRESS_ME!r} (this client's address) or {INGRESS_EVERYONE!r}") from None
+        return networks
+
+    @field_validator("pod_template")
+    @classmethod
+    def _pod_template(cls, template: dict[str, Any]) -> dict[str, Any]:
+        roles = {"scheduler", "worker"}
+        if set(template) & roles and not set(template) <= roles:
+            raise ValueError("either one template for every pod, or one per role ({'scheduler': ..., 'worker': ...}), "
+                             f"not both: got keys {sorted(template)}")
+        for part in [template[k] for k in roles & set(template)] or [template]:
+            if not isinstance(part, dict):
+                raise ValueError(f"a pod template is a mapping (a partial pod or pod spec), not {part!r}")
+            containers = ((part.get("spec") or part) if isinstance(part.get("spec", part), dict) else {}).get("containers")
+            if containers is not None and not (isinstance(containers, list) and all(isinstance(c, dict) for c in containers)):
+                raise ValueError("containers: a list of partial containers (the first merges into the Dask container)")
+        return template
 
     @field_validator("labels")
     @classmethod

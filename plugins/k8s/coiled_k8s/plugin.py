@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +30,7 @@ from coiled_core.backend import (
     config_get,
     hookimpl,
     loopback_mode,
+    make_private_dirs,
     map_address,
     past_lifetime,
     software_environment,
@@ -47,7 +47,7 @@ from coiled_k8s.client import (
     retrying,
     status_of,
 )
-from coiled_k8s.options import K8sOptions, default_image
+from coiled_k8s.options import INGRESS_EVERYONE, INGRESS_ME, K8sOptions, default_image
 
 logger = logging.getLogger(__name__)
 BACKEND = "k8s"
@@ -57,6 +57,9 @@ FAILED_WAITING = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "Creat
                   "CreateContainerError", "CrashLoopBackOff"}
 #: How long teardown waits for the garbage collector and the pods' graceful ends.
 TEARDOWN_TIMEOUT = 90.0
+#: Every object is sent with strict field validation: a field the server does not know (a typo in
+#: a ``pod_template``, a field newer than the server) is an error naming it, not silently dropped.
+STRICT = {"field_validation": "Strict"}
 #: Lines of each pod's log kept on this machine when teardown deletes the pod.
 KEPT_LOG_LINES = 2000
 
@@ -68,9 +71,10 @@ def backend_options_model():
 
 @hookimpl
 def keyword_options():
-    # Coiled's tags become labels (and must be valid label values); the other keywords name cloud
-    # machines and mean nothing to pods: the core accepts them with a warning.
-    return {"tags": "labels"}
+    # Coiled's tags become labels (and must be valid label values), allow_ingress_from the
+    # LoadBalancer's source ranges; the other keywords name cloud machines and mean nothing to
+    # pods: the core accepts them with a warning.
+    return {"tags": "labels", "allow_ingress_from": "allow_ingress_from"}
 
 
 @hookimpl
@@ -87,6 +91,11 @@ def preflight(spec, options):
                                "post_build and include_local_code need an image of your own (container=...)")
     if spec.adaptive is None and spec.n_workers > 5000:
         raise ClusterSpecError("n_workers: at most 5000 worker pods per cluster")
+    if options.service_type == "NodePort" and options.allow_ingress_from not in (None, INGRESS_EVERYONE):
+        warnings.warn("allow_ingress_from: a NodePort Service cannot be restricted to some addresses (Kubernetes "
+                      "has no source ranges for it); every address the nodes' firewall admits reaches the "
+                      "scheduler's port (TLS still authenticates every client). Use a LoadBalancer, or restrict the "
+                      "node ports in your cloud's firewall", UserWarning, stacklevel=2)
     if options.service_type == "ClusterIP" and not os.environ.get("KUBERNETES_SERVICE_HOST") and not loopback_mode():
         warnings.warn("this client runs outside Kubernetes, where a ClusterIP Service is reachable only through a "
                       "VPN or route into the cluster; backend_options={'service_type': 'LoadBalancer'} (or "
@@ -100,7 +109,7 @@ def claim_name(name, options):
     for _ in range(20):
         try:
             retrying(kube.core.create_namespaced_config_map, kube.namespace,
-                     r.owner_manifest(name, options, ClaimLease.new().to_json()))
+                     r.owner_manifest(name, options, ClaimLease.new().to_json()), **STRICT)
             return True
         except Exception as e:
             if status_of(e) != 409:
@@ -169,8 +178,40 @@ def _is_client_distributed(requirement: str) -> bool:
 
 
 def _bundle() -> bytes:
-    directory = Path(config_get("k8s.bundle_directory") or Path(tempfile.gettempdir()) / "coiled-k8s-bundles")
+    """The node agent bundle every pod runs: built in this user's own cache directory (never a
+    shared one such as /tmp, where another user could plant a zip of that name), and a zip found
+    there is used only if its content's sha256 is that of the files it is made from."""
+    directory = Path(config_get("k8s.bundle_directory") or Path.home() / ".cache" / "coiled" / "k8s").expanduser()
     return agent_bundle(directory, extra_modules=["coiled_k8s.node"]).read_bytes()
+
+
+#: Where the client's public address is asked for (``allow_ingress_from="me"``, the default).
+PUBLIC_ADDRESS_URL = "https://checkip.amazonaws.com"
+
+
+def _source_ranges(options: K8sOptions) -> list[str] | None:
+    """The LoadBalancer's ``loadBalancerSourceRanges``: None for a Service of another type or
+    ``allow_ingress_from="everyone"``; for ``"me"`` (the default) this client's public address as a
+    /32 (/128), as the AWS and GCP backends' firewall rules admit it. In loopback mode (the
+    offline Kubernetes) the client is 127.0.0.1."""
+    import ipaddress
+    import urllib.request
+
+    if options.service_type != "LoadBalancer" or options.allow_ingress_from == INGRESS_EVERYONE:
+        return None
+    if options.allow_ingress_from not in (None, INGRESS_ME):
+        return list(options.allow_ingress_from)
+    if loopback_mode():
+        return ["127.0.0.1/32"]
+    try:
+        with urllib.request.urlopen(PUBLIC_ADDRESS_URL, timeout=10) as reply:
+            address = ipaddress.ip_address(reply.read().decode().strip())
+    except (OSError, ValueError):
+        raise ClusterSpecError(
+            f"allow_ingress_from: this machine's public address could not be detected (asked {PUBLIC_ADDRESS_URL}); "
+            "give the ranges allowed to reach the scheduler, e.g. allow_ingress_from='203.0.113.7/32' (or 'everyone')"
+        ) from None
+    return [f"{address}/{address.max_prefixlen}"]
 
 
 def _owner_ref(owner: Any) -> dict[str, str]:
@@ -183,17 +224,20 @@ def provision(spec, options, tls):
     deadline = time.monotonic() + spec.timeout
     owner = kube.core.read_namespaced_config_map(r.owner_name(name), kube.namespace)
     ref = _owner_ref(owner)
-    step = "objects"
+    step = "allow_ingress_from"
+    made: dict[str, str] = {}  # what this call created that garbage collection alone must remove
     try:
+        ranges = _source_ranges(options)
         with ThreadPoolExecutor(CONCURRENCY) as pool:
             step = "service"
-            service = retrying(kube.core.create_namespaced_service, kube.namespace, r.service_manifest(name, options, ref))
+            service = retrying(kube.core.create_namespaced_service, kube.namespace,
+                               r.service_manifest(name, options, ref, ranges), **STRICT)
             scheme = "tls" if tls else "tcp"
             inside = f"{scheme}://{service.spec.cluster_ip}:{r.SCHEDULER_PORT}"  # what the workers use
             image, pip = _image_and_packages(spec, options)
             account = options.service_account or f"{r.cluster_base(name)}-scheduler"
             step = "objects"
-            waits = [pool.submit(_create_secret, kube, name, spec, options, ref, tls),
+            waits = [pool.submit(_create_secret, kube, name, spec, options, ref, tls, made),
                      pool.submit(_create_node_configmap, kube, name, spec, options, ref, inside)]
             if not options.service_account:
                 waits += [pool.submit(_create_rbac, kube, name, options, ref)]
@@ -203,8 +247,8 @@ def provision(spec, options, tls):
             scheduler = r.pod_manifest(name, "scheduler", spec, options, ref, image, pip, account)
             worker = r.pod_manifest(name, "worker", spec, options, ref, image, pip, options.service_account)
             # Scheduler and workers at once: workers retry until the scheduler answers.
-            pods = [pool.submit(retrying, kube.core.create_namespaced_pod, kube.namespace, scheduler)]
-            pods += [pool.submit(retrying, kube.core.create_namespaced_pod, kube.namespace, worker)
+            pods = [pool.submit(retrying, kube.core.create_namespaced_pod, kube.namespace, scheduler, **STRICT)]
+            pods += [pool.submit(retrying, kube.core.create_namespaced_pod, kube.namespace, worker, **STRICT)
                      for _ in range(spec.n_workers)]
             for pod in pods:
                 pod.result()
@@ -212,22 +256,28 @@ def provision(spec, options, tls):
         address, dashboard = _client_addresses(kube, name, options, scheme, service, deadline)
         step = "claim"
         owner.data = {**(owner.data or {}), "claim": ClaimLease.from_json(owner.data["claim"]).provisioned().to_json(),
-                      "spec": json.dumps(spec.model_dump(mode="json")), "scheduler_address": address,
-                      "dashboard_url": dashboard, "worker_pod": r.to_json(worker), "created_at": str(time.time())}
-        retrying(kube.core.replace_namespaced_config_map, owner.metadata.name, kube.namespace, owner)
+                      # The spec without its environ, which only the Secret holds (ConfigMaps are
+                      # for what anyone who may read the namespace's configuration may see).
+                      "spec": json.dumps(spec.model_dump(mode="json", exclude={"environ"})),
+                      "scheduler_address": address, "dashboard_url": dashboard, "worker_pod": r.to_json(worker),
+                      "created_at": str(time.time()), "secret_uid": made["secret_uid"]}
+        retrying(kube.core.replace_namespaced_config_map, owner.metadata.name, kube.namespace, owner, **STRICT)
     except Exception as e:
-        _remove(kube, name, ref["uid"])
-        if isinstance(e, ProvisionError):
+        _remove(kube, name, ref["uid"], made.get("secret_uid"))
+        if isinstance(e, (ProvisionError, ClusterSpecError)):
             raise
         raise ProvisionError(f"{step}: {reason_of(e)}") from e
     return describe(name, options)
 
 
-def _create_secret(kube: Kube, name: str, spec: ClusterSpec, options: K8sOptions, ref: dict, tls: Any) -> None:
+def _create_secret(kube: Kube, name: str, spec: ClusterSpec, options: K8sOptions, ref: dict, tls: Any,
+                   made: dict[str, str]) -> None:
     data = {"environ.json": json.dumps(spec.environ)}
     for role in ("scheduler", "worker"):
         data[f"{role}.json"] = json.dumps(tls.to_node_config(role) if tls else {})
-    retrying(kube.core.create_namespaced_secret, kube.namespace, r.secret_manifest(name, options, ref, data))
+    secret = retrying(kube.core.create_namespaced_secret, kube.namespace, r.secret_manifest(name, options, ref, data),
+                      **STRICT)
+    made["secret_uid"] = secret.metadata.uid
 
 
 def _create_node_configmap(kube: Kube, name: str, spec: ClusterSpec, options: K8sOptions, ref: dict,
@@ -242,14 +292,14 @@ def _create_node_configmap(kube: Kube, name: str, spec: ClusterSpec, options: K8
     if r.configmap_size(manifest) > r.CONFIGMAP_LIMIT:
         raise ProvisionError(f"objects: the node agent bundle is {r.configmap_size(manifest)} bytes, over the "
                              f"{r.CONFIGMAP_LIMIT}-byte limit of a ConfigMap")
-    retrying(kube.core.create_namespaced_config_map, kube.namespace, manifest)
+    retrying(kube.core.create_namespaced_config_map, kube.namespace, manifest, **STRICT)
 
 
 def _create_rbac(kube: Kube, name: str, options: K8sOptions, ref: dict) -> None:
     account, role, binding = r.rbac_manifests(name, options, ref)
-    retrying(kube.core.create_namespaced_service_account, kube.namespace, account)
-    retrying(kube.rbac.create_namespaced_role, kube.namespace, role)
-    retrying(kube.rbac.create_namespaced_role_binding, kube.namespace, binding)
+    retrying(kube.core.create_namespaced_service_account, kube.namespace, account, **STRICT)
+    retrying(kube.rbac.create_namespaced_role, kube.namespace, role, **STRICT)
+    retrying(kube.rbac.create_namespaced_role_binding, kube.namespace, binding, **STRICT)
 
 
 def _client_addresses(kube: Kube, name: str, options: K8sOptions, scheme: str, service: Any,
@@ -384,7 +434,7 @@ def scale(record, options, n_workers, retired, tls):
             done.result()
         missing = n_workers - (len(current.workers) - len(doomed))
         template = json.loads(owner.data["worker_pod"])
-        created = [pool.submit(retrying, kube.core.create_namespaced_pod, kube.namespace, template)
+        created = [pool.submit(retrying, kube.core.create_namespaced_pod, kube.namespace, template, **STRICT)
                    for _ in range(max(missing, 0))]
         errors = [f.exception() for f in created if f.exception() is not None]
     if errors:
@@ -393,8 +443,12 @@ def scale(record, options, n_workers, retired, tls):
 
 
 # -- teardown, gc ----------------------------------------------------------------------------
-def _remove(kube: Kube, name: str, uid: str) -> None:
-    """Delete the cluster incarnation ``uid`` and wait until nothing labelled with it remains."""
+def _remove(kube: Kube, name: str, uid: str, secret_uid: str | None = None) -> None:
+    """Delete the cluster incarnation ``uid`` and wait until nothing labelled with it remains.
+
+    Secrets are not listed (the client needs no right to read them): the garbage collector
+    deletes the cluster's Secret with its owner, and when its uid is known (``secret_uid``) it is
+    deleted by name with that uid as a precondition, so never another incarnation's."""
     _keep_logs(kube, name, uid)
     # Workers first, while their scheduler still answers: a worker whose scheduler has gone
     # spends seconds trying to say goodbye to it. One call for all of them.
@@ -407,6 +461,8 @@ def _remove(kube: Kube, name: str, uid: str) -> None:
     if not _wait_gone(kube, r.owner_name(name), uid, TEARDOWN_TIMEOUT):
         raise ProvisionError(f"teardown: ConfigMap {r.owner_name(name)!r} was not deleted within "
                              f"{TEARDOWN_TIMEOUT:g}s (is the garbage collector running?)")
+    if secret_uid:
+        _delete_secret(kube, f"{r.cluster_base(name)}-tls", secret_uid)
     left = _labelled(kube, r.cluster_selector(name, uid))
     for kind, obj_name in left:  # the collector missed them (say, an owner reference removed by hand)
         delete = getattr(kube.rbac if kind in ("role", "role_binding") else kube.core, f"delete_namespaced_{kind}")
@@ -415,8 +471,20 @@ def _remove(kube: Kube, name: str, uid: str) -> None:
         raise ProvisionError(f"teardown: still there: {', '.join(f'{k} {n}' for k, n in left)}")
 
 
-#: The kinds a cluster is made of: the name in the client's methods, and the API.
-KINDS = (("pod", "core"), ("service", "core"), ("config_map", "core"), ("secret", "core"),
+def _delete_secret(kube: Kube, name: str, uid: str) -> None:
+    from kubernetes import client
+
+    try:
+        retrying(kube.core.delete_namespaced_secret, name, kube.namespace,
+                 body=client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=uid)))
+    except Exception as e:
+        if status_of(e) not in (404, 409):  # gone (the collector was first), or not ours
+            raise
+
+
+#: The kinds a cluster is made of that teardown lists (the name in the client's methods, and the
+#: API); its Secret is not listed (see :func:`_remove`).
+KINDS = (("pod", "core"), ("service", "core"), ("config_map", "core"),
          ("service_account", "core"), ("role", "rbac"), ("role_binding", "rbac"))
 
 
@@ -435,7 +503,7 @@ def teardown(record, options):
     owner = ignore_missing(kube.core.read_namespaced_config_map, r.owner_name(record.name), kube.namespace)
     uid = owner.metadata.uid if owner is not None else record.backend_ids.get("uid")
     if owner is not None and (owner.metadata.annotations or {}).get(r.ANNOTATION_NAME) == record.name:
-        _remove(kube, record.name, uid)
+        _remove(kube, record.name, uid, (owner.data or {}).get("secret_uid"))
     return record.model_copy(update={"state": ClusterState.stopped, "workers": []})
 
 
@@ -454,7 +522,7 @@ def gc(options):
             continue
         if record is None and not lease.is_stale(cluster_live=False):
             continue  # being created
-        _remove(kube, name, owner.metadata.uid)
+        _remove(kube, name, owner.metadata.uid, (owner.data or {}).get("secret_uid"))
         deleted.append(f"{name}: deleted ({record.state.value if record else 'stale claim'})")
     return deleted
 
@@ -487,16 +555,27 @@ def _pod_log(kube: Kube, pod: Any, tail: int | None) -> str:
         return "\n".join(lines)
 
 
+def _write_private(directory: Path, files: dict[str, str]) -> None:
+    """Write ``files`` into ``directory``, readable by this user only (logs may hold what tasks
+    printed): the directories from the log root down 0700, the files 0600."""
+    make_private_dirs(str(directory))
+    for level in (directory, directory.parent, directory.parent.parent, directory.parent.parent.parent):
+        if level.stat().st_uid == os.getuid():  # uid, cluster, namespace and the root, where ours
+            os.chmod(level, 0o700)
+    for file_name, text in files.items():
+        fd = os.open(directory / file_name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        os.fchmod(fd, 0o600)  # also when it existed
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+
+
 def _keep_logs(kube: Kube, name: str, uid: str) -> None:
     """Copy the end of each pod's log to this machine before the pods (and their logs) go."""
     try:
         pods = _pods(kube, f"{r.LABEL_UID}={uid}")
         with ThreadPoolExecutor(CONCURRENCY) as pool:
             texts = list(pool.map(lambda p: (_pod_key(p), _pod_log(kube, p, KEPT_LOG_LINES)), pods))
-        directory = _log_directory(kube, name, uid)
-        directory.mkdir(parents=True, exist_ok=True)
-        for key, text in texts:
-            (directory / f"{key}.log").write_text(text)
+        _write_private(_log_directory(kube, name, uid), {f"{key}.log": text for key, text in texts})
     except Exception:
         logger.debug("keeping the logs of %s failed", name, exc_info=True)
 

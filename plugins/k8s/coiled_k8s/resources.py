@@ -43,17 +43,33 @@ CONFIGMAP_LIMIT = 1024 * 1024
 #: Seconds past the lifetime cap after which Kubernetes itself ends the pods (activeDeadlineSeconds).
 DEADLINE_GRACE = 60
 
+#: Where a pod installs its software environment's pip packages: an emptyDir of its own, since
+#: the pods run as a user that cannot write the image's Python (see :data:`RUN_AS_USER`).
+PACKAGES_DIR = "/opt/coiled/packages"
+#: The numeric user and group every container runs as. The Dask image has no user of its own
+#: (it runs as root, which the restricted Pod Security Standard forbids) and needs none: nothing
+#: is written outside the pod's volumes and /tmp. 1000 is the first ordinary user on most images;
+#: ``pod_template={"spec": {"securityContext": {"runAsUser": ...}}}`` picks another.
+RUN_AS_USER = 1000
+
 # The container's command: install the software environment's pip packages as the Dask image's
 # EXTRA_PIP_PACKAGES does (with uv when the image has it, else pip), then run the node agent.
 # The packages are one requirement per line and go through a requirements file: a requirement may
-# hold spaces (``name @ url``, markers) or glob characters (``dask[complete]``).
+# hold spaces (``name @ url``, markers) or glob characters (``dask[complete]``). They go under
+# $COILED_K8S_PACKAGES (a prefix in the pod's own emptyDir, since the image's Python is not this
+# user's to write), which is then put on PYTHONPATH and PATH for the agent and what it starts.
 BOOT = """set -e
 if [ -n "$EXTRA_PIP_PACKAGES" ]; then
-  requirements="$(mktemp)"
+  requirements="$COILED_K8S_PACKAGES/requirements.txt"
   printf '%s\\n' "$EXTRA_PIP_PACKAGES" > "$requirements"
-  if command -v uv >/dev/null; then uv pip install --python "$(command -v python)" -r "$requirements"
-  else python -m pip install --no-cache-dir -r "$requirements"; fi
-  rm -f "$requirements"
+  if command -v uv >/dev/null; then
+    uv pip install --no-cache --python "$(command -v python)" --prefix "$COILED_K8S_PACKAGES" -r "$requirements"
+  else python -m pip install --no-cache-dir --prefix "$COILED_K8S_PACKAGES" -r "$requirements"; fi
+  site="$(python -c 'import sys, sysconfig
+where = {"base": sys.argv[1], "platbase": sys.argv[1]}
+scheme = sysconfig.get_preferred_scheme("prefix")
+print(":".join(dict.fromkeys(sysconfig.get_path(k, scheme, where) for k in ("purelib", "platlib"))))' "$COILED_K8S_PACKAGES")"
+  export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$site" PATH="$COILED_K8S_PACKAGES/bin:$PATH"
 fi
 exec python -m coiled_core.node "$0"
 """
@@ -109,17 +125,18 @@ def owner_manifest(name: str, options: Any, lease: str) -> dict[str, Any]:
     return {"metadata": metadata(name, owner_name(name), "cluster", options, None), "data": {"claim": lease}}
 
 
-def service_manifest(name: str, options: Any, owner: dict) -> dict[str, Any]:
+def service_manifest(name: str, options: Any, owner: dict, source_ranges: list[str] | None = None) -> dict[str, Any]:
+    """The scheduler's Service; a LoadBalancer admits only ``source_ranges`` (None: anyone)."""
     base = cluster_base(name)
-    return {
-        "metadata": metadata(name, f"{base}-scheduler", "scheduler", options, owner),
-        "spec": {
-            "type": options.service_type,
-            "selector": {LABEL_UID: owner["uid"], LABEL_COMPONENT: "scheduler"},
-            "ports": [{"name": "tcp-comm", "port": SCHEDULER_PORT, "targetPort": "tcp-comm"},
-                      {"name": "http-dashboard", "port": DASHBOARD_PORT, "targetPort": "http-dashboard"}],
-        },
+    spec: dict[str, Any] = {
+        "type": options.service_type,
+        "selector": {LABEL_UID: owner["uid"], LABEL_COMPONENT: "scheduler"},
+        "ports": [{"name": "tcp-comm", "port": SCHEDULER_PORT, "targetPort": "tcp-comm"},
+                  {"name": "http-dashboard", "port": DASHBOARD_PORT, "targetPort": "http-dashboard"}],
     }
+    if options.service_type == "LoadBalancer" and source_ranges:
+        spec["loadBalancerSourceRanges"] = list(source_ranges)
+    return {"metadata": metadata(name, f"{base}-scheduler", "scheduler", options, owner), "spec": spec}
 
 
 def node_configmap(name: str, options: Any, owner: dict, configs: dict[str, str], bundle: bytes) -> dict[str, Any]:
@@ -166,13 +183,17 @@ def pod_manifest(name: str, role: str, spec: Any, options: Any, owner: dict, ima
            {"name": "COILED_K8S_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]
     if role == "scheduler":
         env.append({"name": "COILED_K8S_SERVICE_ACCOUNT_DIR", "value": SERVICE_ACCOUNT_DIR})
+    mounts = [{"name": "node", "mountPath": NODE_DIR, "readOnly": True},
+              {"name": "secrets", "mountPath": SECRETS_DIR, "readOnly": True}]
     if pip_packages:
-        env.append({"name": "EXTRA_PIP_PACKAGES", "value": "\n".join(pip_packages)})
+        env += [{"name": "EXTRA_PIP_PACKAGES", "value": "\n".join(pip_packages)},
+                {"name": "COILED_K8S_PACKAGES", "value": PACKAGES_DIR}]
+        mounts.append({"name": "packages", "mountPath": PACKAGES_DIR})
     container: dict[str, Any] = {
         "name": role, "image": image, "command": ["sh", "-c", BOOT, f"{NODE_DIR}/{role}.json"], "env": env,
-        "resources": resources,
-        "volumeMounts": [{"name": "node", "mountPath": NODE_DIR, "readOnly": True},
-                         {"name": "secrets", "mountPath": SECRETS_DIR, "readOnly": True}],
+        "resources": resources, "volumeMounts": mounts,
+        # The restricted Pod Security Standard, with the pod's securityContext below.
+        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
     }
     if role == "scheduler":
         container["ports"] = [{"name": "tcp-comm", "containerPort": SCHEDULER_PORT},
@@ -185,6 +206,8 @@ def pod_manifest(name: str, role: str, spec: Any, options: Any, owner: dict, ima
         "enableServiceLinks": False,
         # Only the scheduler talks to the API (to delete its cluster when it ends).
         "automountServiceAccountToken": role == "scheduler",
+        "securityContext": {"runAsNonRoot": True, "runAsUser": RUN_AS_USER, "runAsGroup": RUN_AS_USER,
+                            "fsGroup": RUN_AS_USER, "seccompProfile": {"type": "RuntimeDefault"}},
         "containers": [container],
         "volumes": [
             {"name": "node", "configMap": {"name": f"{base}-node", "items": [
@@ -193,6 +216,8 @@ def pod_manifest(name: str, role: str, spec: Any, options: Any, owner: dict, ima
                 {"key": f"{role}.json", "path": "tls.json"}, {"key": "environ.json", "path": "environ.json"}]}},
         ],
     }
+    if pip_packages:
+        pod_spec["volumes"].append({"name": "packages", "emptyDir": {}})
     if service_account:
         pod_spec["serviceAccountName"] = service_account
     if spec.cluster_timeout:  # the second line, should the node itself fail to end the cluster
@@ -205,18 +230,41 @@ def pod_manifest(name: str, role: str, spec: Any, options: Any, owner: dict, ima
         pod_spec["imagePullSecrets"] = [{"name": s} for s in options.image_pull_secrets]
     object_name = f"{base}-scheduler" if role == "scheduler" else f"{base}-worker-"
     pod = {"metadata": metadata(name, object_name, role, options, owner), "spec": pod_spec}
-    return merge_pod_template(pod, options.pod_template)
+    return merge_pod_template(pod, options.pod_template, role)
 
 
-def merge_pod_template(pod: dict[str, Any], template: dict[str, Any]) -> dict[str, Any]:
-    """``pod`` with the user's partial pod merged in: maps merge, lists of named items (containers,
-    volumes, env) merge by name, other values replace ours. The template may be a pod
-    (``{"metadata": ..., "spec": ...}``) or just a spec; our labels and owner stay."""
+ROLES = ("scheduler", "worker")
+
+
+def role_template(template: dict[str, Any], role: str) -> dict[str, Any]:
+    """The part of a ``pod_template`` for ``role``: the per-role form ``{"scheduler": ...,
+    "worker": ...}`` gives each role its own (a role left out gets none); any other template
+    applies to both."""
+    if template and set(template) <= set(ROLES):
+        return template.get(role) or {}
+    return template
+
+
+def merge_pod_template(pod: dict[str, Any], template: dict[str, Any], role: str | None = None) -> dict[str, Any]:
+    """``pod`` with the user's partial pod merged in.
+
+    The template may be a pod (``{"metadata": ..., "spec": ...}``) or just a spec, and either for
+    both roles or per role (:func:`role_template`). Maps merge; the template's *first* container
+    is the Dask container (whatever its name: the pod's keeps its own) and merges into it, any
+    further one is added as a sidecar (it needs its own image); other lists of named items
+    (``volumes``, ``env``, ...) merge by name; other values replace ours. Our labels and owner stay.
+    """
+    template = role_template(template, role) if role else template
     if not template:
         return pod
     if "spec" not in template and "metadata" not in template:
         template = {"spec": template}
-    merged = _merge(copy.deepcopy(pod), copy.deepcopy(template))
+    template = copy.deepcopy(template)
+    containers = (template.get("spec") or {}).get("containers")
+    if containers:
+        ours = pod["spec"]["containers"][0]["name"]
+        template["spec"]["containers"] = [{**containers[0], "name": ours}, *containers[1:]]
+    merged = _merge(copy.deepcopy(pod), template)
     merged["metadata"]["labels"] = {**merged["metadata"].get("labels", {}), **pod["metadata"]["labels"]}
     for key in ("name", "generateName", "ownerReferences"):
         if key in pod["metadata"]:

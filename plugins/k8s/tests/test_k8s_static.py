@@ -80,7 +80,8 @@ def test_names_are_dns_1123_and_the_users_name_is_kept(name):
             if "generateName" in meta:  # the longest name the server may generate
                 meta["name"] = meta.pop("generateName") + "zzzzz"
             assert len(meta["name"]) <= 63
-            store._validate(resource, resource, manifest)  # the offline API's name and label rules
+            kind = {"configmaps": "ConfigMap", "services": "Service", "pods": "Pod", "secrets": "Secret"}[resource]
+            store._validate(resource, kind, {**manifest, "kind": kind, "apiVersion": "v1"}, "Strict")  # the offline API's rules
             assert meta["annotations"][r.ANNOTATION_NAME] == name
     assert r.cluster_base(name) != r.cluster_base(name.upper()) or name == name.upper()
 
@@ -144,7 +145,7 @@ def test_the_agent_bundle_fits_a_configmap(tmp_path):
 def test_coiled_tags_become_labels():
     from coiled_core.plugins import load_backend
 
-    assert load_backend("k8s").keyword_options() == {"tags": "labels"}
+    assert load_backend("k8s").keyword_options() == {"tags": "labels", "allow_ingress_from": "allow_ingress_from"}
     assert K8sOptions(labels={"team": "data"}).labels == {"team": "data"}
 
 
@@ -160,3 +161,104 @@ def test_a_client_outside_kubernetes_is_told_about_cluster_ip(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         preflight(_small_spec(), K8sOptions(service_type="LoadBalancer"))
+
+
+@pytest.mark.parametrize("pip", [[], ["a==1"]])
+@pytest.mark.parametrize("role", ["scheduler", "worker"])
+def test_pods_meet_the_restricted_pod_security_standard(role, pip):
+    from coiled_k8s.offline.podsecurity import violations
+
+    owner = {"name": "x-cluster", "uid": "u", "namespace": "d"}
+    pod = r.pod_manifest("x", role, _small_spec(), K8sOptions(), owner, "img", pip, None)
+    assert violations(pod, "restricted") == []
+    context = pod["spec"]["securityContext"]
+    assert context["runAsNonRoot"] and context["runAsUser"] == r.RUN_AS_USER != 0
+    assert isinstance(context["runAsGroup"], int) and context["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["spec"]["containers"][0]["securityContext"] == {"allowPrivilegeEscalation": False,
+                                                               "capabilities": {"drop": ["ALL"]}}
+    # pip packages go to an emptyDir of the pod, not into the image's Python.
+    env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
+    if pip:
+        assert env["COILED_K8S_PACKAGES"] == r.PACKAGES_DIR
+        assert {"name": "packages", "emptyDir": {}} in pod["spec"]["volumes"]
+        assert "--prefix \"$COILED_K8S_PACKAGES\"" in r.BOOT
+
+
+def _admitted(pod):
+    """``pod`` as the offline API server takes it (schemas and server rules; raises ApiError)."""
+    from coiled_k8s.offline.store import ObjectStore
+
+    body = {**pod, "kind": "Pod", "apiVersion": "v1"}
+    body["metadata"] = {**pod["metadata"], "name": pod["metadata"].get("name") or pod["metadata"]["generateName"] + "z"}
+    ObjectStore()._validate("pods", "Pod", body, "Strict")
+    return pod
+
+
+def _pods(template):
+    owner = {"name": "x-cluster", "uid": "u", "namespace": "d"}
+    options = K8sOptions(pod_template=template)
+    return {role: _admitted(r.pod_manifest("x", role, _small_spec(), options, owner, "img", [], None))
+            for role in ("scheduler", "worker")}
+
+
+def test_one_pod_template_sets_the_dask_container_of_both_roles():
+    # Named after one role, as a user writes it: it still applies to the other role's container
+    # (it used to become a second container, without an image, in the scheduler pod: 422).
+    template = {"spec": {"containers": [{"name": "worker", "env": [{"name": "X", "value": "1"}],
+                                         "imagePullPolicy": "Always"}]}}
+    for role, pod in _pods(template).items():
+        [container] = pod["spec"]["containers"]
+        assert container["name"] == role and container["image"] == "img"
+        assert {"name": "X", "value": "1"} in container["env"] and container["imagePullPolicy"] == "Always"
+
+
+def test_per_role_pod_templates_and_sidecars():
+    sidecar = {"name": "proxy", "image": "envoy:1"}
+    pods = _pods({"scheduler": {"spec": {"priorityClassName": "high", "containers": [{"name": "x"}, sidecar]}},
+                  "worker": {"metadata": {"annotations": {"a": "b"}}, "spec": {"containers": [{"env": [
+                      {"name": "Y", "value": "2"}]}]}}})
+    assert pods["scheduler"]["spec"]["priorityClassName"] == "high"
+    assert [c["name"] for c in pods["scheduler"]["spec"]["containers"]] == ["scheduler", "proxy"]
+    assert "priorityClassName" not in pods["worker"]["spec"] and pods["worker"]["metadata"]["annotations"]["a"] == "b"
+    assert {"name": "Y", "value": "2"} in pods["worker"]["spec"]["containers"][0]["env"]
+    assert "a" not in pods["scheduler"]["metadata"]["annotations"]
+
+
+def test_a_pod_template_mixing_both_forms_is_refused():
+    with pytest.raises(ValueError, match="one per role"):
+        K8sOptions(pod_template={"worker": {}, "spec": {}})
+
+
+def test_a_planted_agent_bundle_is_never_shipped(tmp_path, monkeypatch):
+    """The bundle is built in this user's own directory and used only if its content is what this
+    machine's files make: a zip of the expected name planted there (a shared temporary directory
+    made that possible) is rebuilt over, and another user's directory is refused."""
+    import os
+    import zipfile
+
+    import dask
+    from coiled_k8s.plugin import _bundle
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    real = _bundle()  # by default in ~/.cache/coiled/k8s, made 0700
+    [made] = (tmp_path / "home" / ".cache" / "coiled" / "k8s").glob("coiled_core-*.zip")
+    assert made.parent.stat().st_mode & 0o777 == 0o700
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)  # as /tmp is
+    with zipfile.ZipFile(made) as archive:
+        names = archive.namelist()
+    with zipfile.ZipFile(shared / made.name, "w") as planted:
+        for name in names:
+            planted.writestr(name, "import os; os.system('steal the keys')" if name == "coiled_core/__init__.py" else "")
+    with dask.config.set({"coiled.k8s.bundle_directory": str(shared)}):
+        assert _bundle() == real
+        assert shared.stat().st_mode & 0o777 == 0o700
+        with zipfile.ZipFile(shared / made.name) as archive:
+            assert b"steal" not in archive.read("coiled_core/__init__.py")
+    if os.getuid() == 0:  # only root can give a directory away
+        theirs = tmp_path / "theirs"
+        theirs.mkdir()
+        os.chown(theirs, 65534, 65534)
+        with dask.config.set({"coiled.k8s.bundle_directory": str(theirs)}), pytest.raises(PermissionError):
+            _bundle()

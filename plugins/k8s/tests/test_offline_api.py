@@ -195,13 +195,9 @@ def test_image_pull_errors_unschedulable_pods_and_deadlines(core, offline_k8s, l
         wait_until(lambda: not core.list_namespaced_pod(NS, label_selector=f"test={label}").items, 20)
 
 
-def test_deleted_pods_lose_their_processes_and_orphans_are_reaped(core, offline_k8s, label):
-    import os
-    import subprocess
-    import sys
-
+def test_deleted_pods_lose_their_processes(core, offline_k8s, label):
     import psutil
-    from coiled_k8s.offline.kubelet import MARK_ENV, reap_orphans
+    from coiled_k8s.offline.kubelet import MARK_ENV
     from coiled_k8s.options import default_image
 
     core.create_namespaced_pod(NS, _pod(f"{label}-sleep", label, default_image(), ["sleep", "300"]))
@@ -213,12 +209,84 @@ def test_deleted_pods_lose_their_processes_and_orphans_are_reaped(core, offline_
     psutil.wait_procs(marked, timeout=30)
     assert not any(p.is_running() for p in marked)
     wait_until(lambda: not core.list_namespaced_pod(NS, label_selector=f"test={label}").items, 30)
-    # A process marked by a runner that no longer exists (a kubelet killed with SIGKILL) is reaped.
-    leftover = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
-                                env={**os.environ, MARK_ENV: "1:0.000:dead:pod"})
+
+
+def test_a_starting_node_leaves_other_runs_processes_alone(tmp_path):
+    """Processes another run started (its runner gone or not, this user's or not) are not this
+    run's to kill: a new offline Kubernetes kills nothing when it starts, and at its stop only what
+    carries its own run's mark."""
+    import os
+    import subprocess
+    import sys
+
+    from coiled_k8s.offline import OfflineKubernetes
+    from coiled_k8s.offline.kubelet import MARK_ENV
+
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
+                             env={**os.environ, MARK_ENV: "1:0.000:dead:pod"})  # a runner that is gone
     try:
-        time.sleep(0.2)
-        assert reap_orphans() >= 1
-        assert leftover.wait(10) is not None
+        with OfflineKubernetes(tmp_path / "k", run_processes=False):
+            time.sleep(0.5)  # the node's loop ran
+            assert other.poll() is None
+        assert other.poll() is None
     finally:
-        leftover.kill()
+        other.kill()
+        other.wait()
+
+
+@pytest.mark.parametrize(("context", "message"), [
+    ({"runAsNonRoot": True}, "container has runAsNonRoot and image will run as root"),
+    ({"runAsNonRoot": True, "runAsUser": 0}, "container's runAsUser breaks non-root policy")])
+def test_run_as_non_root_without_a_user_fails_on_a_root_image(core, offline_k8s, label, context, message):
+    """The Dask image's user is root: runAsNonRoot without a non-root runAsUser cannot start, as on a real node."""
+    from coiled_k8s.options import default_image
+
+    body = _pod(f"{label}-nonroot", label, default_image(), ["true"], securityContext=context)
+    core.create_namespaced_pod(NS, body)
+    try:
+        def reason():
+            statuses = core.read_namespaced_pod(f"{label}-nonroot", NS).status.container_statuses or []
+            return statuses and statuses[0].state.waiting and statuses[0].state.waiting.reason
+        wait_until(lambda: reason() == "CreateContainerConfigError", 20, message="CreateContainerConfigError")
+        waiting = core.read_namespaced_pod(f"{label}-nonroot", NS).status.container_statuses[0].state.waiting
+        assert message in waiting.message
+    finally:
+        core.delete_namespaced_pod(f"{label}-nonroot", NS, grace_period_seconds=0)
+        wait_until(lambda: not core.list_namespaced_pod(NS, label_selector=f"test={label}").items, 20)
+
+
+@pytest.mark.parametrize("blocking", [False, True])
+def test_foreground_deletion_waits_only_for_blocking_dependents(core, label, blocking):
+    """As the garbage collector does: a foreground deletion of an owner waits for the dependents
+    whose reference says blockOwnerDeletion (a pod ending slowly), not for the others."""
+    from kubernetes import client
+    from coiled_k8s.options import default_image
+
+    owner = core.create_namespaced_config_map(NS, configmap(f"{label}-owner", label))
+    pod = _pod(f"{label}-slow", label, default_image(), ["sh", "-c", "trap '' TERM; sleep 300"],
+               terminationGracePeriodSeconds=4 if blocking else 60)
+    pod["metadata"]["ownerReferences"] = [{"apiVersion": "v1", "kind": "ConfigMap", "name": owner.metadata.name,
+                                           "uid": owner.metadata.uid, "blockOwnerDeletion": blocking}]
+    core.create_namespaced_pod(NS, pod)
+    try:
+        wait_until(lambda: core.read_namespaced_pod(f"{label}-slow", NS).status.phase == "Running", 20)
+        core.delete_namespaced_config_map(owner.metadata.name, NS, body=client.V1DeleteOptions(
+            propagation_policy="Foreground"))
+        wait_until(lambda: core.read_namespaced_pod(f"{label}-slow", NS).metadata.deletion_timestamp, 10,
+                   message="the dependent's deletion")
+
+        def owner_there():
+            return any(c.metadata.name == f"{label}-owner"
+                       for c in core.list_namespaced_config_map(NS, label_selector=f"test={label}").items)
+        if blocking:
+            assert owner_there()  # held while the pod ends (about 4 s)
+            wait_until(lambda: not owner_there(), 30, message="the owner to go after its blocking dependent")
+            assert not core.list_namespaced_pod(NS, label_selector=f"test={label}").items
+        else:  # gone while its dependent still ends (for a minute)
+            wait_until(lambda: not owner_there(), 30, message="the owner to go at once")
+            assert core.read_namespaced_pod(f"{label}-slow", NS).metadata.deletion_timestamp
+    finally:
+        for made in core.list_namespaced_pod(NS, label_selector=f"test={label}").items:
+            core.delete_namespaced_pod(made.metadata.name, NS, grace_period_seconds=0)
+        wait_until(lambda: not core.list_namespaced_pod(NS, label_selector=f"test={label}").items, 30)
+        cleanup(core, label)

@@ -7,6 +7,10 @@ stand-in, with the real ``kubernetes`` client (whose models validate every reply
   deletion with propagation policies and preconditions, owner-reference garbage collection);
 * :mod:`.api` serves them over HTTPS on ``127.0.0.1`` (a free port), with bearer tokens, RBAC
   for service accounts, recorded calls and injected faults;
+* :mod:`.schemas` holds every stored object to the official OpenAPI schemas (the oldest and the
+  newest Kubernetes the backend supports), and :mod:`.podsecurity` enforces Pod Security
+  admission in namespaces labelled ``pod-security.kubernetes.io/enforce``
+  (:meth:`OfflineKubernetes.create_namespace`);
 * :mod:`.kubelet` schedules pods on the one node and runs their containers as processes;
 * :mod:`.network` gives pods and Services addresses and proxies Service ports;
 * :mod:`.images` maps the Dask image to a local Python environment.
@@ -34,7 +38,7 @@ from typing import Any
 
 from coiled_k8s.offline.api import ADMIN, SUPERUSER, ApiServer
 from coiled_k8s.offline.images import dask_image_environment
-from coiled_k8s.offline.kubelet import OfflineNode, reap_orphans
+from coiled_k8s.offline.kubelet import OfflineNode
 from coiled_k8s.offline.network import (
     LOAD_BALANCER_NETWORK,
     SERVICE_NETWORK,
@@ -42,7 +46,7 @@ from coiled_k8s.offline.network import (
 )
 from coiled_k8s.offline.store import ObjectStore
 
-__all__ = ["OfflineKubernetes", "reap_orphans"]
+__all__ = ["OfflineKubernetes"]
 
 
 def _self_signed(host: str) -> tuple[str, str]:
@@ -85,6 +89,8 @@ class OfflineKubernetes:
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="offline-k8s-"))
         self.namespace = namespace
         self.store = ObjectStore()
+        for name in {"default", "kube-system", namespace}:  # as a new cluster has them
+            self.create_namespace(name)
         self.ca_pem, key_pem = _self_signed("127.0.0.1")
         (self.workdir / "tls").mkdir(parents=True, exist_ok=True)
         (self.workdir / "tls" / "server.pem").write_text(self.ca_pem)
@@ -94,7 +100,8 @@ class OfflineKubernetes:
         self.admin_token = base64.urlsafe_b64encode(random.randbytes(24)).decode()
         self.service_ips = AddressPool(SERVICE_NETWORK)
         self.balancer_ips = AddressPool(LOAD_BALANCER_NETWORK)
-        defaults = {"pods": self._pod_defaults, "services": self._service_defaults, "secrets": self._secret_defaults}
+        defaults = {"pods": self._pod_defaults, "services": self._service_defaults, "secrets": self._secret_defaults,
+                    "namespaces": _namespace_defaults}
         self.api = ApiServer(self.store, context, self.admin_token, defaults, self._logs, admin_rules)
         self.superuser_token = base64.urlsafe_b64encode(random.randbytes(24)).decode()
         self.api.tokens[self.superuser_token] = SUPERUSER
@@ -152,13 +159,28 @@ class OfflineKubernetes:
                 Path(path).write_text(text)
         return config.new_client_from_config(path)
 
+    # -- namespaces ------------------------------------------------------------------------
+    def create_namespace(self, name: str, labels: dict[str, str] | None = None) -> dict:
+        """Make namespace ``name`` (with ``labels``, e.g. ``pod-security.kubernetes.io/enforce``),
+        or set those labels on it if it exists; return it."""
+        from coiled_k8s.offline.store import ApiError
+
+        try:
+            return self.store.create("namespaces", "Namespace", "v1", "", {"metadata": {
+                "name": name, "labels": dict(labels or {})}}, _namespace_defaults)
+        except ApiError as e:
+            if e.code != 409:
+                raise
+        return self.store.patch("namespaces", "", name, "application/merge-patch+json",
+                                {"metadata": {"labels": labels or {}}})
+
     # -- what the fake reads for tests -----------------------------------------------------
     def objects(self, namespace: str | None = None, label_selector: str | None = None) -> list[tuple[str, dict]]:
         """(resource, object) of every object (in ``namespace``, matching ``label_selector``)."""
         from coiled_k8s.offline.store import parse_selector
 
         predicates = parse_selector(label_selector)
-        return self.store.find(lambda res, o: (namespace is None or o["metadata"]["namespace"] == namespace)
+        return self.store.find(lambda res, o: (namespace is None or o["metadata"].get("namespace") == namespace)
                                and all(p(o["metadata"].get("labels") or {}) for p in predicates))
 
     def inject(self, verb: str, resource: str, code: int, times: int = 1) -> None:
@@ -219,6 +241,13 @@ class OfflineKubernetes:
         if query.get("tailLines"):
             lines = lines[-int(query["tailLines"]):] if int(query["tailLines"]) else []
         return "".join(lines)
+
+
+def _namespace_defaults(namespace: dict) -> None:
+    meta = namespace["metadata"]
+    # The label the API server sets on every namespace (since 1.21), for selecting one by name.
+    meta["labels"] = {**(meta.get("labels") or {}), "kubernetes.io/metadata.name": meta["name"]}
+    namespace.update(spec={"finalizers": ["kubernetes"]}, status={"phase": "Active"})
 
 
 def _qos_class(spec: dict) -> str:

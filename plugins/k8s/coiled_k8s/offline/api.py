@@ -1,12 +1,14 @@
 """The HTTP face of the offline Kubernetes API: routing, authentication, RBAC and faults.
 
 Serves, over HTTPS on 127.0.0.1, the REST paths of core/v1 (pods, pods/log, pods/status,
-services, configmaps, secrets, serviceaccounts) and rbac.authorization.k8s.io/v1 (roles,
-rolebindings), namespaced: create, get, list (label and field selectors, ``limit`` and
+services, configmaps, secrets, serviceaccounts; and the cluster-scoped namespaces) and
+rbac.authorization.k8s.io/v1 (roles, rolebindings), namespaced: create, get, list (label and field selectors, ``limit`` and
 ``continue``), update, patch (merge, strategic merge as merge, JSON patch), delete (with
 ``propagationPolicy``, ``gracePeriodSeconds`` and ``preconditions``) and deletecollection.
 Every refusal is a real ``Status`` object (404 NotFound, 409 AlreadyExists or Conflict, 410
-Expired, 422 Invalid, 403 Forbidden). Watch is not served: the backend does not use it.
+Expired, 422 Invalid, 400 BadRequest, 403 Forbidden). What is stored is first decoded and
+validated against the official OpenAPI schemas (:mod:`.schemas`; ``fieldValidation`` as the
+server takes it), and pods pass Pod Security admission (:mod:`.podsecurity`). Watch is not served: the backend does not use it.
 
 Authentication is by bearer token: the administrator's (the kubeconfig the fake writes) and the
 pods' service-account tokens (mounted by the kubelet). Authorization follows RBAC: a service
@@ -39,6 +41,8 @@ RESOURCES: dict[str, tuple[str, str, str]] = {
     "roles": ("Role", "rbac.authorization.k8s.io", "v1"),
     "rolebindings": ("RoleBinding", "rbac.authorization.k8s.io", "v1"),
 }
+#: Cluster-scoped resources served: resource -> (kind, group, version).
+CLUSTER_RESOURCES: dict[str, tuple[str, str, str]] = {"namespaces": ("Namespace", "", "v1")}
 ADMIN = "kubernetes-admin"
 #: A user no rule holds back (the fake's own tests use it).
 SUPERUSER = "system:masters"
@@ -126,8 +130,9 @@ class ApiServer:
                     if any(rule_allows(rule, verb, group, resource, name) for rule in rules):
                         return
         target = f'{resource} "{name}"' if name else resource
+        where = f' in the namespace "{namespace}"' if namespace else " at the cluster scope"
         raise ApiError(403, "Forbidden", f'{target} is forbidden: User "{user}" cannot {verb} resource '
-                       f'"{resource}" in API group "{group}" in the namespace "{namespace}"')
+                       f'"{resource}" in API group "{group}"{where}')
 
     # -- requests --------------------------------------------------------------------------
     def handle(self, method: str, path: str, query: dict[str, str], headers: Any, body: bytes) -> tuple[int, str, bytes]:
@@ -142,10 +147,13 @@ class ApiServer:
             group, rest = "rbac.authorization.k8s.io", parts[3:]
         else:
             raise ApiError(404, "NotFound", f"the server could not find the requested resource ({path})")
-        if len(rest) < 3 or rest[0] != "namespaces" or rest[2] not in RESOURCES or RESOURCES[rest[2]][1] != group:
+        if group == "" and rest[:1] == ["namespaces"] and len(rest) <= 2:  # the namespaces themselves
+            namespace, resource, name, sub = "", "namespaces", rest[1] if len(rest) > 1 else None, None
+        elif len(rest) < 3 or rest[0] != "namespaces" or rest[2] not in RESOURCES or RESOURCES[rest[2]][1] != group:
             raise ApiError(404, "NotFound", f"the server could not find the requested resource ({path})")
-        namespace, resource, name = rest[1], rest[2], rest[3] if len(rest) > 3 else None
-        sub = rest[4] if len(rest) > 4 else None
+        else:
+            namespace, resource, name = rest[1], rest[2], rest[3] if len(rest) > 3 else None
+            sub = rest[4] if len(rest) > 4 else None
         verb = {"GET": "get" if name else ("watch" if query.get("watch") in ("true", "1") else "list"),
                 "POST": "create", "PUT": "update", "PATCH": "patch",
                 "DELETE": "delete" if name else "deletecollection"}[method]
@@ -157,7 +165,8 @@ class ApiServer:
             raise fault
         if verb == "watch":
             raise ApiError(405, "MethodNotAllowed", "watch is not served by the offline API")
-        kind, _, version = RESOURCES[resource]
+        kind, _, version = {**RESOURCES, **CLUSTER_RESOURCES}[resource]
+        field_validation = query.get("fieldValidation")
         api_version = f"{group}/{version}" if group else version
         payload = json.loads(body) if body else {}
         if sub == "log":
@@ -175,12 +184,14 @@ class ApiServer:
                 meta.update({"continue": token, "remainingItemCount": remaining})
             result = {"kind": f"{kind}List", "apiVersion": api_version, "metadata": meta, "items": items}
         elif verb == "create":
-            result = self.store.create(resource, kind, api_version, namespace, payload, self.defaults.get(resource))
+            result = self.store.create(resource, kind, api_version, namespace, payload, self.defaults.get(resource),
+                                       field_validation)
             return 201, "application/json", json.dumps(result).encode()
         elif verb == "update":
-            result = self.store.replace(resource, namespace, name, payload)
+            result = self.store.replace(resource, namespace, name, payload, field_validation)
         elif verb == "patch":
-            result = self.store.patch(resource, namespace, name, headers.get("Content-Type", ""), payload)
+            result = self.store.patch(resource, namespace, name, headers.get("Content-Type", ""), payload,
+                                      field_validation)
         elif verb == "delete":
             options = dict(payload)
             for key in ("propagationPolicy", "gracePeriodSeconds"):

@@ -11,7 +11,10 @@ Each tick (on every change in the store, or every ``interval`` seconds) the node
   ``ContainerCreating``. Otherwise each container's ``command`` + ``args`` run as one local
   process in its own session, in ``<workdir>/pods/<namespace>/<name>/``, with ``env`` (values and
   ``fieldRef``s of the downward API), the container's own writable layer over the image's
-  Python environment (:func:`.images.container_layer`) first on ``PATH``, the
+  Python environment (:func:`.images.container_layer`) first on ``PATH`` (for a container that
+  runs as root, the image's user; one with a ``runAsUser`` of another uses the image as it is
+  and may write only its volumes, and one with ``runAsNonRoot`` but no ``runAsUser`` fails with
+  ``CreateContainerConfigError``, as the image's user is root), the
   service-account token, ConfigMaps and Secrets written as files, ``KUBERNETES_SERVICE_HOST`` and
   ``_PORT`` pointing at the fake API, and ``COILED_NODE_HOST`` set to the pod's loopback address
   (see :mod:`.network`; ``DASK_COILED__LOOPBACK_ADDRESSES=true`` too);
@@ -24,9 +27,11 @@ There is no mount namespace: each volume's ``mountPath`` is a directory of the p
 ``command``, ``args`` or ``env`` value that is a mounted path (or a ``:``-separated list of them)
 is rewritten to the local directory. Paths written inside files are not rewritten.
 
-Every process carries ``COILED_OFFLINE_KUBELET=<runner mark>:<pod uid>`` in its environment, so
-the whole pod is found however its processes detach, and leftovers of a dead runner are killed
-at the next start (:func:`reap_orphans`).
+Every process carries ``COILED_OFFLINE_KUBELET=<runner mark>:<pod uid>`` in its environment (the
+mark: the runner's pid, start time and a random token, new for every node), so the whole pod is
+found however its processes detach, and :meth:`OfflineNode.stop` kills exactly this run's. A
+node kills nothing when it starts: processes of another run (one that was SIGKILLed included)
+are not provably its own; the node agent in them ends them on its own timeouts.
 """
 
 from __future__ import annotations
@@ -99,19 +104,6 @@ def kill_processes(procs: list[psutil.Process], grace: float) -> None:
     psutil.wait_procs(alive, timeout=5)
 
 
-def reap_orphans() -> int:
-    """Kill every process a kubelet of a runner that no longer exists started; how many."""
-    orphans = []
-    for proc in marked_processes(""):
-        with contextlib.suppress(psutil.Error, ValueError):
-            pid, created = proc.environ()[MARK_ENV].split(":")[:2]
-            runner = psutil.Process(int(pid)) if psutil.pid_exists(int(pid)) else None
-            if runner is None or f"{runner.create_time():.3f}" != created:
-                orphans.append(proc)
-    kill_processes(orphans, 2)
-    return len(orphans)
-
-
 @dataclass
 class PodRuntime:
     """What the kubelet keeps about a started pod."""
@@ -150,7 +142,7 @@ class OfflineNode:
         self._thread = threading.Thread(target=self._run, name="offline-kubelet", daemon=True)
 
     def start(self) -> None:
-        reap_orphans()
+        # Nothing is reaped here: a process another run started is not provably this run's to kill.
         self._thread.start()
 
     def stop(self) -> None:
@@ -260,6 +252,17 @@ class OfflineNode:
         if isinstance(volumes, str):
             self._set_waiting(pod, "ContainerCreating", volumes)
             return
+        for container in spec["containers"]:
+            user, non_root = _run_as(spec, container)
+            where = f'(pod: "{meta["name"]}_{meta["namespace"]}({meta["uid"]})", container: {container["name"]})'
+            if non_root and user is None:  # the images here run as root, as the Dask image does
+                self._set_waiting(pod, "CreateContainerConfigError",
+                                  f"container has runAsNonRoot and image will run as root {where}")
+                return
+            if non_root and user == 0:
+                self._set_waiting(pod, "CreateContainerConfigError",
+                                  f"container's runAsUser breaks non-root policy {where}")
+                return
         pod_ip = self.pod_ips.take()
         directory = self.workdir / "pods" / meta["namespace"] / meta["name"]
         shutil.rmtree(directory, ignore_errors=True)
@@ -274,8 +277,12 @@ class OfflineNode:
         self.runtimes[meta["uid"]] = runtime
         for container in spec["containers"]:
             image = self.images[container["image"]]
-            # A writable layer only for a container that runs (the call benchmark runs none).
-            prefix = container_layer(image, directory / "layers" / container["name"]) if self.run_processes else image
+            # A writable layer only for a container that runs (the call benchmark runs none) as root:
+            # the image's files are root's, so a container of another user cannot write them (the
+            # processes here all run as this user: the layout is what keeps them out).
+            user, _ = _run_as(spec, container)
+            writable = self.run_processes and not user
+            prefix = container_layer(image, directory / "layers" / container["name"]) if writable else image
             env = self._environment(pod, container, runtime, mounts, prefix)
             argv = [_rewrite(a, mounts) for a in (container.get("command") or []) + (container.get("args") or [])]
             cwd = _rewrite(container.get("workingDir") or "", mounts) or str(directory)
@@ -488,6 +495,14 @@ class OfflineNode:
                 target = named[0]
             found.append((loopback_address(pod["status"]["podIP"]), int(target)))
         return found
+
+
+def _run_as(spec: dict, container: dict) -> tuple[int | None, bool]:
+    """The user a container runs as (None: the image's, root here) and whether it must not be root."""
+    pod_context, context = spec.get("securityContext") or {}, container.get("securityContext") or {}
+    user = context.get("runAsUser", pod_context.get("runAsUser"))
+    non_root = context.get("runAsNonRoot", pod_context.get("runAsNonRoot"))
+    return user, bool(non_root)
 
 
 def _is_ready(pod: dict) -> bool:

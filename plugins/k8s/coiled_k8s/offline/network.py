@@ -6,7 +6,8 @@ owned on this machine by its loopback address (``coiled_core.backend.loopback_ad
 ``10.B.C.D`` -> ``127.B.C.D``), which is where a pod's processes bind and what a Service's proxy
 listens on. The proxy forwards each connection to a ready pod that the Service selects, as
 kube-proxy does, for ClusterIP, NodePort (on the node's address) and LoadBalancer (on the
-ingress address the fake assigns at once, as MetalLB would) ports.
+ingress address the fake assigns at once, as MetalLB would; connections from outside its
+``loadBalancerSourceRanges`` are dropped) ports.
 """
 
 from __future__ import annotations
@@ -46,8 +47,11 @@ class AddressPool:
 class PortForwarder:
     """One listening address of a Service, forwarding every connection to a chosen backend."""
 
-    def __init__(self, listen: tuple[str, int], pick_backend: Callable[[], tuple[str, int] | None]):
+    def __init__(self, listen: tuple[str, int], pick_backend: Callable[[], tuple[str, int] | None],
+                 allowed: list[str] | None = None):
         self.pick_backend = pick_backend
+        #: The source networks admitted (a LoadBalancer's ``loadBalancerSourceRanges``; None: any).
+        self.allowed = [ipaddress.ip_network(a, strict=False) for a in allowed] if allowed else None
         self.server = socket.create_server(listen)
         self.server.settimeout(0.5)
         self.closed = threading.Event()
@@ -57,11 +61,14 @@ class PortForwarder:
     def _accept(self) -> None:
         while not self.closed.is_set():
             try:
-                client, _ = self.server.accept()
+                client, source = self.server.accept()
             except TimeoutError:
                 continue
             except OSError:
                 return
+            if self.allowed is not None and not any(ipaddress.ip_address(source[0]) in n for n in self.allowed):
+                client.close()  # dropped, as the balancer's firewall drops it
+                continue
             # Each connection in its own thread: one slow backend (a frozen process whose accept
             # queue is full) must not hold up the others, as it would not behind DNAT.
             threading.Thread(target=self._forward, args=(client,), daemon=True).start()
@@ -132,12 +139,16 @@ class ServiceProxy:
                 found = self.endpoints(service, port)
                 return random.choice(found) if found else None
 
-            listen = [(loopback_address(a), port["port"]) for a in addresses]
+            # The balancer's addresses admit only its source ranges (the cluster IP and node
+            # ports are not restricted by them, as in kube-proxy).
+            ranges = spec.get("loadBalancerSourceRanges") or None
+            listen = [(loopback_address(spec["clusterIP"]), port["port"], None)]
+            listen += [(loopback_address(a), port["port"], ranges) for a in addresses[1:]]
             if port.get("nodePort"):
-                listen.append((loopback_address(self.node_ip), port["nodePort"]))
-            for address in listen:
+                listen.append((loopback_address(self.node_ip), port["nodePort"], None))
+            for host, number, allowed in listen:
                 try:
-                    opened.append(PortForwarder(address, pick))
+                    opened.append(PortForwarder((host, number), pick, allowed))
                 except OSError:
                     pass  # taken on this machine: the address stays unreachable, as a broken proxy would
         return opened

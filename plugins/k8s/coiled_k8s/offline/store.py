@@ -144,6 +144,8 @@ class ObjectStore:
         self.changed = threading.Condition(self.lock)
         self.objects: dict[tuple[str, str, str], dict] = {}  # (resource, namespace, name) -> object
         self.version = 0
+        #: The warnings the server sent (undeclared fields it dropped), for tests to read.
+        self.warnings: list[str] = []
         self.continue_ttl = continue_ttl
         self._continues: dict[str, tuple[float, list[dict], str]] = {}
 
@@ -171,9 +173,17 @@ class ObjectStore:
 
     # -- create, update, patch -------------------------------------------------------------
     def create(self, resource: str, kind: str, api_version: str, namespace: str, body: dict,
-               defaults: Callable[[dict], None] | None = None) -> dict:
+               defaults: Callable[[dict], None] | None = None, field_validation: str | None = None) -> dict:
+        """Store a new object (``namespace`` "" for a cluster-scoped one) after decoding,
+        validation and admission (Pod Security, for pods), as the API server does."""
+        from coiled_k8s.offline import podsecurity
+
         meta = body.setdefault("metadata", {})
         with self.lock:
+            if namespace and ("namespaces", "", namespace) not in self.objects:
+                raise ApiError(404, "NotFound", f'namespaces "{namespace}" not found',
+                               {"name": namespace, "kind": "namespaces"})
+            generated = not meta.get("name") and meta.get("generateName")
             if not meta.get("name") and meta.get("generateName"):
                 for _ in range(8):  # as the real server, retry a generated name that is taken
                     name = meta["generateName"] + "".join(secrets.choice(_GENERATE_ALPHABET) for _ in range(5))
@@ -181,24 +191,58 @@ class ObjectStore:
                         break
                 meta["name"] = name
             name = meta.get("name")
-            self._validate(resource, kind, body)
+            body["kind"], body["apiVersion"] = kind, api_version
+            warnings = self._validate(resource, kind, body, field_validation)
             if (resource, namespace, name) in self.objects:
                 raise ApiError(409, "AlreadyExists", f'{resource} "{name}" already exists',
                                {"name": name, "kind": resource})
-            body["kind"], body["apiVersion"] = kind, api_version
-            meta.update(namespace=namespace, uid=str(uuid.uuid4()), creationTimestamp=now_rfc3339())
+            meta.update(uid=str(uuid.uuid4()), creationTimestamp=now_rfc3339())
+            if namespace:
+                meta["namespace"] = namespace
             for field in ("deletionTimestamp", "resourceVersion"):
                 meta.pop(field, None)
             if defaults:
                 defaults(body)
+            if resource == "pods":  # a validating admission plugin: after defaults and validation
+                podsecurity.check(self.objects.get(("namespaces", "", namespace)), body,
+                                  meta["generateName"] if generated else name)
             self.objects[(resource, namespace, name)] = body
             self._bump(body)
+            self.warnings += warnings
             return copy.deepcopy(body)
 
-    def _validate(self, resource: str, kind: str, body: dict) -> None:
+    def _validate(self, resource: str, kind: str, body: dict, field_validation: str | None = None) -> list[str]:
+        """Decode and validate ``body`` as the API server does; the warnings it would send.
+
+        First the decoding, against the official schemas (see :mod:`.schemas`): a value of the
+        wrong type is a 400, an undeclared field a 400 with ``fieldValidation=Strict`` and else
+        dropped (with a warning unless ``Ignore``). Then the validation: the schemas' required
+        fields and enums and the server's own rules below, all in one 422 Invalid."""
+        from coiled_k8s.offline import schemas
+
         meta = body["metadata"]
         name = meta.get("name")
-        problems = []
+        checked = {k: v for k, v in body.items() if k != "status"}  # status is not the client's to set
+        warnings: list[str] = []
+        causes: list[dict] = []
+        for version in schemas.VERSIONS:
+            unknown = schemas.unknown_fields(checked, version)
+            names = [schemas.field_name(path, key) for path, key in unknown]
+            if names and field_validation == "Strict":
+                raise ApiError(400, "BadRequest", f'{kind} in version "{body["apiVersion"].rsplit("/", 1)[-1]}" cannot be '
+                               f"handled as a {kind}: strict decoding error: "
+                               + ", ".join(f'unknown field "{n}"' for n in names))
+            for path, key in unknown:
+                schemas.drop(body, path, key)
+                schemas.drop(checked, path, key)
+            if field_validation != "Ignore":
+                warnings += [f'unknown field "{n}"' for n in names if f'unknown field "{n}"' not in warnings]
+            found, decoding = schemas.problems(checked, version)
+            if decoding:
+                raise ApiError(400, "BadRequest", f'{kind} in version "{body["apiVersion"].rsplit("/", 1)[-1]}" cannot be '
+                               f"handled as a {kind}: {decoding[0]}")
+            causes += [c for c in found if c not in causes]
+        problems = [f"{c['field']}: {c['message']}" for c in causes]
         if not name:
             problems.append("metadata.name: Required value: name or generateName is required")
         elif resource == "services" and not (_DNS1035_LABEL.match(name) and len(name) <= 63):
@@ -214,6 +258,9 @@ class ObjectStore:
                                 "or consist of alphanumeric characters, '-', '_' or '.', at most 63 characters")
             if len(key.rpartition("/")[2]) > 63:
                 problems.append(f"metadata.labels: Invalid value: {key!r}: name part must be no more than 63 characters")
+        problems += _enum_problems(resource, body)
+        if resource == "services":
+            problems += _source_range_problems(body.get("spec") or {})
         if resource in ("configmaps", "secrets"):
             size = sum(len(v.encode()) for v in (body.get("data") or {}).values())
             size += sum(len(base64.b64decode(v)) for v in (body.get("binaryData") or {}).values())
@@ -222,14 +269,17 @@ class ObjectStore:
             if size > MAX_DATA_BYTES:
                 problems.append(f"[]: Too long: must have at most {MAX_DATA_BYTES} bytes")
         if resource == "pods":
-            for container in (body.get("spec") or {}).get("containers") or []:
+            for index, container in enumerate((body.get("spec") or {}).get("containers") or []):
                 if not container.get("image"):
-                    problems.append(f"spec.containers[{container.get('name')}].image: Required value")
+                    problems.append(f"spec.containers[{index}].image: Required value")
         if problems:
-            raise ApiError(422, "Invalid", f'{kind} "{name}" is invalid: ' + "; ".join(problems),
-                           {"name": name, "kind": kind, "causes": [{"message": p} for p in problems]})
+            causes = [_cause(p) for p in problems]
+            text = problems[0] if len(problems) == 1 else "[" + ", ".join(problems) + "]"
+            raise ApiError(422, "Invalid", f'{kind} "{name}" is invalid: {text}',
+                           {"name": name, "kind": kind, "causes": causes})
+        return warnings
 
-    def replace(self, resource: str, namespace: str, name: str, body: dict) -> dict:
+    def replace(self, resource: str, namespace: str, name: str, body: dict, field_validation: str | None = None) -> dict:
         with self.lock:
             current = self.objects.get((resource, namespace, name))
             if current is None:
@@ -246,12 +296,13 @@ class ObjectStore:
             body["kind"], body["apiVersion"] = current["kind"], current["apiVersion"]
             if resource == "pods":  # status is the kubelet's; spec mostly immutable (not checked here)
                 body["status"] = current.get("status", {})
-            self._validate(resource, current["kind"], body)
+            self.warnings += self._validate(resource, current["kind"], body, field_validation)
             self.objects[(resource, namespace, name)] = body
             self._bump(body)
             return copy.deepcopy(body)
 
-    def patch(self, resource: str, namespace: str, name: str, content_type: str, patch: Any) -> dict:
+    def patch(self, resource: str, namespace: str, name: str, content_type: str, patch: Any,
+              field_validation: str | None = None) -> dict:
         with self.lock:
             current = self.get(resource, namespace, name)
             if "json-patch" in content_type:
@@ -260,7 +311,7 @@ class ObjectStore:
                 updated = merge_patch(current, patch)
             wanted = (patch.get("metadata") or {}).get("resourceVersion") if isinstance(patch, dict) else None
             updated["metadata"]["resourceVersion"] = wanted or current["metadata"]["resourceVersion"]
-            return self.replace(resource, namespace, name, updated)
+            return self.replace(resource, namespace, name, updated, field_validation)
 
     def update_status(self, resource: str, namespace: str, name: str, change: Callable[[dict], None]) -> None:
         """The kubelet's way in: change an object in place (no copy), if it still exists."""
@@ -332,8 +383,10 @@ class ObjectStore:
                 stored["metadata"]["finalizers"] = sorted({*stored["metadata"].get("finalizers", []), "foregroundDeletion"})
                 self._bump(stored)
                 return copy.deepcopy(stored)
-            if resource == "pods" and (stored.get("spec") or {}).get("nodeName"):
-                grace = options.get("gracePeriodSeconds")
+            grace = options.get("gracePeriodSeconds")
+            if resource == "pods" and (stored.get("spec") or {}).get("nodeName") and grace != 0:
+                # A grace period of 0 deletes at once (a forced deletion: the kubelet then kills
+                # the containers of a pod it no longer finds); else the kubelet ends it first.
                 if grace is None:
                     grace = stored["spec"].get("terminationGracePeriodSeconds", 30)
                 if "deletionTimestamp" not in stored["metadata"] or grace < stored["metadata"].get(
@@ -354,13 +407,18 @@ class ObjectStore:
                 self.version += 1
                 self.changed.notify_all()
 
-    def _dependents(self, uid: str) -> list[tuple[str, str, str]]:
+    def _dependents(self, uid: str, blocking: bool = False) -> list[tuple[str, str, str]]:
+        """Keys of the objects ``uid`` owns (``blocking``: only those whose reference says
+        ``blockOwnerDeletion``, the only ones a foreground deletion waits for)."""
         return [key for key, obj in self.objects.items()
-                if any(r["uid"] == uid for r in obj["metadata"].get("ownerReferences") or [])]
+                if any(r["uid"] == uid and (r.get("blockOwnerDeletion") or not blocking)
+                       for r in obj["metadata"].get("ownerReferences") or [])]
 
     def collect_garbage(self) -> None:
         """One pass of the garbage collector: delete objects whose owners are all gone or being
-        deleted in the foreground, and finish foreground deletions without dependents left."""
+        deleted in the foreground, and finish the foreground deletions that no dependent blocks
+        (only a reference with ``blockOwnerDeletion: true`` does: the others' deletion has been
+        issued, and the owner goes without waiting for it to end)."""
         with self.lock:
             live = {obj["metadata"]["uid"]: obj for obj in self.objects.values()}
             foreground = {uid for uid, obj in live.items()
@@ -374,8 +432,77 @@ class ObjectStore:
                 if doomed and "deletionTimestamp" not in obj["metadata"]:
                     self.delete(resource, namespace, name, {"propagationPolicy": "Background"})
             for (resource, namespace, name), obj in list(self.objects.items()):
-                if obj["metadata"]["uid"] in foreground and not self._dependents(obj["metadata"]["uid"]):
+                if obj["metadata"]["uid"] in foreground and not self._dependents(obj["metadata"]["uid"], blocking=True):
                     self.remove(resource, namespace, name)
+
+
+#: Values the API server's validation accepts (the OpenAPI schemas state no enums): path -> values.
+_ENUMS = {
+    "services": {"spec.type": ("ClusterIP", "ExternalName", "LoadBalancer", "NodePort"),
+                 "spec.ports[*].protocol": ("SCTP", "TCP", "UDP"),
+                 "spec.externalTrafficPolicy": ("Cluster", "Local")},
+    "pods": {"spec.restartPolicy": ("Always", "Never", "OnFailure"),
+             "spec.containers[*].imagePullPolicy": ("Always", "IfNotPresent", "Never"),
+             "spec.containers[*].ports[*].protocol": ("SCTP", "TCP", "UDP"),
+             "spec.securityContext.seccompProfile.type": ("Localhost", "RuntimeDefault", "Unconfined"),
+             "spec.containers[*].securityContext.seccompProfile.type": ("Localhost", "RuntimeDefault", "Unconfined")},
+}
+
+
+def _values(node: Any, parts: list[str], path: str) -> list[tuple[str, Any]]:
+    """(path, value) of each value at ``parts`` (``name[*]`` steps into every item of a list)."""
+    if not parts:
+        return [(path, node)]
+    part, rest = parts[0], parts[1:]
+    if not isinstance(node, dict):
+        return []
+    if part.endswith("[*]"):
+        key = part[:-3]
+        return [found for i, item in enumerate(node.get(key) or [])
+                for found in _values(item, rest, f"{path}.{key}[{i}]".lstrip("."))]
+    if part not in node:
+        return []
+    return _values(node[part], rest, f"{path}.{part}".lstrip("."))
+
+
+_CAUSE_REASONS = {"Required value": "FieldValueRequired", "Unsupported value": "FieldValueNotSupported",
+                  "Forbidden": "FieldValueForbidden", "Too long": "FieldValueTooLong"}
+
+
+def _cause(problem: str) -> dict[str, str]:
+    """One entry of a 422's ``details.causes``, from ``<field>: <message>``."""
+    field, _, message = problem.partition(": ")
+    reason = next((r for prefix, r in _CAUSE_REASONS.items() if message.startswith(prefix)), "FieldValueInvalid")
+    return {"reason": reason, "message": message, "field": field}
+
+
+def _enum_problems(resource: str, body: dict) -> list[str]:
+    problems = []
+    for path, allowed in _ENUMS.get(resource, {}).items():
+        for where, value in _values(body, path.split("."), ""):
+            if value is not None and value not in allowed:
+                problems.append(f"{where}: Unsupported value: {json.dumps(value)}: supported values: "
+                                + ", ".join(f'"{v}"' for v in allowed))
+    return problems
+
+
+def _source_range_problems(spec: dict) -> list[str]:
+    """The server's rules for ``loadBalancerSourceRanges``: CIDRs, and only on a LoadBalancer."""
+    import ipaddress
+
+    ranges = spec.get("loadBalancerSourceRanges") or []
+    problems = []
+    if ranges and spec.get("type") != "LoadBalancer":
+        problems.append("spec.loadBalancerSourceRanges: Forbidden: may only be used when `type` is 'LoadBalancer'")
+    for i, value in enumerate(ranges):
+        try:
+            ipaddress.ip_network(str(value).strip(), strict=False)
+            if "/" not in str(value):
+                raise ValueError
+        except ValueError:
+            problems.append(f"spec.loadBalancerSourceRanges[{i}]: Invalid value: {json.dumps(value)}: must be a list "
+                            "of IP ranges. For example, 10.240.0.0/24,10.250.0.0/24 ")
+    return problems
 
 
 def _field(obj: dict, path: str) -> str | None:
