@@ -104,6 +104,13 @@ class BootSoftware:
     container: str | None = None
     #: pip requirements installed in the container, on top of the image.
     image_requirements: tuple[str, ...] = ()
+    #: The packs the client pinned, by environment key (``{"object", "sha256", "prefix"}``): a
+    #: node fetches a pack only if it is pinned here, and checks its sha256 (see
+    #: :func:`coiled_core.node.envpack.pinned_software`).
+    pins: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: The cluster's build: where its nodes share a pack they build when none is pinned (empty:
+    #: each node builds its own and shares nothing).
+    build_id: str = ""
 
 
 def post_build_script(lines: list[str]) -> str:
@@ -376,6 +383,8 @@ def render_boot_script(
         "python": software.python,
         "requirements": list(software.requirements),
         "post_build": {"text": inline} if inline else ({"key": stored.key, "sha256": stored.sha256} if stored else None),
+        "pins": software.pins,
+        "build_id": software.build_id,
     }
     if wait_seconds is not None:
         environment["wait_seconds"] = wait_seconds
