@@ -192,3 +192,41 @@ def delete_logs(aws: AWS, bucket: str, cluster: str) -> None:
     keys = [{"Key": item["Key"]} for item in listing.get("Contents", [])]
     if keys:
         s3.delete_objects(Bucket=bucket, Delete={"Objects": keys}, ExpectedBucketOwner=owner)
+
+
+class ClientStore:
+    """The client's own access to the artifact bucket, with the store program's commands
+    (``get``, ``put``, ``create``), for what the core reads and writes from the client: the pins
+    of environment packs (``pins/``, which no node role may write)."""
+
+    def __init__(self, aws: AWS, bucket: str):
+        self.s3, self.bucket, self.owner = aws.client("s3"), bucket, aws.account_id
+
+    def get(self, key: str, target: Path) -> bool:
+        """Download ``key`` to ``target``; False if there is no such object."""
+        from botocore.exceptions import ClientError
+
+        try:
+            reply = self.s3.get_object(Bucket=self.bucket, Key=key, ExpectedBucketOwner=self.owner)
+        except ClientError as e:
+            if _status(e) == 403:
+                raise _foreign_bucket(self.bucket, self.owner) from e
+            if e.response["Error"]["Code"] in ("NoSuchKey", "404"):
+                return False
+            raise
+        Path(target).write_bytes(reply["Body"].read())
+        return True
+
+    def put(self, path: Path, key: str) -> None:
+        self.s3.put_object(Bucket=self.bucket, Key=key, Body=Path(path).read_bytes(), ExpectedBucketOwner=self.owner)
+
+    def create(self, path: Path, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.s3.put_object(Bucket=self.bucket, Key=key, Body=Path(path).read_bytes(), IfNoneMatch="*", ExpectedBucketOwner=self.owner)
+            return True
+        except ClientError as e:
+            if e.response["Error"]["Code"] in ("412", "PreconditionFailed", "ConditionalRequestConflict"):
+                return False
+            raise

@@ -71,6 +71,8 @@ from coiled_core.backend import (
     map_address,
     node_requirements,
     past_lifetime,
+    pinned_software,
+    record_cluster_packs,
     software_environment,
     worker_name_prefix,
 )
@@ -85,6 +87,11 @@ TAG_CREATED = "coiled:created-at"
 TAG_EXPIRES = "coiled:expires-at"
 #: On the scheduler: the sha256 of the local code (``include_local_code``) the nodes run.
 TAG_LOCAL_CODE = "coiled:local-code"
+#: On the scheduler: the cluster's build id, under which its nodes share the packs they build
+#: (the only part of ``envs/`` its node roles may write).
+TAG_BUILD = "coiled:build"
+#: The architectures whose pack pins a node may be given (the key of a pack names its own).
+PACK_MACHINES = ("x86_64", "aarch64")
 logger = logging.getLogger("coiled_aws")
 
 LIVE_STATES = ["pending", "running", "shutting-down", "stopping", "stopped"]
@@ -520,10 +527,13 @@ NODE_LOG_MAX_BYTES = 50 * 2**20
 class _Boot:
     """Renders the node configs and boot scripts of one cluster (both waves and later scale-ups)."""
 
-    def __init__(self, aws: AWS, spec: ClusterSpec, options: AWSOptions, local_code_sha256: str | None = None):
+    def __init__(
+        self, aws: AWS, spec: ClusterSpec, options: AWSOptions, local_code_sha256: str | None = None, build_id: str | None = None
+    ):
         """``local_code_sha256``: the local code the cluster's nodes already run (scaling up an
         existing cluster ships the same code, wherever the client runs); else the working
-        directory's, zipped and uploaded now."""
+        directory's, zipped and uploaded now. ``build_id``: the cluster's build (scaling up),
+        else a new one."""
         self.aws, self.spec, self.options = aws, spec, options
         self.software = _software(spec)
         # A bucket another account owns is refused here (ProvisionError), before anything exists.
@@ -533,7 +543,14 @@ class _Boot:
         self.bundle = artifacts.upload_once(aws, self.bucket, f"agent/{bundle.name}", bundle)
         # What else nodes run from the client is fetched and checked the same way.
         # post_build goes inline when short (see script() for when it does not fit after all).
-        self.boot_software = boot_software(self.software, node_requirements("boto3"))
+        # Nodes fetch a pack only if this client pinned it; else they build and share it under
+        # the cluster's build id, which their roles may write (and nothing else of envs/).
+        self.boot_software = pinned_software(
+            boot_software(self.software, node_requirements("boto3")), artifacts.ClientStore(aws, self.bucket), PACK_MACHINES
+        )
+        if build_id:
+            self.boot_software = dataclasses.replace(self.boot_software, build_id=build_id)
+        self.build_id = self.boot_software.build_id
         post_build = self.boot_software.post_build
         if isinstance(post_build, str) and len(post_build.encode()) > POST_BUILD_INLINE_BYTES:
             self._ship_post_build()
@@ -564,6 +581,8 @@ class _Boot:
         tags = _tags(self.spec, self.options, role)
         if role == "scheduler" and self.local_code is not None:
             tags.append({"Key": TAG_LOCAL_CODE, "Value": self.local_code.sha256})
+        if role == "scheduler" and self.build_id:
+            tags.append({"Key": TAG_BUILD, "Value": self.build_id})
         return tags
 
     def _addon(self, role: str) -> AddOnRef:
@@ -735,7 +754,7 @@ def provision(spec: ClusterSpec, options: AWSOptions, tls: ClusterTLS | None) ->
             aws.ec2, plan.placement, spec.name, plan.cidr, _tags(spec, options), allow_ssh=options.allow_ssh
         )
         step = "creating the node roles"
-        profiles = _node_profiles(aws, spec, options, boundary, plan.kms_key_arn)
+        profiles = _node_profiles(aws, spec, options, boundary, plan.kms_key_arn, boot.build_id)
         step = "storing secrets"
         # The spec holds `environ`: a SecureString like the nodes' secrets.
         parameters.put_secure(aws, parameters.spec_parameter(spec.name), spec.model_dump_json(), plan.kms_key_arn)
@@ -773,6 +792,28 @@ def provision(spec: ClusterSpec, options: AWSOptions, tls: ClusterTLS | None) ->
     return record
 
 
+@hookimpl
+def cluster_started(record: ClusterRecord, options: AWSOptions) -> None:
+    """Pin the packs the cluster's nodes built (under its build id), before any user code runs
+    on them: later clusters' nodes fetch those instead of building."""
+    build_id = record.backend_ids.get("build_id")
+    if not build_id or not record.spec:
+        return
+    spec = ClusterSpec.model_validate(record.spec)
+    software = _software(spec)
+    if software.kind == "container":
+        return
+    aws = AWS(options)
+    boot = dataclasses.replace(boot_software(software, node_requirements("boto3")), build_id=build_id)
+    try:
+        pinned = record_cluster_packs(boot, artifacts.ClientStore(aws, artifacts.bucket_name(aws)), PACK_MACHINES)
+    except Exception as e:  # the cluster works; the next one builds again
+        logger.warning("could not pin the environment packs of cluster %s: %s", record.name, e)
+        return
+    if pinned:
+        logger.info("pinned the environment packs %s built by cluster %s", ", ".join(pinned), record.name)
+
+
 def _launch_scheduler(aws: AWS, boot: _Boot, plan: _Plan, base: dict[str, Any], profile: str) -> tuple[Placement, str]:
     """Launch the scheduler at an address chosen in advance, in the first of ``plan.placements``
     where one of its types has capacity (more than one only with ``use_best_zone``); return
@@ -801,14 +842,14 @@ def _launch_scheduler(aws: AWS, boot: _Boot, plan: _Plan, base: dict[str, Any], 
 
 
 def _node_profiles(
-    aws: AWS, spec: ClusterSpec, options: AWSOptions, boundary: str | None, kms_key_arn: str | None
+    aws: AWS, spec: ClusterSpec, options: AWSOptions, boundary: str | None, kms_key_arn: str | None, build_id: str = ""
 ) -> dict[str, str]:
     """The instance profile of each node role: a pre-created one (``iam_instance_profile``, for
     both roles) or the backend's own per-role profiles, created now with ``boundary``."""
     if options.iam_instance_profile:
         return {role: options.iam_instance_profile for role in parameters.NODE_ROLES}
     assert boundary is not None, "the backend's own roles always get a boundary"
-    return iam.create_node_profiles(aws, spec.name, _tags(spec, options), boundary, kms_key_arn)
+    return iam.create_node_profiles(aws, spec.name, _tags(spec, options), boundary, kms_key_arn, build_id)
 
 
 def _read_spec(aws: AWS, name: str) -> dict[str, Any]:
@@ -873,6 +914,7 @@ def describe(name: str, options: AWSOptions) -> ClusterRecord | None:
             "scheduler_private_ip": scheduler.get("PrivateIpAddress") if scheduler else None,
             "scheduler_subnet_id": scheduler.get("SubnetId") if scheduler else None,
             "local_code_sha256": _tag(scheduler, TAG_LOCAL_CODE) if scheduler else None,
+            "build_id": _tag(scheduler, TAG_BUILD) if scheduler else None,
         },
     )
 
@@ -903,7 +945,9 @@ def _add_workers(aws: AWS, record: ClusterRecord, options: AWSOptions, count: in
     placement = network.placement_of_subnet(aws.ec2, subnet_id) if subnet_id else network.find_placement(aws.ec2, options)
     tag_filter = [{"Name": f"tag:{TAG_CLUSTER}", "Values": [record.name]}]
     group_ids = [g["GroupId"] for g in aws.ec2.describe_security_groups(Filters=tag_filter)["SecurityGroups"]]
-    boot = _Boot(aws, spec, options, local_code_sha256=record.backend_ids.get("local_code_sha256"))
+    boot = _Boot(
+        aws, spec, options, local_code_sha256=record.backend_ids.get("local_code_sha256"), build_id=record.backend_ids.get("build_id")
+    )
     types = _instance_types(aws, spec, options, boot.software)
     base = {
         "ami": _resolve_ami(aws, options, types.worker_arch),
