@@ -188,10 +188,42 @@ def _resolve_ami(aws: AWS, options: AWSOptions, arch: str = "x86_64") -> str:
         return aws.client("ssm").get_parameter(Name=name)["Parameter"]["Value"]
     except ClientError:
         pass
-    images = aws.ec2.describe_images(Owners=["amazon"], Filters=[{"Name": "architecture", "Values": [arch]}])["Images"]
+    # Amazon's own standard AL2023 images only: "amazon" also owns Windows, EKS, ECS and minimal
+    # images, which the name pattern leaves out (al2023-ami-2023.<version>-kernel-<k>-<arch>).
+    filters = [
+        {"Name": "name", "Values": [f"al2023-ami-2023.*-kernel-*-{arch}"]},
+        {"Name": "architecture", "Values": [arch]},
+        {"Name": "state", "Values": ["available"]},
+        {"Name": "image-type", "Values": ["machine"]},
+        {"Name": "root-device-type", "Values": ["ebs"]},
+        {"Name": "virtualization-type", "Values": ["hvm"]},
+    ]
+    images = [
+        image
+        for image in aws.ec2.describe_images(Owners=["amazon"], Filters=filters)["Images"]
+        if image.get("Architecture") == arch
+        and image.get("Platform") != "windows"
+        and image.get("Name", "").startswith("al2023-ami-2023.")
+    ]
     if not images:
-        raise ClusterSpecError(f"backend_options: no current public {arch} image found in {aws.region}; give ami='ami-...'")
-    return sorted(images, key=lambda i: i.get("CreationDate", ""))[-1]["ImageId"]
+        raise ClusterSpecError(f"backend_options: no current Amazon Linux 2023 {arch} image found in {aws.region}; give ami='ami-...'")
+    return max(images, key=lambda i: (i.get("CreationDate") or "", i.get("Name", "")))["ImageId"]
+
+
+def _root_device(aws: AWS, spec: ClusterSpec, ami: str) -> str:
+    """The image's root device name (``/dev/xvda`` on Amazon Linux, ``/dev/sda1`` on Ubuntu): the
+    root volume's size is set on it, and any other name would add a second, empty volume."""
+    from botocore.exceptions import ClientError
+
+    try:
+        images = aws.ec2.describe_images(ImageIds=[ami])["Images"]
+    except ClientError as e:
+        images = []
+        if e.response.get("Error", {}).get("Code") not in ("InvalidAMIID.NotFound", "InvalidAMIID.Malformed", "InvalidAMIID.Unavailable"):
+            raise
+    if not images or not images[0].get("RootDeviceName"):
+        raise ClusterSpecError(f"{_parameter(spec, 'ami', 'ami')}: image {ami!r} was not found in {aws.region} (or has no root device)")
+    return images[0]["RootDeviceName"]
 
 
 def _parameter(spec: ClusterSpec, keyword: str, option: str) -> str:
@@ -448,6 +480,8 @@ class _Plan:
     types: _Types
     #: The image of each role's architecture.
     amis: dict[str, str]
+    #: The root device name of each role's image.
+    root_devices: dict[str, str]
     cidr: str
     #: Where the scheduler may go, in order (more than one only with ``use_best_zone``); the
     #: workers go to the scheduler's subnet.
@@ -480,10 +514,12 @@ def _plan(aws: AWS, spec: ClusterSpec, options: AWSOptions) -> _Plan:
     aws.account_id  # credentials first: every other check needs them
     types = _instance_types(aws, spec, options, software)
     amis = {arch: _resolve_ami(aws, options, arch) for arch in dict.fromkeys([types.scheduler_arch, types.worker_arch])}
+    roots = {ami: _root_device(aws, spec, ami) for ami in set(amis.values())}
     placements = network.find_placements(aws.ec2, options)
     plan = _Plan(
         types=types,
         amis={"scheduler": amis[types.scheduler_arch], "worker": amis[types.worker_arch]},
+        root_devices={"scheduler": roots[amis[types.scheduler_arch]], "worker": roots[amis[types.worker_arch]]},
         cidr=network.client_cidr(options),
         placements=placements if options.use_best_zone else placements[:1],
         kms_key_arn=_kms_key_arn(aws, options),
@@ -679,8 +715,8 @@ def _launch_workers(aws: AWS, boot: _Boot, request_base: dict[str, Any], types: 
         user_data=boot.script(boot.worker(scheduler_address, memory_limit)), tags=boot.tags("worker"), **request_base
     )
     if options.spot_policy == "spot_with_fallback":
-        template = launch.launch_template(aws.ec2, _launch_template_name(spec.name), request)
-        return launch.create_fleet(aws.ec2, request, template, types, count)
+        template, version = launch.launch_template(aws.ec2, _launch_template_name(spec.name), request)
+        return launch.create_fleet(aws.ec2, request, template, types, count, version)
     instances = launch.run_instances(aws.ec2, request, types, count, spot=options.spot_policy == "spot")
     return [i["InstanceId"] for i in instances]
 
@@ -775,6 +811,7 @@ def provision(spec: ClusterSpec, options: AWSOptions, tls: ClusterTLS | None) ->
             worker_base = {
                 **base,
                 "ami": plan.amis["worker"],
+                "root_device_name": plan.root_devices["worker"],
                 "subnet_id": placement.subnet_id,
                 "root_volume_gib": options.volume_gib("worker"),
                 "instance_profile": profiles["worker"],
@@ -828,6 +865,7 @@ def _launch_scheduler(aws: AWS, boot: _Boot, plan: _Plan, base: dict[str, Any], 
             private_ip=scheduler_ip,
             instance_profile=profile,
             ami=plan.amis["scheduler"],
+            root_device_name=plan.root_devices["scheduler"],
             subnet_id=placement.subnet_id,
             root_volume_gib=options.volume_gib("scheduler"),
             **base,
@@ -949,8 +987,10 @@ def _add_workers(aws: AWS, record: ClusterRecord, options: AWSOptions, count: in
         aws, spec, options, local_code_sha256=record.backend_ids.get("local_code_sha256"), build_id=record.backend_ids.get("build_id")
     )
     types = _instance_types(aws, spec, options, boot.software)
+    ami = _resolve_ami(aws, options, types.worker_arch)
     base = {
-        "ami": _resolve_ami(aws, options, types.worker_arch),
+        "ami": ami,
+        "root_device_name": _root_device(aws, spec, ami),
         "subnet_id": placement.subnet_id,
         "security_group_ids": [*group_ids, *options.security_group_ids],
         "instance_profile": options.iam_instance_profile or iam.node_role_name(aws, record.name, "worker"),
