@@ -576,3 +576,14 @@ def test_the_boot_script_hands_pins_and_the_build_to_the_node(tmp_path):
     script = render_boot_script(cluster="c", node_config={}, software=software, store=store, bundle=StoredFile("agent/x", "0" * 64))
     environment = json.loads(script.split("<<'COILED_ENVIRONMENT_JSON'\n", 1)[1].split("\nCOILED_ENVIRONMENT_JSON", 1)[0])
     assert environment["pins"] == {"k": pin} and environment["build_id"] == "b"
+
+
+def test_the_key_of_a_pack_covers_the_nodes_own_requirements():
+    """Two backends' nodes need different SDKs in one software environment: their packs differ."""
+    from coiled_core.node.bootstrap import boot_software
+    from coiled_core.software import SoftwareEnvironment
+
+    software = SoftwareEnvironment(name="team/x", kind="pip", pip=["toolz"])
+    aws, gcp = boot_software(software, ("distributed", "boto3")), boot_software(software, ("distributed", "google-cloud-storage"))
+    assert aws.env_hash != gcp.env_hash
+    assert boot_software(software, ("distributed", "boto3")).env_hash == aws.env_hash

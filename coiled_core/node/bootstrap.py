@@ -48,6 +48,7 @@ in the script.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shlex
@@ -127,11 +128,15 @@ def boot_software(software: Any, node_requirements: list[str] | tuple[str, ...] 
     (``dataclasses.replace(boot, post_build=stored)``)."""
     container = software.container if software.kind == "container" else None
     pip = tuple(software.pip or ())
+    requirements = () if container else (*pip, *node_requirements)
+    # The pack holds the node's own requirements too (each backend's SDK): they are part of its
+    # key, or a pack built for one backend's nodes would be taken for another's.
+    env_hash = hashlib.sha256(json.dumps([software.spec_hash(), list(requirements)]).encode()).hexdigest()[:24]
     return BootSoftware(
         name=software.name,
-        env_hash=software.spec_hash()[:24],
+        env_hash=env_hash,
         python=software.python,
-        requirements=() if container else (*pip, *node_requirements),
+        requirements=requirements,
         post_build=post_build_script(software.post_build) if software.post_build else None,
         container=container,
         image_requirements=pip if container else (),

@@ -406,6 +406,9 @@ class OfflineEC2:
             "AWS_SECRET_ACCESS_KEY": self.credentials.secret_access_key,
             "AWS_DEFAULT_REGION": self.regions[0],
             "DASK_COILED__LOOPBACK_ADDRESSES": "true",
+            # Every request of a process that can import it is held to botocore's model,
+            # constraints included (coiled_aws.testing.validation).
+            "BOTOCORE_EXPERIMENTAL__PLUGINS": _with_validation(os.environ.get("BOTOCORE_EXPERIMENTAL__PLUGINS", "")),
         }
 
     @property
@@ -915,6 +918,14 @@ class _Gate:
         owner = _bucket_owner(bucket)
         if owner is not None and owner != expected:
             raise _Refused("AccessDenied", "Access Denied")
+
+
+def _with_validation(plugins: str) -> str:
+    """``BOTOCORE_EXPERIMENTAL__PLUGINS`` with the model validation of coiled_aws.testing added."""
+    from coiled_aws.testing.validation import PLUGIN
+
+    listed = [p for p in plugins.split(",") if p.strip() and p.strip() != PLUGIN and plugins != "DISABLED"]
+    return ",".join([*listed, PLUGIN])
 
 
 def _read_body(environ: dict[str, Any]) -> bytes:
