@@ -192,6 +192,8 @@ INHERIT_ENV: tuple[str, ...] = (
     "UV_PYTHON_INSTALL_DIR",
     "SSL_CERT_FILE",
     "SSL_CERT_DIR",
+    # The proof that a stand-in runs, without which the offline switches are refused.
+    "COILED_STANDIN",
 )
 #: API states in which an instance's processes must not run.
 _DOWN_STATES = frozenset({"shutting-down", "terminated", "stopping", "stopped"})
@@ -406,6 +408,7 @@ class OfflineEC2:
             "AWS_SECRET_ACCESS_KEY": self.credentials.secret_access_key,
             "AWS_DEFAULT_REGION": self.regions[0],
             "DASK_COILED__LOOPBACK_ADDRESSES": "true",
+            **(self._standin.environ() if getattr(self, "_standin", None) else {}),
             # Every request of a process that can import it is held to botocore's model,
             # constraints included (coiled_aws.testing.validation).
             "BOTOCORE_EXPERIMENTAL__PLUGINS": _with_validation(os.environ.get("BOTOCORE_EXPERIMENTAL__PLUGINS", "")),
@@ -461,7 +464,10 @@ class OfflineEC2:
         return self
 
     def _start(self) -> None:
+        from coiled_core.testing.standin import StandInProof
+
         reap_orphans()
+        self._standin = StandInProof().create()
         self._stop_event.clear()  # started again after a stop
         if self._workdir_arg is not None:
             self.workdir = self._workdir_arg
@@ -515,6 +521,8 @@ class OfflineEC2:
                 return
             self._started = False
         try:
+            if getattr(self, "_standin", None) is not None:
+                self._standin.remove()
             self._stop_event.set()
             if self._thread is not None:
                 self._thread.join()
