@@ -6,22 +6,44 @@ index), so environments are *packs*: the first node that needs one builds it (wi
 when uv is unavailable), packs it (tar, zstd) and uploads it to its backend's artifact store;
 every later node, of this cluster or a later one, downloads and unpacks it.
 
-**Keys.** A pack is keyed by the environment's spec hash, its Python ``major.minor`` and the
-machine's architecture (:func:`environment_key`). In the store, under ``envs/<key>/``:
+**Trust.** Anyone who can write the store could plant a pack, and a node runs its pack as the
+user's environment. So a node runs a pack from the store only if its sha256 was *pinned by the
+client* in the node's ``environment.json`` (as the agent bundle's sha256 is in the boot script),
+or if its own build made it. The client is the trust anchor: it keeps pins under ``pins/`` (a
+prefix no node may write), hands a new cluster's nodes the pins it finds
+(:func:`pinned_software`), and once the cluster's scheduler answers, before any user code runs
+there, pins what the cluster's nodes built (:func:`record_cluster_packs`, from the backend's
+``cluster_started`` hook). ``coiled env build`` builds, uploads and pins on the client
+(:func:`build_environment_pack`).
 
-- ``manifest.json``: the finished pack: its object name, sha256 and size, and the prefix (path)
-  it was built at. Written last, so a manifest always names a complete pack.
-- ``<sha256>.tar.zst``: the pack, named by its content, so two builders never interleave.
-- ``claim-<n>``: who builds attempt ``n``. Created with the store's atomic create-if-absent, so
-  of many nodes booting at once exactly one builds; the others wait for the manifest (at most
-  ``wait_seconds``, then they build themselves).
-- ``failed.json``: the last failed attempt (its number and claim, the node, the build's own
-  message). A node waiting on that claim fails at once with the message; a node booting later
-  claims the next attempt and tries again.
+**Keys.** A pack is keyed by the environment's spec hash (with the nodes' own requirements),
+its Python ``major.minor`` and the machine's architecture (:func:`environment_key`). In the
+store:
 
-**Checks.** A downloaded pack whose sha256 differs from its manifest (corrupt, partial) is not
-used: one node (claiming ``claim-<n>-replacing-<sha256>``) builds the environment and uploads a
-new pack and manifest in its place, the others wait for it as for a first build.
+- ``pins/<key>.json``: the client's pin: the pack's object, sha256 and the prefix it was built at.
+- ``envs/<key>/builds/<build id>/``: what the nodes of one build (one cluster, with a fresh
+  random build id) share while none is pinned; a node's role may write its own build's prefix
+  only (AWS: ``coiled_aws.iam``):
+
+  - ``manifest.json``: the finished pack: its object name, sha256 and size, and the prefix (path)
+    it was built at. Written last, so a manifest always names a complete pack.
+  - ``<sha256>.tar.zst``: the pack, named by its content, so two builders never interleave.
+  - ``claim-<n>``: who builds attempt ``n``. Created with the store's atomic create-if-absent,
+    so of many nodes booting at once exactly one builds; the others wait for the manifest (at
+    most ``wait_seconds``, then they build themselves).
+  - ``failed.json``: the last failed attempt (its number and claim, the node, the build's own
+    message). A node waiting on that claim fails at once with the message; a node booting later
+    claims the next attempt and tries again.
+
+A node given no build id builds for itself and shares nothing.
+
+**Checks.** A pinned pack whose sha256 differs from the pin is refused, and the node builds the
+environment instead (in its build, for its cluster's client to pin). A pack of its own build
+whose sha256 differs from its manifest (corrupt, partial) is not used: one node (claiming
+``claim-<n>-replacing-<sha256>``) builds the environment and uploads a new pack and manifest in
+its place, the others wait for it as for a first build. Unpacking uses tarfile's ``data``
+filter: nothing is written outside the target or through a link, and no file keeps a foreign
+owner or set-id bits.
 
 **Relocation.** A pack unpacked under another path than it was built at is fixed up: the
 ``home`` of ``pyvenv.cfg`` and the ``python`` links point at this machine's interpreter (the same
