@@ -62,7 +62,7 @@ def test_a_value_outside_the_enum_is_refused(aws):
 
 
 def test_a_number_outside_the_range_is_refused(aws):
-    """botocore checks a number's minimum, not its maximum; moto takes both of these."""
+    """botocore checks a number's minimum, not its maximum (moto takes the first of these)."""
     _refused(lambda: aws.ec2.describe_launch_templates(MaxResults=500), "InvalidParameterValue", "at 'maxResults'", "less than or equal to 200")
     _refused(
         lambda: aws.client("ssm").get_parameters_by_path(Path="/coiled/x/secrets", MaxResults=50),
