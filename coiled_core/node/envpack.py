@@ -388,7 +388,7 @@ def relocate(env: Path, built_at: str, interpreter: str, links: list[str] | tupl
                 path.unlink()
                 path.symlink_to(real)
             continue
-        if built_at == str(env) or not path.is_file():
+        if not built_at or built_at == str(env) or not path.is_file():
             continue
         try:
             text = path.read_text()
