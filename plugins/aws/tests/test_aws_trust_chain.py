@@ -169,6 +169,13 @@ def test_a_node_fetches_with_its_role_and_every_s3_call_names_the_owner(offline_
         # The nodes fetched and verified the bundle, ran the agent and uploaded their logs.
         wait_until(lambda: len([t for t in backend.logs(record, options, None).values() if "coiled" in t]) == len(ids),
                    timeout=240, message="every node's log in the bucket")
+        # Every local user reads every process's arguments: no secret is in those of the nodes'.
+        import psutil
+
+        secret = offline_ec2.credentials.secret_access_key
+        for process in psutil.process_iter(["cmdline"]):
+            cmdline = " ".join(process.info["cmdline"] or [])
+            assert secret not in cmdline and "PRIVATE KEY" not in cmdline, cmdline[:200]
     finally:
         backend.teardown(record, options)
     assert offline_ec2.errors == []
