@@ -870,6 +870,10 @@ class _Gate:
     then tells moto the key's account (``x-moto-account-id``, replacing the caller's). Unsigned
     requests, ``/moto-api`` included, are refused.
 
+    It refuses a request that breaks its operation's constraints in botocore's model (lengths,
+    patterns, enums, ranges: :func:`coiled_aws.testing.validation.request_violations`), whoever
+    sent it, with the error AWS answers.
+
     It also plays S3's ``ExpectedBucketOwner`` check, which moto ignores: a request carrying
     ``x-amz-expected-bucket-owner`` for a bucket another account owns is refused with
     ``AccessDenied``, as S3 does. Bucket requests that do not carry it are noted in
@@ -888,6 +892,8 @@ class _Gate:
             environ["HTTP_X_MOTO_ACCOUNT_ID"] = credentials.account_id
             if service == "s3":
                 self._check_bucket_owner(environ, credentials)
+            else:
+                self._check_model(service, environ, body)
         except _Refused as refusal:
             logger.info("offline EC2 refused %s %s: %s", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"), refusal.message)
             return _error_reply(start_response, environ, service, refusal)
@@ -911,6 +917,16 @@ class _Gate:
         if re.fullmatch(r"[0-9a-f]{64}", declared) and hashlib.sha256(body).hexdigest() != declared:
             raise _Refused("XAmzContentSHA256Mismatch", "the body does not match its signed sha256", "400 Bad Request")
         return credentials
+
+    @staticmethod
+    def _check_model(service: str, environ: Mapping[str, Any], body: bytes) -> None:
+        """Refuse what AWS refuses and moto takes: a request that breaks its operation's
+        constraints in botocore's model (coiled_aws.testing.validation)."""
+        from coiled_aws.testing.validation import request_violations
+
+        broken = request_violations(service, environ.get("HTTP_X_AMZ_TARGET"), body)
+        if broken is not None:
+            raise _Refused(broken[0], broken[1], "400 Bad Request")
 
     def _check_bucket_owner(self, environ: Mapping[str, Any], credentials: Credentials) -> None:
         path = environ.get("PATH_INFO", "")
@@ -999,16 +1015,19 @@ def _bucket_owner(bucket: str) -> str | None:
 
 def _error_reply(start_response: Any, environ: Mapping[str, Any], service: str, refusal: _Refused) -> list[bytes]:
     """The error as the caller's protocol writes one, so botocore raises a ClientError with its code."""
+    from xml.sax.saxutils import escape
+
+    code, message = escape(refusal.code), escape(refusal.message)  # a message may quote the caller's text
     if environ.get("HTTP_X_AMZ_TARGET"):
         content_type = "application/x-amz-json-1.1"
         body = json.dumps({"__type": refusal.code, "message": refusal.message}).encode()
     elif service == "s3":
         content_type = "application/xml"
-        body = f"<Error><Code>{refusal.code}</Code><Message>{refusal.message}</Message></Error>".encode()
+        body = f"<Error><Code>{code}</Code><Message>{message}</Message></Error>".encode()
     else:  # EC2 and the query protocol (IAM, STS) read this shape
         content_type = "text/xml"
         body = (
-            f"<Response><Errors><Error><Code>{refusal.code}</Code><Message>{refusal.message}</Message></Error>"
+            f"<Response><Errors><Error><Code>{code}</Code><Message>{message}</Message></Error>"
             f"</Errors><RequestID>{uuid.uuid4()}</RequestID></Response>"
         ).encode()
     if environ.get("REQUEST_METHOD") == "HEAD":

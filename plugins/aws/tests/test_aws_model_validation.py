@@ -77,3 +77,38 @@ def test_an_empty_key_is_refused_by_s3(aws):
 def test_a_valid_request_passes(aws):
     assert aws.client("sts").get_caller_identity()["Account"] == aws.account_id
     assert validation.violations({"RoleName": "coiled-node-abc-worker"}, aws.client("iam").meta.service_model.operation_model("GetRole").input_shape) == []
+
+
+def test_a_process_without_the_plugin_is_refused_by_the_stand_in(offline_ec2, tmp_path):
+    """The nodes' processes cannot import the plugin: the stand-in itself refuses what they send
+    that AWS would refuse (SSM, EC2, IAM, STS), with AWS's error."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "node_call.py"
+    script.write_text(
+        "import boto3, botocore.exceptions, json\n"
+        "out = {}\n"
+        "calls = {\n"
+        "  'ssm': lambda: boto3.client('ssm').get_parameters_by_path(Path='/coiled/x/secrets', MaxResults=50),\n"
+        "  'ec2': lambda: boto3.client('ec2').describe_launch_templates(MaxResults=500),\n"
+        "  'iam': lambda: boto3.client('iam').create_instance_profile(InstanceProfileName='coiled node/x'),\n"
+        "  'sts': lambda: boto3.client('sts').get_caller_identity(),\n"
+        "}\n"
+        "for name, call in calls.items():\n"
+        "    try:\n"
+        "        call(); out[name] = 'ok'\n"
+        "    except botocore.exceptions.ClientError as e:\n"
+        "        out[name] = [e.response['Error']['Code'], e.response['Error']['Message']]\n"
+        "print(json.dumps(out))\n"
+    )
+    env = {**os.environ, "BOTOCORE_EXPERIMENTAL__PLUGINS": "DISABLED"}
+    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    import json
+
+    out = json.loads(done.stdout)
+    assert out["ssm"][0] == "ValidationException" and "at 'maxResults'" in out["ssm"][1]
+    assert out["ec2"][0] == "InvalidParameterValue" and "less than or equal to 200" in out["ec2"][1]
+    assert out["iam"][0] == "ValidationError" and "regular expression pattern" in out["iam"][1]
+    assert out["sts"] == "ok"

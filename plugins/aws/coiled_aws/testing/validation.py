@@ -6,7 +6,11 @@ and moto takes most of them. AWS refuses them. :func:`violations` checks a reque
 against the operation's input shape with every constraint the model states: string and list
 lengths (``min``/``max``), patterns, enums, and numeric ranges.
 
-It runs as a botocore client plugin: with ``BOTOCORE_EXPERIMENTAL__PLUGINS`` naming this module
+It runs twice. In front of moto (:func:`request_violations`, called by the offline EC2's gate)
+for every request of the JSON and query protocols (SSM, EC2, IAM, STS), whoever sends it: the
+nodes' processes too, which cannot import this module. The request is read back into parameters
+and checked only if botocore's own serializer, given them, writes the same request. And as a
+botocore client plugin, which covers S3 (REST) too: with ``BOTOCORE_EXPERIMENTAL__PLUGINS`` naming this module
 (:data:`PLUGIN`; :meth:`coiled_aws.offline.OfflineEC2.environ` sets it), every client made in a
 process that can import it registers :func:`check` on ``before-parameter-build``, and a request
 that breaks a constraint is refused before it is sent, with the error AWS answers:
@@ -86,7 +90,8 @@ def violations(value: Any, shape: Any, where: str = "") -> list[str]:
             broke(f"Member must satisfy regular expression pattern: {meta['pattern']}")
         enum = getattr(shape, "enum", None)
         if enum and value not in enum:
-            broke(f"Member must satisfy enum value set: [{', '.join(enum)}]")
+            shown = ", ".join(enum[:20]) + (f", ... ({len(enum)} values)" if len(enum) > 20 else "")
+            broke(f"Member must satisfy enum value set: [{shown}]")
     elif kind in ("integer", "long", "float", "double") and isinstance(value, (int, float)) and not isinstance(value, bool):
         if "min" in meta and value < meta["min"]:
             broke(f"Member must have value greater than or equal to {meta['min']}")
@@ -145,3 +150,121 @@ def register(session: Any) -> None:
     """Check every request of the clients ``session`` (a boto3 or botocore session) makes."""
     events = session.events if hasattr(session, "events") else session.get_component("event_emitter")
     events.register("before-parameter-build", check, unique_id="coiled-model-validation")
+
+
+# -- the same check in front of moto, for processes that cannot load the plugin (the nodes) ---
+_MODELS: dict[str, Any] = {}
+
+
+def _service_model(service: str) -> Any:
+    if service not in _MODELS:
+        import botocore.session
+
+        _MODELS[service] = botocore.session.get_session().get_service_model(service)
+    return _MODELS[service]
+
+
+def _serialized_name(member: Any, default: str, protocol: str) -> str:
+    """The name a query or ec2 serializer gives a member (botocore's ``serialize``)."""
+    if protocol == "ec2":
+        if "queryName" in member.serialization:
+            return member.serialization["queryName"]
+        if "name" in member.serialization:
+            name = member.serialization["name"]
+            return name[0].upper() + name[1:]
+        return default
+    return member.serialization.get("name", default)
+
+
+def _unflatten(shape: Any, flat: dict[str, str], prefix: str, protocol: str) -> Any:
+    """The value at ``prefix`` of a query-serialized request, read back by ``shape``."""
+    kind = shape.type_name
+    if kind == "structure":
+        value = {}
+        for name, member in shape.members.items():
+            key = f"{prefix}.{_serialized_name(member, name, protocol)}" if prefix else _serialized_name(member, name, protocol)
+            if key in flat or any(k.startswith(key + ".") for k in flat):
+                value[name] = _unflatten(member, flat, key, protocol)
+        return value
+    if kind == "list":
+        if flat.get(prefix) == "":
+            return []
+        if protocol == "ec2" or shape.serialization.get("flattened"):
+            base = prefix
+        else:
+            base = f"{prefix}.{shape.member.serialization.get('name', 'member')}"
+        items, index = [], 1
+        while f"{base}.{index}" in flat or any(k.startswith(f"{base}.{index}.") for k in flat):
+            items.append(_unflatten(shape.member, flat, f"{base}.{index}", protocol))
+            index += 1
+        return items
+    if kind == "map":
+        base = prefix if shape.serialization.get("flattened") else f"{prefix}.entry"
+        key_name, value_name = shape.key.serialization.get("name", "key"), shape.value.serialization.get("name", "value")
+        found, index = {}, 1
+        while f"{base}.{index}.{key_name}" in flat:
+            found[flat[f"{base}.{index}.{key_name}"]] = _unflatten(shape.value, flat, f"{base}.{index}.{value_name}", protocol)
+            index += 1
+        return found
+    text = flat.get(prefix, "")
+    if kind in ("integer", "long"):
+        return int(text)
+    if kind in ("float", "double"):
+        return float(text)
+    if kind == "boolean":
+        return text == "true"
+    return text
+
+
+def _query_params(operation: Any, form: dict[str, str], protocol: str) -> dict[str, Any] | None:
+    """The parameters of a query or ec2 request, or None when they cannot be read back exactly
+    (botocore's serializer, given them, must write the same form)."""
+    from botocore.serialize import create_serializer
+    from urllib.parse import parse_qsl
+
+    try:
+        params = _unflatten(operation.input_shape, form, "", protocol) if operation.input_shape else {}
+        again = create_serializer(protocol, include_validation=False).serialize_to_request(params, operation)["body"]
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None
+    again = dict(parse_qsl(again, keep_blank_values=True)) if isinstance(again, str) else {k: str(v) for k, v in again.items()}
+    again.pop("Action", None), again.pop("Version", None)
+    return params if again == form else None
+
+
+def request_violations(service: str, target: str | None, body: bytes) -> tuple[str, str] | None:
+    """For a request to ``service`` as it reaches the server (its ``X-Amz-Target`` and body):
+    the error code and message AWS answers if it breaks its operation's constraints, else None.
+    JSON and query protocols (SSM, EC2, IAM, STS); None for a request that cannot be read back."""
+    import json
+    from urllib.parse import parse_qsl
+
+    try:
+        model = _service_model(service)
+    except Exception:
+        return None
+    protocol = model.protocol
+    if protocol == "json" and target:
+        try:
+            operation = model.operation_model(target.rsplit(".", 1)[-1])
+            params = json.loads(body or b"{}")
+        except Exception:
+            return None
+    elif protocol in ("query", "ec2"):
+        form = dict(parse_qsl(body.decode(errors="replace"), keep_blank_values=True))
+        action = form.pop("Action", "")
+        form.pop("Version", None)
+        try:
+            operation = model.operation_model(action)
+        except Exception:
+            return None
+        params = _query_params(operation, form, protocol)
+        if params is None:
+            return None
+    else:
+        return None
+    problems = violations(params, operation.input_shape)
+    if not problems:
+        return None
+    error = refusal(service, operation.name, problems)["Error"]
+    return error["Code"], error["Message"]
