@@ -88,8 +88,11 @@ def start_to_ready() -> None:
 
 
 def main() -> None:
+    from coiled_core.testing.standin import standin_proof
+
     os.environ["DASK_COILED__LOOPBACK_ADDRESSES"] = "true"
-    with dask.config.set({"coiled.loopback-addresses": True, "coiled.k8s.log_directory": tempfile.mkdtemp()}):
+    with standin_proof() as proof, dask.config.set({"coiled.loopback-addresses": True, "coiled.k8s.log_directory": tempfile.mkdtemp()}):
+        os.environ.update(proof.environ())
         count_calls()
         start_to_ready()
 

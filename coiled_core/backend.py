@@ -30,7 +30,9 @@ The VM boot script (:mod:`coiled_core.node.bootstrap`)
     ``boot_software``, ``NodeStore`` (how nodes reach the backend's artifact store),
     ``StoredFile``, ``post_build_script``, ``POST_BUILD_INLINE_BYTES``, ``environment_key``
     (the key of an environment's pack), ``build_environment_pack`` (build and upload one from
-    the client; raises ``PlatformMismatchError``, ``EnvironmentBuildError``, ``StoreError``)
+    the client; raises ``PlatformMismatchError``, ``EnvironmentBuildError``, ``StoreError``),
+    ``pinned_software`` (the client's pins and a fresh build id, for a new cluster's nodes),
+    ``record_cluster_packs`` (pin what a cluster's nodes built, from ``cluster_started``)
 Addresses
     ``node_host``, ``map_address``, ``loopback_mode``, ``loopback_address``
 TLS
@@ -71,6 +73,8 @@ _LAZY = {
     "POST_BUILD_INLINE_BYTES": "coiled_core.node.bootstrap",
     "environment_key": "coiled_core.node.envpack",
     "build_environment_pack": "coiled_core.node.envpack",
+    "pinned_software": "coiled_core.node.envpack",
+    "record_cluster_packs": "coiled_core.node.envpack",
     "EnvironmentBuildError": "coiled_core.node.envpack",
     "PlatformMismatchError": "coiled_core.node.envpack",
     "StoreError": "coiled_core.node.envpack",

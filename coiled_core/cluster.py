@@ -373,6 +373,8 @@ class Cluster(DistributedCluster):
         self.scheduler_comm = rpc(record.scheduler_address, connection_args=self._connection_args())
         if self.created:
             await self._wait_for_scheduler()
+            # Before the user's code can run on the nodes (which may write what they built).
+            await asyncio.to_thread(self.backend.cluster_started, record, self.backend_options)
         from coiled_core.node.config import heartbeat_interval
 
         self.periodic_callbacks["coiled-heartbeat"] = PeriodicCallback(self._heartbeat, heartbeat_interval() * 1000)

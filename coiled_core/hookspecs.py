@@ -32,8 +32,10 @@ another process work.
     describe(name, options)            a live cluster of this name? then attach to it
     claim_name(name, options)          atomic; False: someone else creates it, wait and attach
     provision(spec, options, tls)      create; returns once the scheduler was started
-    (the core waits for the scheduler to answer and for wait_for_workers workers, calling
-    describe about once a second to notice a cluster that has failed; all within spec.timeout)
+    (the core waits for the scheduler to answer, calling describe about once a second to
+    notice a cluster that has failed)
+    cluster_started(record, options)   the scheduler answers; nothing of the user's ran yet
+    (the core waits for wait_for_workers workers; all within spec.timeout)
     teardown(record, options)          on any failure above, then the error is raised
 
 **TLS.** Unless the user says otherwise (``security=``) or the backend's :meth:`tls_policy` turns
@@ -92,7 +94,7 @@ HOOK_API_VERSION = 2
 PROJECT_NAME = "coiled_core"
 
 #: Hooks a backend must implement; the others (``keyword_options``, ``tls_policy``,
-#: ``preflight``, ``dashboard_url``, ``build_environment``) have defaults.
+#: ``preflight``, ``cluster_started``, ``dashboard_url``, ``build_environment``) have defaults.
 REQUIRED_HOOKS = (
     "backend_options_model",
     "claim_name",
@@ -390,6 +392,35 @@ class BackendSpec:
             def teardown(record, options):
                 my_api.delete_all(label=record.name)
                 return record.model_copy(update={"state": ClusterState.stopped, "workers": []})
+        """
+
+    @hookspec(firstresult=True)
+    def cluster_started(self, record: ClusterRecord, options: BaseModel) -> None:
+        """Record what the cluster's own nodes made while nothing of the user's has run yet.
+
+        Called once, by the client that provisioned the cluster, as soon as its scheduler
+        answers and before the cluster is handed to the user (a client that attaches to an
+        existing cluster does not call it). Optional. A VM backend on the core's boot script
+        pins the environment packs its nodes built (see
+        :func:`coiled_core.node.envpack.record_cluster_packs`): later clusters' nodes fetch a
+        pack only if its sha256 is pinned, and only a client may write pins.
+
+        Parameters:
+            record: the cluster as ``provision`` returned it.
+            options: the validated ``backend_options``.
+
+        Returns:
+            Nothing.
+
+        Raises:
+            Nothing for what cannot be recorded (log a warning: the next cluster builds again).
+
+        Example::
+
+            @hookimpl
+            def cluster_started(record, options):
+                software = boot_software_of(record)  # with the build_id its nodes were given
+                record_cluster_packs(software, my_node_store(options), ["x86_64"])
         """
 
     @hookspec(firstresult=True)

@@ -250,6 +250,9 @@ class Backend:
     def teardown(self, record: ClusterRecord, options: BaseModel) -> ClusterRecord:
         return self._call("teardown", record=record, options=options)
 
+    def cluster_started(self, record: ClusterRecord, options: BaseModel) -> None:
+        self._call("cluster_started", record=record, options=options)
+
     def dashboard_url(self, record: ClusterRecord, options: BaseModel) -> str | None:
         url = self._call("dashboard_url", record=record, options=options)
         return url if url is not None else record.dashboard_url

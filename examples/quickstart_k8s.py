@@ -7,14 +7,19 @@ makes only real ``kubernetes`` client calls, and the Dask cluster is real. Run i
 (``coiled.backend`` and, if you like, ``backend_options={"namespace": ...}``).
 """
 
+import os
 import tempfile
 
 import dask.config
 from coiled_k8s.offline import OfflineKubernetes
 
+from coiled_core.testing.standin import standin_proof
+
 
 def main() -> None:
-    with OfflineKubernetes(tempfile.mkdtemp(prefix="offline-k8s-")) as kubernetes:
+    # The offline switches are honoured only while a stand-in proves it runs.
+    with standin_proof() as proof, OfflineKubernetes(tempfile.mkdtemp(prefix="offline-k8s-")) as kubernetes:
+        os.environ.update(proof.environ())
         settings = {
             "coiled.backend": "k8s",
             "coiled.loopback-addresses": True,  # the fake's pod and Service addresses live on loopback

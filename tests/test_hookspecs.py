@@ -38,13 +38,14 @@ def test_the_contract_has_the_expected_hooks():
             "describe",
             "teardown",
             "dashboard_url",
+            "cluster_started",
             "list_clusters",
             "gc",
             "logs",
             "build_environment",
         ]
     )
-    assert set(hookspecs.REQUIRED_HOOKS) == set(HOOKS) - {"keyword_options", "tls_policy", "preflight", "dashboard_url", "build_environment"}
+    assert set(hookspecs.REQUIRED_HOOKS) == set(HOOKS) - {"keyword_options", "tls_policy", "preflight", "cluster_started", "dashboard_url", "build_environment"}
     assert hookspecs.HOOK_API_VERSION == 2
     # Every public function of the spec class is a hook spec.
     public = sorted(n for n, _ in inspect.getmembers(BackendSpec, inspect.isfunction) if not n.startswith("_"))

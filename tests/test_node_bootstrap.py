@@ -312,7 +312,16 @@ def real_bundle(tmp_path_factory) -> bytes:
 
 def _software(tmp_path: Path, env_hash: str, **extra) -> BootSoftware:
     wheel = tiny_wheel(tmp_path)
+    extra.setdefault("build_id", "build-1")
     return BootSoftware(name="team/tiny", env_hash=env_hash, python=PYTHON, requirements=(f"coiled-tiny-pkg @ {wheel.as_uri()}",), **extra)
+
+
+def _pinned(cloud: Cloud, software: BootSoftware, build_id: str = "build-2") -> BootSoftware:
+    """``software`` as the client hands it to the nodes of its next cluster, after recording the
+    pack its first cluster (build) uploaded."""
+    with envpack.client_store(cloud.store) as (store, work):
+        assert envpack.record_cluster_packs(software, store, [os.uname().machine], work)
+        return replace(envpack.pinned_software(software, store, [os.uname().machine], work), build_id=build_id)
 
 
 def _paths(cloud: Cloud, key: str) -> dict[str, int]:
@@ -340,10 +349,11 @@ def test_nodes_booting_at_once_build_once_and_later_nodes_fetch_the_pack(cloud, 
     assert sum("ready (built and uploaded)" in log for log in logs) == 1
     assert sum("ready (waited for another node's pack, then fetched it)" in log for log in logs) == 2
     assert all("coiled: boot: software environment team/tiny ready in" in log for log in logs)
-    # A node booting later (another cluster) fetches; its environment works where it was unpacked.
-    later = cloud.boot(script, "i-later", build_only=True)
+    # A node booting later (another cluster, whose client pinned the pack) fetches; its
+    # environment works where it was unpacked.
+    later = cloud.boot(cloud.render(_pinned(cloud, software), bundle), "i-later", build_only=True)
     assert later.wait() == 0
-    assert "ready (fetched the pack)" in later.log()
+    assert "ready (fetched the pinned pack)" in later.log()
     env = Path((later.root / "environment.path").read_text())
     assert env.is_relative_to(later.root)
     ran = subprocess.run([str(env / "bin" / "coiled-tiny")], capture_output=True, text=True)
@@ -362,13 +372,14 @@ def test_a_corrupt_pack_is_rebuilt_and_replaced(cloud, tmp_path, real_bundle):
     first = cloud.boot(script, "i-1", build_only=True)
     assert first.wait() == 0
     key = envpack.environment_key("corrupt", PYTHON)
-    manifest = json.loads(cloud.object(f"envs/{key}/manifest.json"))
+    prefix = envpack.build_prefix(key, "build-1")
+    manifest = json.loads(cloud.object(f"{prefix}manifest.json"))
     pack = cloud.objects / manifest["object"]
     pack.write_bytes(pack.read_bytes()[: pack.stat().st_size // 2])  # a partial upload
     second = cloud.boot(script, "i-2", build_only=True)
     assert second.wait() == 0, second.log()
     assert "is corrupt" in second.log() and "ready (built (the stored pack was corrupt) and uploaded)" in second.log()
-    replaced = json.loads(cloud.object(f"envs/{key}/manifest.json"))
+    replaced = json.loads(cloud.object(f"{prefix}manifest.json"))
     assert replaced["built_by"] == "i-2"
     assert envpack.file_sha256(cloud.objects / replaced["object"]) == replaced["sha256"]
     third = cloud.boot(script, "i-3", build_only=True)
@@ -377,7 +388,7 @@ def test_a_corrupt_pack_is_rebuilt_and_replaced(cloud, tmp_path, real_bundle):
 
 @pytest.mark.skipif(UV is None, reason="uv is not installed")
 def test_a_failed_build_fails_every_waiting_node_with_uvs_message_and_a_later_boot_retries(cloud, tmp_path, real_bundle):
-    software = BootSoftware(name="team/broken", env_hash="broken", python=PYTHON, requirements=("coiled-no-such-package-xyz==1.2.3",))
+    software = BootSoftware(name="team/broken", env_hash="broken", python=PYTHON, requirements=("coiled-no-such-package-xyz==1.2.3",), build_id="b")
     script = cloud.render(software, cloud.put("agent/bundle.zip", real_bundle))
     nodes = [cloud.boot(script, f"i-{n}", build_only=True, UV_OFFLINE="1") for n in range(2)]
     assert [node.wait() for node in nodes] == [1, 1]
@@ -386,7 +397,7 @@ def test_a_failed_build_fails_every_waiting_node_with_uvs_message_and_a_later_bo
         assert "coiled-no-such-package-xyz" in uploaded, uploaded
         assert "preparing software environment team/broken failed; powering off" in uploaded
     key = envpack.environment_key("broken", PYTHON)
-    failed = json.loads(cloud.object(f"envs/{key}/failed.json"))
+    failed = json.loads(cloud.object(f"{envpack.build_prefix(key, 'b')}failed.json"))
     # One attempt, or two when the second node looked only after the first had failed.
     assert failed["attempt"] in (1, 2) and failed["kind"] == "build" and "coiled-no-such-package-xyz" in failed["message"]
     later = cloud.boot(script, "i-later", build_only=True, UV_OFFLINE="1")
@@ -414,7 +425,7 @@ def _empty_environment(tmp_path: Path, env_hash: str, **extra) -> tuple[envpack.
     program.write_text(store.program)
     request = envpack.EnvironmentRequest(
         software="team/empty", env_hash=env_hash, python=PYTHON, requirements=[], interpreter=sys.executable, uv=UV or "",
-        cache=tmp_path / "envs", **extra,
+        cache=tmp_path / "envs", **{"build_id": "build-1", **extra},
     )
     return request, envpack.StoreProgram(program, env=dict(os.environ, COILED_STORE=json.dumps(store.settings)))
 
@@ -422,12 +433,13 @@ def _empty_environment(tmp_path: Path, env_hash: str, **extra) -> tuple[envpack.
 def test_waiting_for_a_pack_is_bounded_then_the_node_builds_itself(tmp_path):
     request, store = _empty_environment(tmp_path, "stuck", wait_seconds=1, poll_seconds=0.2)
     # Another node claimed the build and never finished (nor failed).
-    claim = tmp_path / "store" / "envs" / request.key / "claim-1"
+    prefix = tmp_path / "store" / envpack.build_prefix(request.key, request.build_id)
+    claim = prefix / "claim-1"
     claim.parent.mkdir(parents=True)
     claim.write_text(json.dumps({"node": "i-gone", "created_at": 0 + __import__("time").time()}))
     env, how = envpack.prepare_environment(request, store)
     assert how == "built after waiting in vain, and uploaded" and (env / ".complete").exists()
-    assert (tmp_path / "store" / "envs" / request.key / "manifest.json").exists()
+    assert (prefix / "manifest.json").exists()
 
 
 def test_nodes_of_one_machine_share_its_cache(tmp_path):
@@ -439,3 +451,139 @@ def test_nodes_of_one_machine_share_its_cache(tmp_path):
     for t in threads:
         t.join()
     assert sorted(how for _, how in results) == ["built and uploaded", "cache hit on this machine"]
+
+
+# -- packs are trusted only when pinned -------------------------------------------------------------
+def _plant_pack(store_dir: Path, object_key: str, manifest_key: str | None, tmp_path: Path) -> str:
+    """Put a pack the way a compromised node could (its content marked ``planted``), with a
+    manifest naming it at ``manifest_key``; its sha256."""
+    planted = tmp_path / "planted-env"
+    (planted / "bin").mkdir(parents=True)
+    (planted / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    (planted / "planted").write_text("run me")
+    (store_dir / object_key).parent.mkdir(parents=True, exist_ok=True)
+    sha256, size = envpack.pack(planted, store_dir / object_key)
+    if manifest_key is not None:
+        manifest = {"object": object_key, "sha256": sha256, "size": size, "prefix": str(planted), "built_by": "i-evil"}
+        (store_dir / manifest_key).parent.mkdir(parents=True, exist_ok=True)
+        (store_dir / manifest_key).write_text(json.dumps(manifest))
+    return sha256
+
+
+@pytest.mark.skipif(UV is None, reason="uv is not installed")
+def test_a_planted_pack_is_never_run_by_a_node_whose_config_pins_nothing(tmp_path):
+    """A compromised node writes a manifest and a pack where a later cluster's nodes look: a node
+    that was given no pin builds the environment itself instead."""
+    request, store = _empty_environment(tmp_path, "planted")
+    root = tmp_path / "store"
+    _plant_pack(root, f"envs/{request.key}/evil.tar.zst", f"envs/{request.key}/manifest.json", tmp_path)
+    env, how = envpack.prepare_environment(request, store)
+    assert how != "fetched the pack" and "built" in how
+    assert not (env / "planted").exists() and (env / ".complete").exists()
+
+
+def _malicious_pack(path: Path, outside: Path) -> None:
+    """A pack whose members reach outside its target: a symlink to ``outside`` and a file
+    written through it, a link to an absolute path, and a file owned by another user."""
+    import tarfile
+
+    import zstandard
+
+    def member(name: str, **fields) -> tarfile.TarInfo:
+        info = tarfile.TarInfo(name)
+        for key, value in fields.items():
+            setattr(info, key, value)
+        return info
+
+    with open(path, "wb") as raw, zstandard.ZstdCompressor().stream_writer(raw) as compressed:
+        with tarfile.open(fileobj=compressed, mode="w|") as archive:
+            archive.addfile(member("./escape", type=tarfile.SYMTYPE, linkname=str(outside)))
+            data = b"written outside"
+            archive.addfile(member("./escape/planted", size=len(data)), io.BytesIO(data))
+            archive.addfile(member("./passwd", type=tarfile.SYMTYPE, linkname="/etc/passwd"))
+            archive.addfile(member("./up", type=tarfile.SYMTYPE, linkname="../../.."))
+            owned = b"mine"
+            archive.addfile(member("./owned", size=len(owned), uid=0, gid=0, uname="root", gname="root", mode=0o6777), io.BytesIO(owned))
+
+
+def test_unpacking_writes_nothing_through_links_and_keeps_no_foreign_owner(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    pack = tmp_path / "evil.tar.zst"
+    _malicious_pack(pack, outside)
+    target = tmp_path / "env"
+    with pytest.raises(Exception):
+        envpack.unpack(pack, target)
+    assert not (outside / "planted").exists()
+    for name in ("escape", "passwd", "up"):
+        assert not (target / name).is_symlink(), name
+
+
+def test_unpacking_resets_owner_and_special_bits(tmp_path):
+    import tarfile
+
+    import zstandard
+
+    pack = tmp_path / "owned.tar.zst"
+    with open(pack, "wb") as raw, zstandard.ZstdCompressor().stream_writer(raw) as compressed:
+        with tarfile.open(fileobj=compressed, mode="w|") as archive:
+            info = tarfile.TarInfo("./owned")
+            info.size, info.uid, info.gid, info.uname, info.gname, info.mode = 4, 12345, 12345, "someone", "them", 0o6777
+            archive.addfile(info, io.BytesIO(b"mine"))
+    envpack.unpack(pack, tmp_path / "env")
+    stat = (tmp_path / "env" / "owned").stat()
+    assert (stat.st_uid, stat.st_gid) == (os.getuid(), os.getgid())
+    assert stat.st_mode & 0o7022 == 0
+
+
+def _as_software(request: envpack.EnvironmentRequest) -> BootSoftware:
+    return BootSoftware(name=request.software, env_hash=request.env_hash, python=request.python, build_id=request.build_id)
+
+
+@pytest.mark.skipif(UV is None, reason="uv is not installed")
+def test_a_pinned_pack_replaced_in_the_store_is_refused_and_the_node_builds(tmp_path, capsys):
+    request, store = _empty_environment(tmp_path, "swapped")
+    assert envpack.prepare_environment(request, store)[1] == "built and uploaded"
+    software = _as_software(request)
+    machine = os.uname().machine
+    assert envpack.record_built_packs(store, software, request.build_id, [machine], tmp_path) == [request.key]
+    pin = envpack.read_pins(store, software, [machine], tmp_path)[request.key]
+    # A node of that build (its prefix is writable to it) replaces the pinned pack later.
+    _plant_pack(tmp_path / "store", pin["object"], None, tmp_path)
+    later = replace(request, cache=tmp_path / "another-machine", pins={request.key: pin}, build_id="build-2")
+    env, how = envpack.prepare_environment(later, store)
+    assert how == "built and uploaded" and not (env / "planted").exists()
+    assert f"refusing the pinned pack: the pack {pin['object']} is corrupt" in capsys.readouterr().out
+    # The client of the later cluster pins what its nodes built.
+    assert envpack.record_built_packs(store, software, "build-2", [machine], tmp_path) == [request.key]
+    assert envpack.read_pins(store, software, [machine], tmp_path)[request.key]["object"].startswith(envpack.build_prefix(request.key, "build-2"))
+
+
+def test_a_manifest_naming_a_pack_outside_its_build_is_never_pinned_nor_fetched(tmp_path):
+    request, store = _empty_environment(tmp_path, "outside")
+    root = tmp_path / "store"
+    prefix = envpack.build_prefix(request.key, request.build_id)
+    _plant_pack(root, f"envs/{request.key}/evil.tar.zst", f"{prefix}manifest.json", tmp_path)
+    software = _as_software(request)
+    assert envpack.record_built_packs(store, software, request.build_id, [os.uname().machine], tmp_path) == []
+    assert not (root / envpack.pin_key(request.key)).exists()
+
+
+def test_the_boot_script_hands_pins_and_the_build_to_the_node(tmp_path):
+    pin = {"object": "envs/k/builds/b/" + "0" * 64 + ".tar.zst", "sha256": "0" * 64, "prefix": "/opt/coiled/envs/k"}
+    software = BootSoftware(name="s", env_hash="h", python=PYTHON, pins={"k": pin}, build_id="b")
+    store = directory_store(tmp_path)
+    script = render_boot_script(cluster="c", node_config={}, software=software, store=store, bundle=StoredFile("agent/x", "0" * 64))
+    environment = json.loads(script.split("<<'COILED_ENVIRONMENT_JSON'\n", 1)[1].split("\nCOILED_ENVIRONMENT_JSON", 1)[0])
+    assert environment["pins"] == {"k": pin} and environment["build_id"] == "b"
+
+
+def test_the_key_of_a_pack_covers_the_nodes_own_requirements():
+    """Two backends' nodes need different SDKs in one software environment: their packs differ."""
+    from coiled_core.node.bootstrap import boot_software
+    from coiled_core.software import SoftwareEnvironment
+
+    software = SoftwareEnvironment(name="team/x", kind="pip", pip=["toolz"])
+    aws, gcp = boot_software(software, ("distributed", "boto3")), boot_software(software, ("distributed", "google-cloud-storage"))
+    assert aws.env_hash != gcp.env_hash
+    assert boot_software(software, ("distributed", "boto3")).env_hash == aws.env_hash

@@ -160,6 +160,11 @@ def logs(record, options, tail):
 def build_environment(software, options):
     CALLS.append(("build_environment", {{"software": software, "options": options}}))
     return "built " + software.name + " on " + BACKEND_NAME
+
+
+@hookimpl
+def cluster_started(record, options):
+    CALLS.append(("cluster_started", {{"record": record, "options": options}}))
 '''
 
 # An extension wrapping every hook: it records the hook name before and after the call.
@@ -271,6 +276,7 @@ def _call_every_method(backend: Backend) -> None:
     assert backend.scale(record, options, 3, ["c-worker-0"]).worker_names == ["c-worker-0", "c-worker-1", "c-worker-2"]
     assert backend.describe("c", options).state == ClusterState.running
     assert backend.teardown(record, options).state == ClusterState.stopped
+    assert backend.cluster_started(record, options) is None
     assert backend.dashboard_url(record.model_copy(update={"dashboard_url": "http://x/status"}), options) == "http://x/status"
     assert [r.name for r in backend.list_clusters(options)] == ["listed"]
     assert backend.logs(record, options, tail=5) == {"scheduler": f"log of {backend.name} tail=5"}
@@ -295,6 +301,7 @@ EVERY_METHOD_HOOKS = [
     "scale",
     "describe",
     "teardown",
+    "cluster_started",
     "dashboard_url",
     "list_clusters",
     "logs",

@@ -21,17 +21,69 @@ NODE_HOST_VARIABLE = "COILED_NODE_HOST"
 _IPV4_IN_ADDRESS = re.compile(r"(?<![\d.])(\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3})(?![\d.])")
 
 
-def loopback_mode() -> bool:
-    """Whether node addresses are mapped to loopback ones (offline simulators only)."""
-    value = os.environ.get("DASK_COILED__LOOPBACK_ADDRESSES", "")
-    if value:
-        return value.strip().lower() in ("1", "true", "yes")
-    try:
-        import dask.config
+#: Environment variable naming the proof that an offline stand-in runs (see :func:`standin_running`).
+STANDIN_VARIABLE = "COILED_STANDIN"
 
-        return bool(dask.config.get("coiled.loopback-addresses", False))
-    except ImportError:  # pragma: no cover
+
+class OfflineSwitchError(RuntimeError):
+    """An offline stand-in's switch is on where no stand-in runs."""
+
+
+def standin_running(path: str | None = None) -> bool:
+    """Whether ``path`` (default ``$COILED_STANDIN``) proves that an offline stand-in of this
+    user runs: a file only this user may read and write, holding the stand-in's pid (alive) and
+    the token its name carries. A stand-in writes it when it starts and deletes it when it
+    stops (:mod:`coiled_core.testing.standin`)."""
+    import json
+    import stat
+
+    path = path if path is not None else os.environ.get(STANDIN_VARIABLE, "")
+    if not path:
         return False
+    try:
+        info = os.lstat(path)
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+            return False
+        with open(path) as f:
+            proof = json.load(f)
+        if os.path.basename(path) != f"{proof['token']}.json":
+            return False
+        os.kill(int(proof["pid"]), 0)
+        return True
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def require_standin(switch: str) -> None:
+    """Refuse ``switch`` (an offline stand-in's setting) unless a stand-in runs."""
+    if not standin_running():
+        raise OfflineSwitchError(
+            f"{switch} is a switch of the offline stand-ins (tests, demos), and no stand-in runs here "
+            f"(${STANDIN_VARIABLE} names none that is alive): with it, coiled would connect to loopback "
+            "addresses instead of the cloud's. Unset it."
+        )
+
+
+def loopback_mode() -> bool:
+    """Whether node addresses are mapped to loopback ones (offline simulators only).
+
+    Raises :class:`OfflineSwitchError` if the switch is on but no offline stand-in runs.
+    """
+    value = os.environ.get("DASK_COILED__LOOPBACK_ADDRESSES", "")
+    switch = "DASK_COILED__LOOPBACK_ADDRESSES"
+    if value:
+        on = value.strip().lower() in ("1", "true", "yes")
+    else:
+        try:
+            import dask.config
+
+            on = bool(dask.config.get("coiled.loopback-addresses", False))
+            switch = "dask config coiled.loopback-addresses"
+        except ImportError:  # pragma: no cover
+            on = False
+    if on:
+        require_standin(switch)
+    return on
 
 
 def loopback_address(private_ip: str) -> str:

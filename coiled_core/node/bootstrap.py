@@ -48,6 +48,7 @@ in the script.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shlex
@@ -104,6 +105,13 @@ class BootSoftware:
     container: str | None = None
     #: pip requirements installed in the container, on top of the image.
     image_requirements: tuple[str, ...] = ()
+    #: The packs the client pinned, by environment key (``{"object", "sha256", "prefix"}``): a
+    #: node fetches a pack only if it is pinned here, and checks its sha256 (see
+    #: :func:`coiled_core.node.envpack.pinned_software`).
+    pins: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: The cluster's build: where its nodes share a pack they build when none is pinned (empty:
+    #: each node builds its own and shares nothing).
+    build_id: str = ""
 
 
 def post_build_script(lines: list[str]) -> str:
@@ -120,11 +128,15 @@ def boot_software(software: Any, node_requirements: list[str] | tuple[str, ...] 
     (``dataclasses.replace(boot, post_build=stored)``)."""
     container = software.container if software.kind == "container" else None
     pip = tuple(software.pip or ())
+    requirements = () if container else (*pip, *node_requirements)
+    # The pack holds the node's own requirements too (each backend's SDK): they are part of its
+    # key, or a pack built for one backend's nodes would be taken for another's.
+    env_hash = hashlib.sha256(json.dumps([software.spec_hash(), list(requirements)]).encode()).hexdigest()[:24]
     return BootSoftware(
         name=software.name,
-        env_hash=software.spec_hash()[:24],
+        env_hash=env_hash,
         python=software.python,
-        requirements=() if container else (*pip, *node_requirements),
+        requirements=requirements,
         post_build=post_build_script(software.post_build) if software.post_build else None,
         container=container,
         image_requirements=pip if container else (),
@@ -376,6 +388,8 @@ def render_boot_script(
         "python": software.python,
         "requirements": list(software.requirements),
         "post_build": {"text": inline} if inline else ({"key": stored.key, "sha256": stored.sha256} if stored else None),
+        "pins": software.pins,
+        "build_id": software.build_id,
     }
     if wait_seconds is not None:
         environment["wait_seconds"] = wait_seconds

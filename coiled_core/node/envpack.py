@@ -6,22 +6,44 @@ index), so environments are *packs*: the first node that needs one builds it (wi
 when uv is unavailable), packs it (tar, zstd) and uploads it to its backend's artifact store;
 every later node, of this cluster or a later one, downloads and unpacks it.
 
-**Keys.** A pack is keyed by the environment's spec hash, its Python ``major.minor`` and the
-machine's architecture (:func:`environment_key`). In the store, under ``envs/<key>/``:
+**Trust.** Anyone who can write the store could plant a pack, and a node runs its pack as the
+user's environment. So a node runs a pack from the store only if its sha256 was *pinned by the
+client* in the node's ``environment.json`` (as the agent bundle's sha256 is in the boot script),
+or if its own build made it. The client is the trust anchor: it keeps pins under ``pins/`` (a
+prefix no node may write), hands a new cluster's nodes the pins it finds
+(:func:`pinned_software`), and once the cluster's scheduler answers, before any user code runs
+there, pins what the cluster's nodes built (:func:`record_cluster_packs`, from the backend's
+``cluster_started`` hook). ``coiled env build`` builds, uploads and pins on the client
+(:func:`build_environment_pack`).
 
-- ``manifest.json``: the finished pack: its object name, sha256 and size, and the prefix (path)
-  it was built at. Written last, so a manifest always names a complete pack.
-- ``<sha256>.tar.zst``: the pack, named by its content, so two builders never interleave.
-- ``claim-<n>``: who builds attempt ``n``. Created with the store's atomic create-if-absent, so
-  of many nodes booting at once exactly one builds; the others wait for the manifest (at most
-  ``wait_seconds``, then they build themselves).
-- ``failed.json``: the last failed attempt (its number and claim, the node, the build's own
-  message). A node waiting on that claim fails at once with the message; a node booting later
-  claims the next attempt and tries again.
+**Keys.** A pack is keyed by the environment's spec hash (with the nodes' own requirements),
+its Python ``major.minor`` and the machine's architecture (:func:`environment_key`). In the
+store:
 
-**Checks.** A downloaded pack whose sha256 differs from its manifest (corrupt, partial) is not
-used: one node (claiming ``claim-<n>-replacing-<sha256>``) builds the environment and uploads a
-new pack and manifest in its place, the others wait for it as for a first build.
+- ``pins/<key>.json``: the client's pin: the pack's object, sha256 and the prefix it was built at.
+- ``envs/<key>/builds/<build id>/``: what the nodes of one build (one cluster, with a fresh
+  random build id) share while none is pinned; a node's role may write its own build's prefix
+  only (AWS: ``coiled_aws.iam``):
+
+  - ``manifest.json``: the finished pack: its object name, sha256 and size, and the prefix (path)
+    it was built at. Written last, so a manifest always names a complete pack.
+  - ``<sha256>.tar.zst``: the pack, named by its content, so two builders never interleave.
+  - ``claim-<n>``: who builds attempt ``n``. Created with the store's atomic create-if-absent,
+    so of many nodes booting at once exactly one builds; the others wait for the manifest (at
+    most ``wait_seconds``, then they build themselves).
+  - ``failed.json``: the last failed attempt (its number and claim, the node, the build's own
+    message). A node waiting on that claim fails at once with the message; a node booting later
+    claims the next attempt and tries again.
+
+A node given no build id builds for itself and shares nothing.
+
+**Checks.** A pinned pack whose sha256 differs from the pin is refused, and the node builds the
+environment instead (in its build, for its cluster's client to pin). A pack of its own build
+whose sha256 differs from its manifest (corrupt, partial) is not used: one node (claiming
+``claim-<n>-replacing-<sha256>``) builds the environment and uploads a new pack and manifest in
+its place, the others wait for it as for a first build. Unpacking uses tarfile's ``data``
+filter: nothing is written outside the target or through a link, and no file keeps a foreign
+owner or set-id bits.
 
 **Relocation.** A pack unpacked under another path than it was built at is fixed up: the
 ``home`` of ``pyvenv.cfg`` and the ``python`` links point at this machine's interpreter (the same
@@ -61,6 +83,8 @@ from typing import Any, Iterator
 
 #: Where packs live in a backend's artifact store.
 STORE_PREFIX = "envs/"
+#: Where the client keeps the pins of packs: written by clients only, never by a node.
+PIN_PREFIX = "pins/"
 #: A claim older than this with no manifest and no failure is taken for a builder that died.
 STALE_CLAIM_SECONDS = 1800
 #: How long a node waits for another node's pack before building itself.
@@ -117,27 +141,38 @@ class StoreProgram:
 
     def get_json(self, key: str, scratch: Path) -> dict[str, Any] | None:
         """The JSON object at ``key`` (None if absent or unreadable)."""
-        target = scratch / f".get-{os.getpid()}-{time.monotonic_ns()}"
-        try:
-            if not self.get(key, target):
-                return None
-            value = json.loads(target.read_text())
-            return value if isinstance(value, dict) else None
-        except (ValueError, OSError):
-            return None
-        finally:
-            target.unlink(missing_ok=True)
+        return get_json(self, key, scratch)
 
     def put_json(self, value: dict[str, Any], key: str, scratch: Path, create: bool = False) -> bool:
-        path = scratch / f".put-{os.getpid()}-{time.monotonic_ns()}"
-        path.write_text(json.dumps(value))
-        try:
-            if create:
-                return self.create(path, key)
-            self.put(path, key)
-            return True
-        finally:
-            path.unlink(missing_ok=True)
+        return put_json(self, value, key, scratch, create)
+
+
+def get_json(store: Any, key: str, scratch: Path) -> dict[str, Any] | None:
+    """The JSON object at ``key`` of ``store`` (anything with the store program's ``get``), or
+    None if absent or unreadable."""
+    target = scratch / f".get-{os.getpid()}-{time.monotonic_ns()}"
+    try:
+        if not store.get(key, target):
+            return None
+        value = json.loads(target.read_text())
+        return value if isinstance(value, dict) else None
+    except (ValueError, OSError):
+        return None
+    finally:
+        target.unlink(missing_ok=True)
+
+
+def put_json(store: Any, value: dict[str, Any], key: str, scratch: Path, create: bool = False) -> bool:
+    """Write ``value`` at ``key`` (``create``: only if absent; False if it existed)."""
+    path = scratch / f".put-{os.getpid()}-{time.monotonic_ns()}"
+    path.write_text(json.dumps(value))
+    try:
+        if create:
+            return store.create(path, key)
+        store.put(path, key)
+        return True
+    finally:
+        path.unlink(missing_ok=True)
 
 
 # -- the request ------------------------------------------------------------------------------
@@ -159,10 +194,52 @@ class EnvironmentRequest:
     wait_seconds: float = DEFAULT_WAIT_SECONDS
     poll_seconds: float = 2.0
     node: str = field(default_factory=lambda: os.environ.get("COILED_INSTANCE_ID") or socket.gethostname())
+    #: The packs the client pinned, by environment key: ``{"object", "sha256", "prefix"}``.
+    pins: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: This cluster's build: where its nodes share a pack they build (empty: never uploaded).
+    build_id: str = ""
 
     @property
     def key(self) -> str:
         return environment_key(self.env_hash, self.python)
+
+    @property
+    def pin(self) -> dict[str, Any] | None:
+        """The pin of this machine's pack, if the client gave one (checked: see :func:`valid_pin`)."""
+        pin = self.pins.get(self.key)
+        return pin if valid_pin(pin) else None
+
+
+def valid_pin(pin: Any) -> bool:
+    """Whether ``pin`` has the shape of a pin: an object under ``envs/``, a hex sha256, a path."""
+    return (
+        isinstance(pin, dict)
+        and isinstance(pin.get("object"), str)
+        and pin["object"].startswith(STORE_PREFIX)
+        and isinstance(pin.get("sha256"), str)
+        and len(pin["sha256"]) == 64
+        and all(c in "0123456789abcdef" for c in pin["sha256"])
+        and isinstance(pin.get("prefix", ""), str)
+    )
+
+
+def pin_key(env_key: str) -> str:
+    """Where the client keeps the pin of the pack of ``env_key`` (a prefix nodes may not write)."""
+    return f"{PIN_PREFIX}{env_key}.json"
+
+
+def build_prefix(env_key: str, build_id: str) -> str:
+    """Where the nodes of one build (one cluster) share the pack of ``env_key`` they build."""
+    if not build_id or not all(c.isalnum() or c == "-" for c in build_id):
+        raise ValueError(f"a build id is letters, digits and '-', not {build_id!r}")
+    return f"{STORE_PREFIX}{env_key}/builds/{build_id}/"
+
+
+def new_build_id() -> str:
+    """A fresh build id: one per cluster, so nothing of an earlier build is ever taken for its own."""
+    import secrets
+
+    return secrets.token_hex(8)
 
 
 def environment_key(env_hash: str, python: str, machine: str | None = None) -> str:
@@ -235,19 +312,44 @@ def pack(source: Path, target: Path) -> tuple[str, int]:
     return file_sha256(target), target.stat().st_size
 
 
-def unpack(source: Path, target: Path) -> None:
-    """Unpack a pack written by :func:`pack` into ``target`` (created)."""
+def _interpreter_link(member: tarfile.TarInfo) -> bool:
+    """Whether ``member`` is a venv's link to the interpreter it was built with (``bin/python*``
+    pointing at an absolute path): the one absolute link a pack holds, remade by :func:`relocate`."""
+    parts = member.name.lstrip("./").split("/")
+    return member.issym() and os.path.isabs(member.linkname) and len(parts) == 2 and parts[0] == "bin" and parts[1].startswith("python")
+
+
+def _pack_filter(member: tarfile.TarInfo, target: str) -> tarfile.TarInfo | None:
+    """tarfile's ``data`` filter: nothing outside ``target`` nor through a link, no absolute or
+    escaping links, no device files, owner reset to the extracting user, no set-id bits; the
+    interpreter links are skipped (see :func:`_interpreter_link`)."""
+    if _interpreter_link(member):
+        return None
+    return tarfile.data_filter(member, target)
+
+
+def unpack(source: Path, target: Path) -> list[str]:
+    """Unpack a pack written by :func:`pack` into ``target`` (created), with tarfile's ``data``
+    filter: a pack from the store may have been written by anyone who could write there, so
+    nothing is written outside ``target`` or through a link, and nothing keeps a foreign owner.
+    Returns the names of the interpreter links it skipped (``bin/python``), for :func:`relocate`.
+    Raises ``tarfile.TarError`` (``FilterError``) for a member that breaks the rules."""
     import zstandard
+
+    if not hasattr(tarfile, "data_filter"):
+        raise EnvironmentBuildError("unpacking a pack safely needs Python 3.10.12, 3.11.4 or later (tarfile's extraction filters)")
+    skipped: list[str] = []
+
+    def check(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo | None:
+        if _interpreter_link(member):
+            skipped.append(member.name.rsplit("/", 1)[1])
+        return _pack_filter(member, path)
 
     target.mkdir(parents=True)
     with open(source, "rb") as raw, zstandard.ZstdDecompressor().stream_reader(raw) as compressed:
         with tarfile.open(fileobj=compressed, mode="r|") as archive:
-            # The pack's links point at the interpreter of the machine that built it (absolute):
-            # "tar" keeps them, and relocate() re-points them.
-            if hasattr(tarfile, "tar_filter"):
-                archive.extractall(target, filter="tar")
-            else:  # Python before 3.11.4: no extraction filters
-                archive.extractall(target)
+            archive.extractall(target, filter=check)
+    return skipped
 
 
 def file_sha256(path: Path) -> str:
@@ -258,10 +360,17 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def relocate(env: Path, built_at: str, interpreter: str) -> None:
+def relocate(env: Path, built_at: str, interpreter: str, links: list[str] | tuple[str, ...] = ()) -> None:
     """Make a venv built at ``built_at`` (another path, another machine) run from ``env`` with
-    this machine's ``interpreter`` (same major.minor)."""
+    this machine's ``interpreter`` (same major.minor); ``links``: names in ``bin/`` to make as
+    links to it (those :func:`unpack` skipped)."""
     real = os.path.realpath(interpreter)
+    bin_dir = env / "bin"
+    for name in links:
+        link = bin_dir / name
+        if not link.exists() and not link.is_symlink():
+            bin_dir.mkdir(exist_ok=True)
+            link.symlink_to(real)
     config = env / "pyvenv.cfg"
     if config.exists():
         lines = []
@@ -273,14 +382,13 @@ def relocate(env: Path, built_at: str, interpreter: str) -> None:
                 line = f"executable = {real}"
             lines.append(line)
         config.write_text("\n".join(lines) + "\n")
-    bin_dir = env / "bin"
     for path in bin_dir.iterdir() if bin_dir.is_dir() else []:
         if path.is_symlink():
             if path.name.startswith("python") and os.path.isabs(os.readlink(path)):
                 path.unlink()
                 path.symlink_to(real)
             continue
-        if built_at == str(env) or not path.is_file():
+        if not built_at or built_at == str(env) or not path.is_file():
             continue
         try:
             text = path.read_text()
@@ -308,7 +416,9 @@ class Preparer:
     def __init__(self, request: EnvironmentRequest, store: StoreProgram):
         self.request = request
         self.store = store
-        self.prefix = f"{STORE_PREFIX}{request.key}/"
+        # A node shares what it builds only with its own build (cluster): a pack from anywhere
+        # else in the store is run only if the client pinned its sha256.
+        self.prefix = build_prefix(request.key, request.build_id) if request.build_id else None
         self.target = request.cache / request.key
         self.scratch = request.cache
 
@@ -318,6 +428,16 @@ class Preparer:
         with _locked(self.request.cache / f"{self.request.key}.lock"):
             if (self.target / ".complete").exists():
                 return self.target, "cache hit on this machine"
+            pin = self.request.pin
+            if pin is not None:
+                try:
+                    self._fetch(pin)
+                    return self.target, "fetched the pinned pack"
+                except CorruptPackError as e:
+                    say(f"refusing the pinned pack: {e}; building the environment instead")
+            if self.prefix is None:
+                self._build_and_upload(None, None)
+                return self.target, "built (no pin, and nowhere to share the pack)"
             return self.target, self._from_store()
 
     def _from_store(self) -> str:
@@ -325,7 +445,10 @@ class Preparer:
         waiting_on: str | None = None  # the claim whose build this node waits for
         corrupt: str | None = None  # sha256 of a stored pack found corrupt, to be replaced
         while True:
+            assert self.prefix is not None
             manifest = self.store.get_json(self.prefix + "manifest.json", self.scratch)
+            if manifest is not None and not str(manifest.get("object", "")).startswith(self.prefix):
+                manifest = None  # a pack of this build is under its prefix
             if manifest is not None and manifest.get("sha256") != corrupt:
                 try:
                     self._fetch(manifest)
@@ -398,6 +521,8 @@ class Preparer:
             raise
         say(f"built with {tool} in {time.monotonic() - began:.1f} s")
         (self.target / ".complete").touch()
+        if self.prefix is None:
+            return
         began = time.monotonic()
         pack_path = self.scratch / f"{self.request.key}.pack"
         try:
@@ -438,11 +563,11 @@ class Preparer:
             fetched = time.monotonic()
             shutil.rmtree(self.target, ignore_errors=True)
             try:
-                unpack(download, self.target)
+                links = unpack(download, self.target)
             except (tarfile.TarError, OSError, ValueError) as e:
                 shutil.rmtree(self.target, ignore_errors=True)
                 raise CorruptPackError(f"the pack {manifest.get('object')} could not be unpacked: {e}") from e
-            relocate(self.target, str(manifest.get("prefix", self.target)), self.request.interpreter)
+            relocate(self.target, str(manifest.get("prefix", self.target)), self.request.interpreter, links)
             (self.target / ".complete").touch()
             say(
                 f"fetched the pack ({download.stat().st_size / 1e6:.1f} MB) in {fetched - began:.1f} s, "
@@ -465,8 +590,95 @@ def normalised_machine(machine: str | None = None) -> str:
     return environment_key("", "", machine).rsplit("-", 1)[1]
 
 
+# -- the client: the trust anchor of packs ----------------------------------------------------
+def _machines_keys(software: Any, machines: list[str] | tuple[str, ...]) -> list[str]:
+    return list(dict.fromkeys(environment_key(software.env_hash, software.python, m) for m in machines))
+
+
+def read_pins(store: Any, software: Any, machines: list[str] | tuple[str, ...], scratch: Path) -> dict[str, dict[str, Any]]:
+    """The client's pins of ``software``'s packs for ``machines`` (architectures), by
+    environment key: what a node may fetch instead of building. ``store`` is the client's access
+    to the artifact store (anything with the store program's ``get``: a :class:`StoreProgram`
+    of the node store run with the client's credentials, see :func:`client_store`)."""
+    pins = {}
+    for key in _machines_keys(software, machines):
+        pin = get_json(store, pin_key(key), scratch)
+        if valid_pin(pin):
+            assert pin is not None
+            pins[key] = {"object": pin["object"], "sha256": pin["sha256"], "prefix": pin.get("prefix", "")}
+    return pins
+
+
+def record_built_packs(store: Any, software: Any, build_id: str, machines: list[str] | tuple[str, ...], scratch: Path) -> list[str]:
+    """Pin the packs that build ``build_id`` (one cluster's nodes, or this client) uploaded, so
+    that later clusters' nodes fetch them; the environment keys pinned.
+
+    Called by the client that started the build: for a cluster, once its scheduler answers
+    and before the cluster is handed to the user (before any user code runs on its nodes, which
+    may write their build's prefix). A manifest that names a pack outside the build's prefix
+    is ignored."""
+    recorded = []
+    for key in _machines_keys(software, machines):
+        prefix = build_prefix(key, build_id)
+        manifest = get_json(store, prefix + "manifest.json", scratch)
+        if not valid_pin(manifest) or not str(manifest["object"]).startswith(prefix):  # type: ignore[index]
+            continue
+        assert manifest is not None
+        pin = {
+            "object": manifest["object"],
+            "sha256": manifest["sha256"],
+            "size": manifest.get("size"),
+            "prefix": str(manifest.get("prefix", "")),
+            "software": software.name,
+            "build_id": build_id,
+            "built_by": manifest.get("built_by"),
+            "pinned_at": time.time(),
+        }
+        put_json(store, pin, pin_key(key), scratch)
+        recorded.append(key)
+    return recorded
+
+
+@contextlib.contextmanager
+def client_store(store: Any) -> Iterator[tuple[StoreProgram, Path]]:
+    """The backend's store program (``store``, a :class:`~coiled_core.node.bootstrap.NodeStore`)
+    run on the client with this Python and this user's credentials, and a scratch directory."""
+    base = Path(os.path.expanduser("~/.cache/coiled/builds"))
+    base.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=base) as work:
+        program = Path(work) / "store.py"
+        program.write_text(store.program)
+        yield StoreProgram(program, env=dict(os.environ, COILED_STORE=json.dumps(store.settings))), Path(work)
+
+
+def pinned_software(software: Any, store: Any, machines: list[str] | tuple[str, ...], scratch: Path | None = None) -> Any:
+    """``software`` (a :class:`~coiled_core.node.bootstrap.BootSoftware`) for a new cluster:
+    with the client's pins of its packs and a fresh build id. ``store`` is the client's access
+    to the store (see :func:`read_pins`), or a ``NodeStore`` to run with :func:`client_store`."""
+    import dataclasses
+
+    if software.container:
+        return software
+    if hasattr(store, "program"):
+        with client_store(store) as (runner, work):
+            return pinned_software(software, runner, machines, work)
+    pins = read_pins(store, software, machines, scratch or Path(tempfile.gettempdir()))
+    return dataclasses.replace(software, pins=pins, build_id=new_build_id())
+
+
+def record_cluster_packs(software: Any, store: Any, machines: list[str] | tuple[str, ...], scratch: Path | None = None) -> list[str]:
+    """:func:`record_built_packs` of ``software``'s build (its ``build_id``); ``store`` as for
+    :func:`pinned_software`."""
+    if software.container or not software.build_id:
+        return []
+    if hasattr(store, "program"):
+        with client_store(store) as (runner, work):
+            return record_cluster_packs(software, runner, machines, work)
+    return record_built_packs(store, software, software.build_id, machines, scratch or Path(tempfile.gettempdir()))
+
+
 def build_environment_pack(software: Any, store: Any, machine: str = "x86_64", force: bool = False) -> str:
-    """Build ``software``'s pack on this machine (the client) and upload it, for nodes of
+    """Build ``software``'s pack on this machine (the client), upload it and pin it, for nodes of
     architecture ``machine`` to fetch: ``coiled env build``.
 
     ``software`` is a :class:`~coiled_core.node.bootstrap.BootSoftware` and ``store`` the
@@ -487,12 +699,7 @@ def build_environment_pack(software: Any, store: Any, machine: str = "x86_64", f
     if software.container:
         raise PlatformMismatchError(f"software environment {software.name!r} is a container image: nodes pull it, there is nothing to build")
     uv = shutil.which("uv") or shutil.which("uv", path=os.path.dirname(sys.executable)) or ""
-    base = Path(os.path.expanduser("~/.cache/coiled/builds"))
-    base.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=base) as work:
-        program = Path(work) / "store.py"
-        program.write_text(store.program)
-        runner = StoreProgram(program, env=dict(os.environ, COILED_STORE=json.dumps(store.settings)))
+    with client_store(store) as (runner, work):
         post_build = software.post_build
         request = EnvironmentRequest(
             software=software.name,
@@ -504,19 +711,20 @@ def build_environment_pack(software: Any, store: Any, machine: str = "x86_64", f
             ),
             interpreter=getattr(sys, "_base_executable", sys.executable),
             uv=uv,
-            cache=Path(work) / "envs",
+            cache=work / "envs",
             node=f"client {socket.gethostname()}",
+            build_id=f"client-{new_build_id()}",
         )
-        preparer = Preparer(request, runner)
         request.cache.mkdir()
-        manifest = runner.get_json(preparer.prefix + "manifest.json", request.cache)
-        if manifest is not None and not force:
-            return f"software environment {software.name!r} is already built ({request.key}, {manifest.get('size', 0) / 1e6:.0f} MB)"
-        preparer._build_and_upload(None, None)
-        manifest = runner.get_json(preparer.prefix + "manifest.json", request.cache) or {}
-        if manifest.get("built_by") != request.node:
+        pin = read_pins(runner, software, [machine], work).get(request.key)
+        if pin is not None and not force:
+            size = (get_json(runner, pin_key(request.key), work) or {}).get("size") or 0
+            return f"software environment {software.name!r} is already built ({request.key}, {size / 1e6:.0f} MB)"
+        Preparer(request, runner)._build_and_upload(None, None)
+        if request.key not in record_built_packs(runner, software, request.build_id, [machine], work):
             raise EnvironmentBuildError(f"software environment {software.name!r} was built, but uploading its pack failed (see above)")
-        return f"built software environment {software.name!r} ({request.key}, {manifest.get('size', 0) / 1e6:.0f} MB) and uploaded it"
+        size = (get_json(runner, pin_key(request.key), work) or {}).get("size") or 0
+        return f"built software environment {software.name!r} ({request.key}, {size / 1e6:.0f} MB) and uploaded it"
 
 
 def _request(args: argparse.Namespace) -> EnvironmentRequest:
@@ -532,6 +740,8 @@ def _request(args: argparse.Namespace) -> EnvironmentRequest:
         uv=args.uv or "",
         cache=Path(args.cache),
         wait_seconds=float(spec.get("wait_seconds", DEFAULT_WAIT_SECONDS)),
+        pins=dict(spec.get("pins") or {}),
+        build_id=str(spec.get("build_id") or ""),
     )
 
 

@@ -27,6 +27,15 @@ def offline_environment(environ: Mapping[str, str], unset: tuple[str, ...] = (),
     """
     import dask.config
 
+    from coiled_core.node.addresses import STANDIN_VARIABLE, standin_running
+    from coiled_core.testing.standin import StandInProof
+
+    # The stand-in's switches are honoured only with a proof that a stand-in runs: the
+    # stand-in's own, or one for this block.
+    proof = None
+    if not standin_running(environ.get(STANDIN_VARIABLE) or os.environ.get(STANDIN_VARIABLE, "")):
+        proof = StandInProof().create()
+        environ = {**environ, **proof.environ()}
     saved = {key: os.environ.get(key) for key in (*environ, *unset)}
     for key in unset:
         os.environ.pop(key, None)
@@ -35,6 +44,8 @@ def offline_environment(environ: Mapping[str, str], unset: tuple[str, ...] = (),
         with dask.config.set({"coiled.loopback-addresses": True, **(config or {})}):
             yield
     finally:
+        if proof is not None:
+            proof.remove()
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)

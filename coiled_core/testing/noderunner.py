@@ -28,6 +28,7 @@ RUNNER_ENV = "COILED_OFFLINE_RUNNER"
 MACHINE_ENV = "COILED_INSTANCE_ID"
 #: Variables copied from the runner's environment into each machine's, when set.
 INHERIT_ENV: tuple[str, ...] = (
+    "COILED_STANDIN",  # the proof that a stand-in runs (coiled_core.testing.standin)
     "PATH",
     "HOME",
     "LANG",

@@ -8,7 +8,7 @@
   (``agent/code-<sha256>.zip``, ``include_local_code``) and ``post_build`` scripts too long to
   go inline (``agent/post-build-<sha256>.sh``).
 - Nodes upload their logs to ``logs/<cluster>/<instance-id>.log`` in that bucket, so logs outlive
-  the machines.
+  the machines, for :data:`LOG_RETENTION_DAYS` (a lifecycle rule of the bucket deletes them).
 - Secrets live in SSM Parameter Store (:mod:`coiled_aws.parameters`) and the node role in IAM
   (:mod:`coiled_aws.iam`).
 
@@ -44,6 +44,12 @@ class StoredObject:
     region: str
 
 
+#: Node logs are deleted this many days after their last upload (the bucket's lifecycle rule).
+LOG_RETENTION_DAYS = 30
+#: The id of that lifecycle rule.
+LOG_RULE_ID = "coiled-node-logs-expire"
+
+
 class ForeignBucketError(ProvisionError):
     """The artifact bucket exists but this account does not own it (or may not read it)."""
 
@@ -71,6 +77,7 @@ def ensure_bucket(aws: AWS) -> str:
     name = bucket_name(aws)
     try:
         s3.head_bucket(Bucket=name, ExpectedBucketOwner=aws.account_id)
+        _expire_logs(s3, name, aws.account_id)
         return name
     except ClientError as e:
         # S3 answers 403 for a bucket another account owns (ExpectedBucketOwner), 404 for none.
@@ -99,7 +106,32 @@ def ensure_bucket(aws: AWS) -> str:
             "RestrictPublicBuckets": True,
         },
     )
+    _expire_logs(s3, name, aws.account_id)
     return name
+
+
+def _expire_logs(s3: Any, bucket: str, owner: str) -> None:
+    """Add the rule that deletes node logs :data:`LOG_RETENTION_DAYS` after they were last
+    written (they hold whatever the user's code printed) to the bucket's lifecycle, keeping the
+    rules already there; nothing if it is there."""
+    from botocore.exceptions import ClientError
+
+    try:
+        rules = s3.get_bucket_lifecycle_configuration(Bucket=bucket, ExpectedBucketOwner=owner).get("Rules", [])
+    except ClientError as e:
+        if e.response.get("Error", {}).get("Code") != "NoSuchLifecycleConfiguration":
+            raise
+        rules = []
+    if any(rule.get("ID") == LOG_RULE_ID for rule in rules):
+        return
+    rule = {
+        "ID": LOG_RULE_ID,
+        "Filter": {"Prefix": "logs/"},
+        "Status": "Enabled",
+        "Expiration": {"Days": LOG_RETENTION_DAYS},
+        "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1},
+    }
+    s3.put_bucket_lifecycle_configuration(Bucket=bucket, ExpectedBucketOwner=owner, LifecycleConfiguration={"Rules": [*rules, rule]})
 
 
 def _status(error: Any) -> int | None:
@@ -192,3 +224,41 @@ def delete_logs(aws: AWS, bucket: str, cluster: str) -> None:
     keys = [{"Key": item["Key"]} for item in listing.get("Contents", [])]
     if keys:
         s3.delete_objects(Bucket=bucket, Delete={"Objects": keys}, ExpectedBucketOwner=owner)
+
+
+class ClientStore:
+    """The client's own access to the artifact bucket, with the store program's commands
+    (``get``, ``put``, ``create``), for what the core reads and writes from the client: the pins
+    of environment packs (``pins/``, which no node role may write)."""
+
+    def __init__(self, aws: AWS, bucket: str):
+        self.s3, self.bucket, self.owner = aws.client("s3"), bucket, aws.account_id
+
+    def get(self, key: str, target: Path) -> bool:
+        """Download ``key`` to ``target``; False if there is no such object."""
+        from botocore.exceptions import ClientError
+
+        try:
+            reply = self.s3.get_object(Bucket=self.bucket, Key=key, ExpectedBucketOwner=self.owner)
+        except ClientError as e:
+            if _status(e) == 403:
+                raise _foreign_bucket(self.bucket, self.owner) from e
+            if e.response["Error"]["Code"] in ("NoSuchKey", "404"):
+                return False
+            raise
+        Path(target).write_bytes(reply["Body"].read())
+        return True
+
+    def put(self, path: Path, key: str) -> None:
+        self.s3.put_object(Bucket=self.bucket, Key=key, Body=Path(path).read_bytes(), ExpectedBucketOwner=self.owner)
+
+    def create(self, path: Path, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.s3.put_object(Bucket=self.bucket, Key=key, Body=Path(path).read_bytes(), IfNoneMatch="*", ExpectedBucketOwner=self.owner)
+            return True
+        except ClientError as e:
+            if e.response["Error"]["Code"] in ("412", "PreconditionFailed", "ConditionalRequestConflict"):
+                return False
+            raise

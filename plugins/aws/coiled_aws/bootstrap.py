@@ -27,10 +27,12 @@ from coiled_core.backend import BootSoftware, NodeStore, StoredFile, render_boot
 #: EC2's limit on user data.
 USER_DATA_LIMIT = 16 * 1024
 
-#: This machine's instance id, from the instance metadata service (IMDSv2).
+#: This machine's instance id, from the instance metadata service (IMDSv2). The token goes to
+#: curl on its standard input (``-H @-``; printf is a shell builtin), never in a process's
+#: arguments, which every local user can read.
 IMDS_INSTANCE_ID = """\
 token=$(curl -s -X PUT http://169.254.169.254/latest/api/token -H "X-aws-ec2-metadata-token-ttl-seconds: 300")
-curl -s -H "X-aws-ec2-metadata-token: $token" http://169.254.169.254/latest/meta-data/instance-id"""
+printf 'X-aws-ec2-metadata-token: %s\n' "$token" | curl -s -H @- http://169.254.169.254/latest/meta-data/instance-id"""
 
 
 @lru_cache(maxsize=1)

@@ -8,8 +8,9 @@ the recognisable prefix :data:`ROLE_PREFIX` that the client policy scopes its IA
 
 A node of a role may read only its role's secrets in SSM (so a worker cannot read the
 scheduler's private key), fetch the agent bundle and write its cluster's logs in the artifact
-bucket (only if this account owns it), and, with a customer-managed KMS key, decrypt through SSM
-with it. The scheduler may also delete its cluster's secrets when the cluster ends. Nodes never
+bucket (only if this account owns it), read environment packs and write only under its cluster's
+build (``envs/*/builds/<build id>/``, never ``pins/``: the client pins the packs nodes may run),
+and, with a customer-managed KMS key, decrypt through SSM with it. The scheduler may also delete its cluster's secrets when the cluster ends. Nodes never
 call EC2: they power themselves off and EC2 terminates them (shutdown behaviour ``terminate``).
 
 Every role is created with a permissions boundary (the ``permissions_boundary`` option, default
@@ -58,8 +59,9 @@ def _parameter_arn(aws: AWS, path: str) -> str:
     return f"arn:{aws.partition}:ssm:{aws.region}:{aws.account_id}:parameter{path}"
 
 
-def node_policy(aws: AWS, cluster: str, role: str, kms_key_arn: str | None = None) -> dict[str, Any]:
-    """The least privilege a ``role`` node of ``cluster`` needs (see the module docstring)."""
+def node_policy(aws: AWS, cluster: str, role: str, kms_key_arn: str | None = None, build_id: str = "") -> dict[str, Any]:
+    """The least privilege a ``role`` node of ``cluster`` needs (see the module docstring);
+    ``build_id``: the cluster's build, the only part of ``envs/`` its nodes may write."""
     own = role_secrets_path(cluster, role)
     bucket = f"arn:{aws.partition}:s3:::{bucket_name(aws)}"
     # Only if this account owns the bucket: a bucket of the same name elsewhere is not ours.
@@ -87,15 +89,26 @@ def node_policy(aws: AWS, cluster: str, role: str, kms_key_arn: str | None = Non
             "Condition": this_account,
         },
         {
-            # Software environments are built once per spec by the first node that needs one
-            # and fetched by every later node of any cluster of the account (coiled_core.node.envpack).
-            "Sid": "SharedEnvironmentPacks",
+            # Packs are fetched by every later node of any cluster of the account, but run only
+            # if the client pinned their sha256 (coiled_core.node.envpack); pins/ is the client's.
+            "Sid": "ReadEnvironmentPacks",
             "Effect": "Allow",
-            "Action": ["s3:GetObject", "s3:PutObject"],
+            "Action": ["s3:GetObject"],
             "Resource": [f"{bucket}/envs/*"],
             "Condition": this_account,
         },
     ]
+    if build_id:
+        statements.append(
+            {
+                # A node shares what it builds with its own cluster's nodes only.
+                "Sid": "WriteOwnBuild",
+                "Effect": "Allow",
+                "Action": ["s3:PutObject"],
+                "Resource": [f"{bucket}/envs/*/builds/{build_id}/*"],
+                "Condition": this_account,
+            }
+        )
     if role == "scheduler":
         statements.append(
             {
@@ -161,10 +174,19 @@ def shared_node_policy(aws: AWS) -> dict[str, Any]:
                 "Condition": this_account,
             },
             {
-                "Sid": "SharedEnvironmentPacks",
+                "Sid": "ReadEnvironmentPacks",
                 "Effect": "Allow",
-                "Action": ["s3:GetObject", "s3:PutObject"],
+                "Action": ["s3:GetObject"],
                 "Resource": [f"{bucket}/envs/*"],
+                "Condition": this_account,
+            },
+            {
+                # Shared by every cluster: a node may write another cluster's build, so pins
+                # (which no node may write) are what keep packs trusted.
+                "Sid": "WriteBuilds",
+                "Effect": "Allow",
+                "Action": ["s3:PutObject"],
+                "Resource": [f"{bucket}/envs/*/builds/*"],
                 "Condition": this_account,
             },
             {
@@ -199,10 +221,21 @@ def boundary_policy(aws: AWS) -> dict[str, Any]:
                 "Resource": [f"arn:{partition}:ssm:*:{account}:parameter/coiled/*"],
             },
             {
-                "Sid": "Artifacts",
+                "Sid": "ReadArtifacts",
                 "Effect": "Allow",
-                "Action": ["s3:GetObject", "s3:PutObject"],
+                "Action": ["s3:GetObject"],
                 "Resource": [f"arn:{partition}:s3:::coiled-artifacts-{account}-*/*"],
+                "Condition": {"StringEquals": {"s3:ResourceAccount": account}},
+            },
+            {
+                # Logs and builds only: never the agent's code nor the client's pins of packs.
+                "Sid": "WriteLogsAndBuilds",
+                "Effect": "Allow",
+                "Action": ["s3:PutObject"],
+                "Resource": [
+                    f"arn:{partition}:s3:::coiled-artifacts-{account}-*/logs/*",
+                    f"arn:{partition}:s3:::coiled-artifacts-{account}-*/envs/*/builds/*",
+                ],
                 "Condition": {"StringEquals": {"s3:ResourceAccount": account}},
             },
             {
@@ -279,7 +312,7 @@ def _error_code(error: Any) -> str:
 
 
 def _create_role_and_profile(
-    aws: AWS, cluster: str, role: str, tags: list[dict], kms_key_arn: str | None, boundary: str
+    aws: AWS, cluster: str, role: str, tags: list[dict], kms_key_arn: str | None, boundary: str, build_id: str = ""
 ) -> str:
     from botocore.exceptions import ClientError
 
@@ -297,7 +330,7 @@ def _create_role_and_profile(
             PermissionsBoundary=boundary,
             Tags=tags,
         )
-    policy = node_policy(aws, cluster, role, kms_key_arn)
+    policy = node_policy(aws, cluster, role, kms_key_arn, build_id)
     iam.put_role_policy(RoleName=name, PolicyName=POLICY_NAME, PolicyDocument=json.dumps(policy))
     try:
         profile = iam.get_instance_profile(InstanceProfileName=name)["InstanceProfile"]
@@ -311,12 +344,13 @@ def _create_role_and_profile(
 
 
 def create_node_profiles(
-    aws: AWS, cluster: str, tags: list[dict], boundary: str, kms_key_arn: str | None = None
+    aws: AWS, cluster: str, tags: list[dict], boundary: str, kms_key_arn: str | None = None, build_id: str = ""
 ) -> dict[str, str]:
     """Create (idempotently) the cluster's node roles, with the permissions boundary ``boundary``
     (an ARN, see :func:`ensure_boundary`), and their instance profiles; return the profile name of
-    each node role (``{"scheduler": ..., "worker": ...}``)."""
-    return {role: _create_role_and_profile(aws, cluster, role, tags, kms_key_arn, boundary) for role in NODE_ROLES}
+    each node role (``{"scheduler": ..., "worker": ...}``). ``build_id``: the cluster's build
+    (see :func:`node_policy`)."""
+    return {role: _create_role_and_profile(aws, cluster, role, tags, kms_key_arn, boundary, build_id) for role in NODE_ROLES}
 
 
 def _delete_quietly(call: Any, what: str, **kwargs: Any) -> bool:

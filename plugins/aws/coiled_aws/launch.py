@@ -38,6 +38,8 @@ class LaunchRequest:
     instance_profile: str | None
     key_name: str | None = None
     root_volume_gib: int = 50
+    #: The image's root device (``RootDeviceName``): the volume size applies to it.
+    root_device_name: str = "/dev/xvda"
     use_public_ip: bool = True
     private_ip: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -62,7 +64,7 @@ class LaunchRequest:
             # The node powers itself off when its agent ends; EC2 then deletes it.
             "InstanceInitiatedShutdownBehavior": "terminate",
             "BlockDeviceMappings": [
-                {"DeviceName": "/dev/xvda", "Ebs": {"VolumeSize": self.root_volume_gib, "DeleteOnTermination": True}}
+                {"DeviceName": self.root_device_name, "Ebs": {"VolumeSize": self.root_volume_gib, "DeleteOnTermination": True}}
             ],
             "TagSpecifications": [
                 {"ResourceType": "instance", "Tags": self.tags},
@@ -102,9 +104,10 @@ def run_instances(ec2: Any, request: LaunchRequest, instance_types: list[str], c
     raise ProvisionError(f"no {market} capacity for {count} node(s) of any candidate type ({'; '.join(errors)})")
 
 
-def create_fleet(ec2: Any, request: LaunchRequest, template_id: str, instance_types: list[str], count: int) -> list[str]:
+def create_fleet(ec2: Any, request: LaunchRequest, template_id: str, instance_types: list[str], count: int, version: int = 1) -> list[str]:
     """``spot_with_fallback``: an instant fleet of spot nodes over all candidate types, then
-    on-demand nodes for whatever spot could not supply. Returns instance ids."""
+    on-demand nodes for whatever spot could not supply, from version ``version`` of the launch
+    template (a number: EC2 Fleet does not take ``$Latest`` or ``$Default``). Returns instance ids."""
     instance_ids: list[str] = []
     for market in ("spot", "on-demand"):
         missing = count - len(instance_ids)
@@ -114,7 +117,7 @@ def create_fleet(ec2: Any, request: LaunchRequest, template_id: str, instance_ty
             Type="instant",
             LaunchTemplateConfigs=[
                 {
-                    "LaunchTemplateSpecification": {"LaunchTemplateId": template_id, "Version": "$Latest"},
+                    "LaunchTemplateSpecification": {"LaunchTemplateId": template_id, "Version": str(version)},
                     "Overrides": [
                         {"InstanceType": t, "SubnetId": request.subnet_id, "Priority": float(i)}
                         for i, t in enumerate(instance_types)
@@ -133,15 +136,17 @@ def create_fleet(ec2: Any, request: LaunchRequest, template_id: str, instance_ty
     return instance_ids[:count]
 
 
-def launch_template(ec2: Any, name: str, request: LaunchRequest) -> str:
-    """A launch template holding the node settings a fleet needs (type and market come later)."""
+def launch_template(ec2: Any, name: str, request: LaunchRequest) -> tuple[str, int]:
+    """A launch template holding the node settings a fleet needs (type and market come later):
+    its id and version number."""
     data = request.run_instances_kwargs("m5.large", 1, spot=False)
     for key in ("InstanceType", "MinCount", "MaxCount", "InstanceMarketOptions"):
         data.pop(key, None)
     data["UserData"] = base64.b64encode(request.user_data.encode()).decode()
     data["NetworkInterfaces"][0].pop("SubnetId", None)  # the fleet's overrides say where
-    return ec2.create_launch_template(
+    template = ec2.create_launch_template(
         LaunchTemplateName=name,
         LaunchTemplateData=data,
         TagSpecifications=[{"ResourceType": "launch-template", "Tags": request.tags}],
-    )["LaunchTemplate"]["LaunchTemplateId"]
+    )["LaunchTemplate"]
+    return template["LaunchTemplateId"], int(template["LatestVersionNumber"])

@@ -192,6 +192,8 @@ INHERIT_ENV: tuple[str, ...] = (
     "UV_PYTHON_INSTALL_DIR",
     "SSL_CERT_FILE",
     "SSL_CERT_DIR",
+    # The proof that a stand-in runs, without which the offline switches are refused.
+    "COILED_STANDIN",
 )
 #: API states in which an instance's processes must not run.
 _DOWN_STATES = frozenset({"shutting-down", "terminated", "stopping", "stopped"})
@@ -406,6 +408,10 @@ class OfflineEC2:
             "AWS_SECRET_ACCESS_KEY": self.credentials.secret_access_key,
             "AWS_DEFAULT_REGION": self.regions[0],
             "DASK_COILED__LOOPBACK_ADDRESSES": "true",
+            **(self._standin.environ() if getattr(self, "_standin", None) else {}),
+            # Every request of a process that can import it is held to botocore's model,
+            # constraints included (coiled_aws.testing.validation).
+            "BOTOCORE_EXPERIMENTAL__PLUGINS": _with_validation(os.environ.get("BOTOCORE_EXPERIMENTAL__PLUGINS", "")),
         }
 
     @property
@@ -458,7 +464,10 @@ class OfflineEC2:
         return self
 
     def _start(self) -> None:
+        from coiled_core.testing.standin import StandInProof
+
         reap_orphans()
+        self._standin = StandInProof().create()
         self._stop_event.clear()  # started again after a stop
         if self._workdir_arg is not None:
             self.workdir = self._workdir_arg
@@ -512,6 +521,8 @@ class OfflineEC2:
                 return
             self._started = False
         try:
+            if getattr(self, "_standin", None) is not None:
+                self._standin.remove()
             self._stop_event.set()
             if self._thread is not None:
                 self._thread.join()
@@ -859,6 +870,10 @@ class _Gate:
     then tells moto the key's account (``x-moto-account-id``, replacing the caller's). Unsigned
     requests, ``/moto-api`` included, are refused.
 
+    It refuses a request that breaks its operation's constraints in botocore's model (lengths,
+    patterns, enums, ranges: :func:`coiled_aws.testing.validation.request_violations`), whoever
+    sent it, with the error AWS answers.
+
     It also plays S3's ``ExpectedBucketOwner`` check, which moto ignores: a request carrying
     ``x-amz-expected-bucket-owner`` for a bucket another account owns is refused with
     ``AccessDenied``, as S3 does. Bucket requests that do not carry it are noted in
@@ -877,6 +892,8 @@ class _Gate:
             environ["HTTP_X_MOTO_ACCOUNT_ID"] = credentials.account_id
             if service == "s3":
                 self._check_bucket_owner(environ, credentials)
+            else:
+                self._check_model(service, environ, body)
         except _Refused as refusal:
             logger.info("offline EC2 refused %s %s: %s", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"), refusal.message)
             return _error_reply(start_response, environ, service, refusal)
@@ -901,6 +918,16 @@ class _Gate:
             raise _Refused("XAmzContentSHA256Mismatch", "the body does not match its signed sha256", "400 Bad Request")
         return credentials
 
+    @staticmethod
+    def _check_model(service: str, environ: Mapping[str, Any], body: bytes) -> None:
+        """Refuse what AWS refuses and moto takes: a request that breaks its operation's
+        constraints in botocore's model (coiled_aws.testing.validation)."""
+        from coiled_aws.testing.validation import request_violations
+
+        broken = request_violations(service, environ.get("HTTP_X_AMZ_TARGET"), body)
+        if broken is not None:
+            raise _Refused(broken[0], broken[1], "400 Bad Request")
+
     def _check_bucket_owner(self, environ: Mapping[str, Any], credentials: Credentials) -> None:
         path = environ.get("PATH_INFO", "")
         bucket, _, key = path.lstrip("/").partition("/")
@@ -915,6 +942,14 @@ class _Gate:
         owner = _bucket_owner(bucket)
         if owner is not None and owner != expected:
             raise _Refused("AccessDenied", "Access Denied")
+
+
+def _with_validation(plugins: str) -> str:
+    """``BOTOCORE_EXPERIMENTAL__PLUGINS`` with the model validation of coiled_aws.testing added."""
+    from coiled_aws.testing.validation import PLUGIN
+
+    listed = [p for p in plugins.split(",") if p.strip() and p.strip() != PLUGIN and plugins != "DISABLED"]
+    return ",".join([*listed, PLUGIN])
 
 
 def _read_body(environ: dict[str, Any]) -> bytes:
@@ -980,16 +1015,19 @@ def _bucket_owner(bucket: str) -> str | None:
 
 def _error_reply(start_response: Any, environ: Mapping[str, Any], service: str, refusal: _Refused) -> list[bytes]:
     """The error as the caller's protocol writes one, so botocore raises a ClientError with its code."""
+    from xml.sax.saxutils import escape
+
+    code, message = escape(refusal.code), escape(refusal.message)  # a message may quote the caller's text
     if environ.get("HTTP_X_AMZ_TARGET"):
         content_type = "application/x-amz-json-1.1"
         body = json.dumps({"__type": refusal.code, "message": refusal.message}).encode()
     elif service == "s3":
         content_type = "application/xml"
-        body = f"<Error><Code>{refusal.code}</Code><Message>{refusal.message}</Message></Error>".encode()
+        body = f"<Error><Code>{code}</Code><Message>{message}</Message></Error>".encode()
     else:  # EC2 and the query protocol (IAM, STS) read this shape
         content_type = "text/xml"
         body = (
-            f"<Response><Errors><Error><Code>{refusal.code}</Code><Message>{refusal.message}</Message></Error>"
+            f"<Response><Errors><Error><Code>{code}</Code><Message>{message}</Message></Error>"
             f"</Errors><RequestID>{uuid.uuid4()}</RequestID></Response>"
         ).encode()
     if environ.get("REQUEST_METHOD") == "HEAD":

@@ -71,6 +71,8 @@ from coiled_core.backend import (
     map_address,
     node_requirements,
     past_lifetime,
+    pinned_software,
+    record_cluster_packs,
     software_environment,
     worker_name_prefix,
 )
@@ -85,6 +87,11 @@ TAG_CREATED = "coiled:created-at"
 TAG_EXPIRES = "coiled:expires-at"
 #: On the scheduler: the sha256 of the local code (``include_local_code``) the nodes run.
 TAG_LOCAL_CODE = "coiled:local-code"
+#: On the scheduler: the cluster's build id, under which its nodes share the packs they build
+#: (the only part of ``envs/`` its node roles may write).
+TAG_BUILD = "coiled:build"
+#: The architectures whose pack pins a node may be given (the key of a pack names its own).
+PACK_MACHINES = ("x86_64", "aarch64")
 logger = logging.getLogger("coiled_aws")
 
 LIVE_STATES = ["pending", "running", "shutting-down", "stopping", "stopped"]
@@ -181,10 +188,42 @@ def _resolve_ami(aws: AWS, options: AWSOptions, arch: str = "x86_64") -> str:
         return aws.client("ssm").get_parameter(Name=name)["Parameter"]["Value"]
     except ClientError:
         pass
-    images = aws.ec2.describe_images(Owners=["amazon"], Filters=[{"Name": "architecture", "Values": [arch]}])["Images"]
+    # Amazon's own standard AL2023 images only: "amazon" also owns Windows, EKS, ECS and minimal
+    # images, which the name pattern leaves out (al2023-ami-2023.<version>-kernel-<k>-<arch>).
+    filters = [
+        {"Name": "name", "Values": [f"al2023-ami-2023.*-kernel-*-{arch}"]},
+        {"Name": "architecture", "Values": [arch]},
+        {"Name": "state", "Values": ["available"]},
+        {"Name": "image-type", "Values": ["machine"]},
+        {"Name": "root-device-type", "Values": ["ebs"]},
+        {"Name": "virtualization-type", "Values": ["hvm"]},
+    ]
+    images = [
+        image
+        for image in aws.ec2.describe_images(Owners=["amazon"], Filters=filters)["Images"]
+        if image.get("Architecture") == arch
+        and image.get("Platform") != "windows"
+        and image.get("Name", "").startswith("al2023-ami-2023.")
+    ]
     if not images:
-        raise ClusterSpecError(f"backend_options: no current public {arch} image found in {aws.region}; give ami='ami-...'")
-    return sorted(images, key=lambda i: i.get("CreationDate", ""))[-1]["ImageId"]
+        raise ClusterSpecError(f"backend_options: no current Amazon Linux 2023 {arch} image found in {aws.region}; give ami='ami-...'")
+    return max(images, key=lambda i: (i.get("CreationDate") or "", i.get("Name", "")))["ImageId"]
+
+
+def _root_device(aws: AWS, spec: ClusterSpec, ami: str) -> str:
+    """The image's root device name (``/dev/xvda`` on Amazon Linux, ``/dev/sda1`` on Ubuntu): the
+    root volume's size is set on it, and any other name would add a second, empty volume."""
+    from botocore.exceptions import ClientError
+
+    try:
+        images = aws.ec2.describe_images(ImageIds=[ami])["Images"]
+    except ClientError as e:
+        images = []
+        if e.response.get("Error", {}).get("Code") not in ("InvalidAMIID.NotFound", "InvalidAMIID.Malformed", "InvalidAMIID.Unavailable"):
+            raise
+    if not images or not images[0].get("RootDeviceName"):
+        raise ClusterSpecError(f"{_parameter(spec, 'ami', 'ami')}: image {ami!r} was not found in {aws.region} (or has no root device)")
+    return images[0]["RootDeviceName"]
 
 
 def _parameter(spec: ClusterSpec, keyword: str, option: str) -> str:
@@ -441,6 +480,8 @@ class _Plan:
     types: _Types
     #: The image of each role's architecture.
     amis: dict[str, str]
+    #: The root device name of each role's image.
+    root_devices: dict[str, str]
     cidr: str
     #: Where the scheduler may go, in order (more than one only with ``use_best_zone``); the
     #: workers go to the scheduler's subnet.
@@ -473,10 +514,12 @@ def _plan(aws: AWS, spec: ClusterSpec, options: AWSOptions) -> _Plan:
     aws.account_id  # credentials first: every other check needs them
     types = _instance_types(aws, spec, options, software)
     amis = {arch: _resolve_ami(aws, options, arch) for arch in dict.fromkeys([types.scheduler_arch, types.worker_arch])}
+    roots = {ami: _root_device(aws, spec, ami) for ami in set(amis.values())}
     placements = network.find_placements(aws.ec2, options)
     plan = _Plan(
         types=types,
         amis={"scheduler": amis[types.scheduler_arch], "worker": amis[types.worker_arch]},
+        root_devices={"scheduler": roots[amis[types.scheduler_arch]], "worker": roots[amis[types.worker_arch]]},
         cidr=network.client_cidr(options),
         placements=placements if options.use_best_zone else placements[:1],
         kms_key_arn=_kms_key_arn(aws, options),
@@ -520,10 +563,13 @@ NODE_LOG_MAX_BYTES = 50 * 2**20
 class _Boot:
     """Renders the node configs and boot scripts of one cluster (both waves and later scale-ups)."""
 
-    def __init__(self, aws: AWS, spec: ClusterSpec, options: AWSOptions, local_code_sha256: str | None = None):
+    def __init__(
+        self, aws: AWS, spec: ClusterSpec, options: AWSOptions, local_code_sha256: str | None = None, build_id: str | None = None
+    ):
         """``local_code_sha256``: the local code the cluster's nodes already run (scaling up an
         existing cluster ships the same code, wherever the client runs); else the working
-        directory's, zipped and uploaded now."""
+        directory's, zipped and uploaded now. ``build_id``: the cluster's build (scaling up),
+        else a new one."""
         self.aws, self.spec, self.options = aws, spec, options
         self.software = _software(spec)
         # A bucket another account owns is refused here (ProvisionError), before anything exists.
@@ -533,7 +579,14 @@ class _Boot:
         self.bundle = artifacts.upload_once(aws, self.bucket, f"agent/{bundle.name}", bundle)
         # What else nodes run from the client is fetched and checked the same way.
         # post_build goes inline when short (see script() for when it does not fit after all).
-        self.boot_software = boot_software(self.software, node_requirements("boto3"))
+        # Nodes fetch a pack only if this client pinned it; else they build and share it under
+        # the cluster's build id, which their roles may write (and nothing else of envs/).
+        self.boot_software = pinned_software(
+            boot_software(self.software, node_requirements("boto3")), artifacts.ClientStore(aws, self.bucket), PACK_MACHINES
+        )
+        if build_id:
+            self.boot_software = dataclasses.replace(self.boot_software, build_id=build_id)
+        self.build_id = self.boot_software.build_id
         post_build = self.boot_software.post_build
         if isinstance(post_build, str) and len(post_build.encode()) > POST_BUILD_INLINE_BYTES:
             self._ship_post_build()
@@ -564,6 +617,8 @@ class _Boot:
         tags = _tags(self.spec, self.options, role)
         if role == "scheduler" and self.local_code is not None:
             tags.append({"Key": TAG_LOCAL_CODE, "Value": self.local_code.sha256})
+        if role == "scheduler" and self.build_id:
+            tags.append({"Key": TAG_BUILD, "Value": self.build_id})
         return tags
 
     def _addon(self, role: str) -> AddOnRef:
@@ -660,8 +715,8 @@ def _launch_workers(aws: AWS, boot: _Boot, request_base: dict[str, Any], types: 
         user_data=boot.script(boot.worker(scheduler_address, memory_limit)), tags=boot.tags("worker"), **request_base
     )
     if options.spot_policy == "spot_with_fallback":
-        template = launch.launch_template(aws.ec2, _launch_template_name(spec.name), request)
-        return launch.create_fleet(aws.ec2, request, template, types, count)
+        template, version = launch.launch_template(aws.ec2, _launch_template_name(spec.name), request)
+        return launch.create_fleet(aws.ec2, request, template, types, count, version)
     instances = launch.run_instances(aws.ec2, request, types, count, spot=options.spot_policy == "spot")
     return [i["InstanceId"] for i in instances]
 
@@ -735,7 +790,7 @@ def provision(spec: ClusterSpec, options: AWSOptions, tls: ClusterTLS | None) ->
             aws.ec2, plan.placement, spec.name, plan.cidr, _tags(spec, options), allow_ssh=options.allow_ssh
         )
         step = "creating the node roles"
-        profiles = _node_profiles(aws, spec, options, boundary, plan.kms_key_arn)
+        profiles = _node_profiles(aws, spec, options, boundary, plan.kms_key_arn, boot.build_id)
         step = "storing secrets"
         # The spec holds `environ`: a SecureString like the nodes' secrets.
         parameters.put_secure(aws, parameters.spec_parameter(spec.name), spec.model_dump_json(), plan.kms_key_arn)
@@ -756,6 +811,7 @@ def provision(spec: ClusterSpec, options: AWSOptions, tls: ClusterTLS | None) ->
             worker_base = {
                 **base,
                 "ami": plan.amis["worker"],
+                "root_device_name": plan.root_devices["worker"],
                 "subnet_id": placement.subnet_id,
                 "root_volume_gib": options.volume_gib("worker"),
                 "instance_profile": profiles["worker"],
@@ -773,6 +829,28 @@ def provision(spec: ClusterSpec, options: AWSOptions, tls: ClusterTLS | None) ->
     return record
 
 
+@hookimpl
+def cluster_started(record: ClusterRecord, options: AWSOptions) -> None:
+    """Pin the packs the cluster's nodes built (under its build id), before any user code runs
+    on them: later clusters' nodes fetch those instead of building."""
+    build_id = record.backend_ids.get("build_id")
+    if not build_id or not record.spec:
+        return
+    spec = ClusterSpec.model_validate(record.spec)
+    software = _software(spec)
+    if software.kind == "container":
+        return
+    aws = AWS(options)
+    boot = dataclasses.replace(boot_software(software, node_requirements("boto3")), build_id=build_id)
+    try:
+        pinned = record_cluster_packs(boot, artifacts.ClientStore(aws, artifacts.bucket_name(aws)), PACK_MACHINES)
+    except Exception as e:  # the cluster works; the next one builds again
+        logger.warning("could not pin the environment packs of cluster %s: %s", record.name, e)
+        return
+    if pinned:
+        logger.info("pinned the environment packs %s built by cluster %s", ", ".join(pinned), record.name)
+
+
 def _launch_scheduler(aws: AWS, boot: _Boot, plan: _Plan, base: dict[str, Any], profile: str) -> tuple[Placement, str]:
     """Launch the scheduler at an address chosen in advance, in the first of ``plan.placements``
     where one of its types has capacity (more than one only with ``use_best_zone``); return
@@ -787,6 +865,7 @@ def _launch_scheduler(aws: AWS, boot: _Boot, plan: _Plan, base: dict[str, Any], 
             private_ip=scheduler_ip,
             instance_profile=profile,
             ami=plan.amis["scheduler"],
+            root_device_name=plan.root_devices["scheduler"],
             subnet_id=placement.subnet_id,
             root_volume_gib=options.volume_gib("scheduler"),
             **base,
@@ -801,14 +880,14 @@ def _launch_scheduler(aws: AWS, boot: _Boot, plan: _Plan, base: dict[str, Any], 
 
 
 def _node_profiles(
-    aws: AWS, spec: ClusterSpec, options: AWSOptions, boundary: str | None, kms_key_arn: str | None
+    aws: AWS, spec: ClusterSpec, options: AWSOptions, boundary: str | None, kms_key_arn: str | None, build_id: str = ""
 ) -> dict[str, str]:
     """The instance profile of each node role: a pre-created one (``iam_instance_profile``, for
     both roles) or the backend's own per-role profiles, created now with ``boundary``."""
     if options.iam_instance_profile:
         return {role: options.iam_instance_profile for role in parameters.NODE_ROLES}
     assert boundary is not None, "the backend's own roles always get a boundary"
-    return iam.create_node_profiles(aws, spec.name, _tags(spec, options), boundary, kms_key_arn)
+    return iam.create_node_profiles(aws, spec.name, _tags(spec, options), boundary, kms_key_arn, build_id)
 
 
 def _read_spec(aws: AWS, name: str) -> dict[str, Any]:
@@ -873,6 +952,7 @@ def describe(name: str, options: AWSOptions) -> ClusterRecord | None:
             "scheduler_private_ip": scheduler.get("PrivateIpAddress") if scheduler else None,
             "scheduler_subnet_id": scheduler.get("SubnetId") if scheduler else None,
             "local_code_sha256": _tag(scheduler, TAG_LOCAL_CODE) if scheduler else None,
+            "build_id": _tag(scheduler, TAG_BUILD) if scheduler else None,
         },
     )
 
@@ -903,10 +983,14 @@ def _add_workers(aws: AWS, record: ClusterRecord, options: AWSOptions, count: in
     placement = network.placement_of_subnet(aws.ec2, subnet_id) if subnet_id else network.find_placement(aws.ec2, options)
     tag_filter = [{"Name": f"tag:{TAG_CLUSTER}", "Values": [record.name]}]
     group_ids = [g["GroupId"] for g in aws.ec2.describe_security_groups(Filters=tag_filter)["SecurityGroups"]]
-    boot = _Boot(aws, spec, options, local_code_sha256=record.backend_ids.get("local_code_sha256"))
+    boot = _Boot(
+        aws, spec, options, local_code_sha256=record.backend_ids.get("local_code_sha256"), build_id=record.backend_ids.get("build_id")
+    )
     types = _instance_types(aws, spec, options, boot.software)
+    ami = _resolve_ami(aws, options, types.worker_arch)
     base = {
-        "ami": _resolve_ami(aws, options, types.worker_arch),
+        "ami": ami,
+        "root_device_name": _root_device(aws, spec, ami),
         "subnet_id": placement.subnet_id,
         "security_group_ids": [*group_ids, *options.security_group_ids],
         "instance_profile": options.iam_instance_profile or iam.node_role_name(aws, record.name, "worker"),

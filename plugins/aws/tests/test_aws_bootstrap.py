@@ -64,3 +64,28 @@ def test_a_stored_container_is_checked_when_loaded(tmp_path):
             with pytest.raises(SoftwareEnvironmentError, match="container") as refused:
                 get_software_info("team/image")
             assert "team/image" in str(refused.value)
+
+
+def test_the_metadata_token_is_never_in_a_process_s_arguments(tmp_path):
+    """Any local user reads every process's arguments (/proc/*/cmdline): the IMDSv2 token goes
+    to curl on its standard input, and the node still learns its instance id."""
+    import os
+    import subprocess
+
+    from coiled_aws.bootstrap import IMDS_INSTANCE_ID
+
+    calls = tmp_path / "calls"
+    curl = tmp_path / "curl"
+    curl.write_text(
+        "#!/bin/bash\n"
+        f'printf "%s\\n" "$*" >> {calls}\n'
+        'for arg in "$@"; do [ "$arg" = "@-" ] && { printf "stdin: %s\\n" "$(cat)" >> ' + str(calls) + "; }; done\n"
+        'case "$*" in *api/token*) echo SECRET-IMDS-TOKEN ;; *instance-id*) echo i-0123456789abcdef0 ;; esac\n'
+    )
+    curl.chmod(0o755)
+    ran = subprocess.run(["bash", "-c", IMDS_INSTANCE_ID], capture_output=True, text=True, env={**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"})
+    assert ran.stdout.strip() == "i-0123456789abcdef0", ran
+    lines = calls.read_text().splitlines()
+    arguments = [line for line in lines if not line.startswith("stdin: ")]
+    assert len(arguments) == 2 and not any("SECRET-IMDS-TOKEN" in line for line in arguments), lines
+    assert "stdin: X-aws-ec2-metadata-token: SECRET-IMDS-TOKEN" in lines

@@ -38,6 +38,8 @@ S3_ACTIONS = {
     "HeadObject": "s3:GetObject",
     "DeleteObjects": "s3:DeleteObject",
     "PutPublicAccessBlock": "s3:PutBucketPublicAccessBlock",
+    "GetBucketLifecycleConfiguration": "s3:GetLifecycleConfiguration",
+    "PutBucketLifecycleConfiguration": "s3:PutLifecycleConfiguration",
 }
 
 

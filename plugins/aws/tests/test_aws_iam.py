@@ -119,3 +119,30 @@ def test_a_given_permissions_boundary_must_exist_before_anything_is_made(offline
             backend.teardown(record, options)
     finally:
         iam.delete_policy(PolicyArn=arn)
+
+
+def test_node_roles_may_not_write_pins_nor_any_build_but_their_own(offline_ec2, backend):
+    """The client pins the packs nodes may run under pins/; a node (compromised, say) can write
+    neither a pin nor a pack where another cluster's nodes would take it for their own build."""
+    spec = _spec("no-planting", "us-east-1")
+    record = backend.provision(spec, backend.validate_options(spec.backend_options))
+    try:
+        build = record.backend_ids["build_id"]
+        assert build
+        bucket = f"arn:aws:s3:::coiled-artifacts-{_account(offline_ec2)}-us-east-1"
+        iam = offline_ec2.client("iam")
+        boundary = iam.get_policy_version(
+            PolicyArn=f"arn:aws:iam::{_account(offline_ec2)}:policy/coiled-node-boundary", VersionId="v1"
+        )["PolicyVersion"]["Document"]
+        boundary = json.loads(boundary) if isinstance(boundary, str) else boundary
+        for instance in instances(offline_ec2, spec.name, "us-east-1"):
+            documents = role_policies(offline_ec2, role_of(offline_ec2, instance))
+            for key in ("pins/abc-py3.11-x86_64.json", "envs/abc-py3.11-x86_64/manifest.json",
+                        "envs/abc-py3.11-x86_64/builds/another-build/manifest.json", "agent/coiled_core-x.zip"):
+                assert not allowed(documents, "s3:PutObject", f"{bucket}/{key}"), key
+            assert not allowed([boundary], "s3:PutObject", f"{bucket}/pins/abc-py3.11-x86_64.json")
+            assert not allowed([boundary], "s3:PutObject", f"{bucket}/agent/coiled_core-x.zip")
+            assert allowed(documents, "s3:PutObject", f"{bucket}/envs/abc-py3.11-x86_64/builds/{build}/manifest.json")
+            assert allowed(documents, "s3:GetObject", f"{bucket}/envs/abc-py3.11-x86_64/builds/another-build/x.tar.zst")
+    finally:
+        backend.teardown(record, _options(backend, record))

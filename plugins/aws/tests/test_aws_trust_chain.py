@@ -169,6 +169,13 @@ def test_a_node_fetches_with_its_role_and_every_s3_call_names_the_owner(offline_
         # The nodes fetched and verified the bundle, ran the agent and uploaded their logs.
         wait_until(lambda: len([t for t in backend.logs(record, options, None).values() if "coiled" in t]) == len(ids),
                    timeout=240, message="every node's log in the bucket")
+        # Every local user reads every process's arguments: no secret is in those of the nodes'.
+        import psutil
+
+        secret = offline_ec2.credentials.secret_access_key
+        for process in psutil.process_iter(["cmdline"]):
+            cmdline = " ".join(process.info["cmdline"] or [])
+            assert secret not in cmdline and "PRIVATE KEY" not in cmdline, cmdline[:200]
     finally:
         backend.teardown(record, options)
     assert offline_ec2.errors == []
@@ -268,3 +275,20 @@ def test_the_log_uploader_refuses_a_bucket_another_account_owns(offline_ec2, upl
     path.write_text("a secret in a log line\n")
     LogUploader({**uploader_settings, "log_bucket": "someone-elses-logs"}).upload(str(path))
     assert _objects(foreign_s3, "someone-elses-logs") == []
+
+
+def test_node_logs_in_the_bucket_expire_and_other_lifecycle_rules_stay(offline_ec2):
+    """Logs hold whatever the user's code printed: the bucket deletes them after a while."""
+    aws = _aws("us-west-2")  # a bucket of its own: the rule is added when it is made
+    s3 = aws.client("s3")
+    bucket = artifacts.ensure_bucket(aws)
+    rules = s3.get_bucket_lifecycle_configuration(Bucket=bucket, ExpectedBucketOwner=aws.account_id)["Rules"]
+    [rule] = [r for r in rules if r["ID"] == artifacts.LOG_RULE_ID]
+    assert rule["Status"] == "Enabled" and rule["Filter"]["Prefix"] == "logs/"
+    assert rule["Expiration"]["Days"] == artifacts.LOG_RETENTION_DAYS
+    # An existing bucket gets it too, beside an administrator's own rule.
+    own = {"ID": "team-rule", "Filter": {"Prefix": "team/"}, "Status": "Enabled", "Expiration": {"Days": 7}}
+    s3.put_bucket_lifecycle_configuration(Bucket=bucket, ExpectedBucketOwner=aws.account_id, LifecycleConfiguration={"Rules": [own]})
+    artifacts.ensure_bucket(aws)
+    ids = [r["ID"] for r in s3.get_bucket_lifecycle_configuration(Bucket=bucket, ExpectedBucketOwner=aws.account_id)["Rules"]]
+    assert sorted(ids) == sorted(["team-rule", artifacts.LOG_RULE_ID])

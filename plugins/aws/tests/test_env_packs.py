@@ -1,7 +1,8 @@
 """Software environments on the offline EC2 with no shared build cache, as on real machines: the
-first cluster builds its environment once (not once per node) and uploads the pack; a later
-cluster fetches it; a corrupt pack is rebuilt and replaced; ``get_logs()`` says which path each
-node took. (A failed build failing the start with uv's message: test_aws_software.py.)
+first cluster builds its environment once (not once per node) and uploads the pack, and its
+client pins it; a later cluster fetches the pinned pack; a pack planted in the store (as a
+compromised node could) is never run; ``get_logs()`` says which path each node took. (A failed
+build failing the start with uv's message: test_aws_software.py.)
 """
 
 from __future__ import annotations
@@ -24,9 +25,30 @@ def _bucket(simulator) -> str:
     return f"coiled-artifacts-{simulator.credentials.account_id}-{OPTIONS['region']}"
 
 
-def _env_objects(simulator) -> list[str]:
-    reply = _s3(simulator).list_objects_v2(Bucket=_bucket(simulator), Prefix="envs/", ExpectedBucketOwner=simulator.credentials.account_id)
+def _env_objects(simulator, prefix: str = "envs/") -> list[str]:
+    reply = _s3(simulator).list_objects_v2(Bucket=_bucket(simulator), Prefix=prefix, ExpectedBucketOwner=simulator.credentials.account_id)
     return sorted(o["Key"] for o in reply.get("Contents", []))
+
+
+def _object(simulator, key: str) -> bytes:
+    owner = simulator.credentials.account_id
+    return _s3(simulator).get_object(Bucket=_bucket(simulator), Key=key, ExpectedBucketOwner=owner)["Body"].read()
+
+
+def _put(simulator, key: str, body: bytes) -> None:
+    _s3(simulator).put_object(Bucket=_bucket(simulator), Key=key, Body=body, ExpectedBucketOwner=simulator.credentials.account_id)
+
+
+def _planted_pack(tmp_path) -> tuple[bytes, str]:
+    """A pack a compromised node could write: an 'environment' that is not what was asked for."""
+    from coiled_core.node import envpack
+
+    env = tmp_path / "planted"
+    (env / "bin").mkdir(parents=True)
+    (env / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    (env / "planted").write_text("run me")
+    sha256, _ = envpack.pack(env, tmp_path / "planted.tar.zst")
+    return (tmp_path / "planted.tar.zst").read_bytes(), sha256
 
 
 def _paths(logs: dict[str, str]) -> list[str]:
@@ -54,7 +76,7 @@ def _node_logs(cluster, nodes: int) -> dict[str, str]:
     return found
 
 
-def test_the_first_cluster_builds_once_and_later_clusters_fetch(uncached_ec2):
+def test_the_first_cluster_builds_once_and_later_clusters_fetch_only_the_pinned_pack(uncached_ec2, tmp_path):
     import coiled
 
     kwargs = dict(backend="aws", backend_options=OPTIONS, worker_cpu=1, worker_memory="2 GiB", security=False, wait_for_workers=True)
@@ -70,22 +92,32 @@ def test_the_first_cluster_builds_once_and_later_clusters_fetch(uncached_ec2):
     objects = _env_objects(uncached_ec2)
     packs = [key for key in objects if key.endswith(".tar.zst")]
     assert len(packs) == 1 and any(key.endswith("/manifest.json") for key in objects), objects
+    # Its client pinned the pack, once the scheduler answered.
+    pins = _env_objects(uncached_ec2, "pins/")
+    assert len(pins) == 1, pins
+    pin = json.loads(_object(uncached_ec2, pins[0]))
+    assert pin["object"] == packs[0] and "/builds/" in pin["object"]
+
+    # A compromised node plants a pack and a manifest where nodes looked for one.
+    planted, planted_sha256 = _planted_pack(tmp_path)
+    env_prefix = packs[0].split("/builds/", 1)[0]
+    _put(uncached_ec2, f"{env_prefix}/{planted_sha256}.tar.zst", planted)
+    manifest = {"object": f"{env_prefix}/{planted_sha256}.tar.zst", "sha256": planted_sha256, "prefix": "/x", "size": len(planted)}
+    _put(uncached_ec2, f"{env_prefix}/manifest.json", json.dumps(manifest).encode())
 
     with coiled.Cluster(name=f"packs-second-{os.getpid()}", n_workers=0, **kwargs) as cluster:
-        assert _paths(_node_logs(cluster, 1)) == ["fetched the pack"]
-    assert [key for key in _env_objects(uncached_ec2) if key.endswith(".tar.zst")] == packs
+        assert _paths(_node_logs(cluster, 1)) == ["fetched the pinned pack"]
+    assert [key for key in _env_objects(uncached_ec2) if key.endswith(".tar.zst") and "/builds/" in key] == packs
 
-    # A corrupt pack (a partial upload, say) is detected, rebuilt and replaced (that one node
-    # rebuilds while others wait is tests/test_node_bootstrap.py's).
-    s3, bucket = _s3(uncached_ec2), _bucket(uncached_ec2)
-    owner = uncached_ec2.credentials.account_id
-    body = s3.get_object(Bucket=bucket, Key=packs[0], ExpectedBucketOwner=owner)["Body"].read()
-    s3.put_object(Bucket=bucket, Key=packs[0], Body=body[: len(body) // 3], ExpectedBucketOwner=owner)
-    with coiled.Cluster(name=f"packs-corrupt-{os.getpid()}", n_workers=0, **kwargs) as cluster:
+    # The pinned pack itself replaced (a node of the first cluster may write its build): refused.
+    _put(uncached_ec2, packs[0], planted)
+    with coiled.Cluster(name=f"packs-planted-{os.getpid()}", n_workers=0, **kwargs) as cluster:
         logs = _node_logs(cluster, 1)
-    assert _paths(logs) == ["built (the stored pack was corrupt) and uploaded"], logs
-    assert sum("is corrupt" in text for text in logs.values()) == 1
-    assert len([key for key in _env_objects(uncached_ec2) if key.endswith(".tar.zst")]) == 2
+    assert _paths(logs) == ["built and uploaded"], logs
+    assert sum("refusing the pinned pack" in text for text in logs.values()) == 1
+    # The new build is pinned instead.
+    repinned = json.loads(_object(uncached_ec2, pins[0]))
+    assert repinned["object"] != packs[0] and repinned["sha256"] != planted_sha256
 
 
 def test_the_aws_store_program_keeps_the_contract(uncached_ec2, tmp_path):
@@ -136,13 +168,8 @@ def test_coiled_env_build_prebuilds_the_pack_so_no_node_builds(uncached_ec2, tmp
         assert f"/{name}' (" in result.output and "built software environment" in result.output and "uploaded it" in result.output
         again = coiled.build_software_environment(name, backend="aws", backend_options=OPTIONS)
         assert "is already built" in again and f"/{name}'" in again
-        # The pack nodes fetch (they fetch a stored pack in the test above), built by the client.
-        manifests = [key for key in _env_objects(uncached_ec2) if key.endswith("/manifest.json")]
-        s3, owner = _s3(uncached_ec2), uncached_ec2.credentials.account_id
-        built_by = [
-            json.loads(s3.get_object(Bucket=_bucket(uncached_ec2), Key=key, ExpectedBucketOwner=owner)["Body"].read())["built_by"]
-            for key in manifests
-        ]
+        # The pack nodes fetch (they fetch a pinned pack in the test above), built and pinned by the client.
+        built_by = [json.loads(_object(uncached_ec2, key))["built_by"] for key in _env_objects(uncached_ec2, "pins/")]
         assert sum(by.startswith("client ") for by in built_by) == 1, built_by
     finally:
         coiled.delete_software_environment(name)

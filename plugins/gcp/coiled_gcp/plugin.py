@@ -11,6 +11,7 @@ as its startup script (:mod:`coiled_gcp.bootstrap`) with the node add-on
 
 from __future__ import annotations
 
+import dataclasses
 import getpass
 import ipaddress
 import logging
@@ -43,6 +44,8 @@ from coiled_core.backend import (
     agent_bundle,
     boot_software,
     build_environment_pack,
+    pinned_software,
+    record_cluster_packs,
     build_node_config,
     dns_label,
     hookimpl,
@@ -283,6 +286,44 @@ def _labels(spec: ClusterSpec, options: GCPOptions, role: str | None = None) -> 
     return labels
 
 
+#: Metadata item: the cluster's build id, under which its nodes share the packs they build.
+BUILD_ITEM = "coiled-build"
+#: The architectures whose pack pins a node may be given.
+PACK_MACHINES = ("x86_64", "aarch64")
+
+
+class _ClientStore:
+    """The client's own access to the bucket (``get``/``put`` of a store program), for the pins
+    of environment packs, which only clients write."""
+
+    def __init__(self, gcp: GCP, bucket: str):
+        self.gcp, self.bucket = gcp, bucket
+
+    def get(self, key: str, target: Path) -> bool:
+        found = storage.read(self.gcp, self.bucket, key)
+        if found is None:
+            return False
+        Path(target).write_bytes(found[0])
+        return True
+
+    def put(self, path: Path, key: str) -> None:
+        storage.write(self.gcp, self.bucket, key, Path(path).read_bytes())
+
+
+@hookimpl
+def cluster_started(record: ClusterRecord, options: GCPOptions) -> None:
+    """Pin the packs the cluster's nodes built, before any user code runs on them."""
+    build_id = record.backend_ids.get("build_id")
+    if not build_id or not record.spec:
+        return
+    gcp = GCP(options)
+    software = dataclasses.replace(boot_software(software_environment(ClusterSpec.model_validate(record.spec)), node_requirements()), build_id=build_id)
+    try:
+        record_cluster_packs(software, _ClientStore(gcp, storage.bucket_name(gcp)), PACK_MACHINES)
+    except Exception as e:  # the cluster works; the next one builds again
+        logger.warning("could not pin the environment packs of cluster %s: %s", record.name, e)
+
+
 class _Boot:
     """The node configs and startup scripts of one cluster."""
 
@@ -293,7 +334,8 @@ class _Boot:
         bundle = agent_bundle(Path.home() / ".cache" / "coiled" / "gcp", extra_modules=[NODE_ADDON_MODULE])
         stored = storage.upload_once(gcp, self.bucket, f"agent/{bundle.name}", bundle.read_bytes())
         self.bundle = StoredFile(stored.key, stored.sha256)
-        self.software = boot_software(software_environment(spec), node_requirements())
+        # Nodes fetch a pack only if this client pinned it (coiled_core.node.envpack).
+        self.software = pinned_software(boot_software(software_environment(spec), node_requirements()), _ClientStore(gcp, self.bucket), PACK_MACHINES)
 
     def _addon(self, role: str) -> AddOnRef:
         settings: dict[str, Any] = {
@@ -349,7 +391,8 @@ def _instance_body(boot: _Boot, role: str, machine: mt.MachineType, zone: str, s
         # The cloud ends the cluster even if its node cannot: maxRunDuration, then delete.
         scheduling.update(max_run_duration={"seconds": int(spec.cluster_timeout) + EXPIRY_GRACE}, instance_termination_action="DELETE")
     gpu = bool(machine.attach or machine.gpus)
-    metadata = [{"key": "startup-script", "value": script}, {"key": NAME_ITEM, "value": spec.name}]
+    metadata = [{"key": "startup-script", "value": script}, {"key": NAME_ITEM, "value": spec.name},
+                {"key": BUILD_ITEM, "value": boot.software.build_id}]
     if gpu and not options.image:
         metadata.append(dict(GPU_DRIVER_ITEM))
     body: dict[str, Any] = {
@@ -669,6 +712,7 @@ def _record(gcp: GCP, name: str, instances: list[Any]) -> ClusterRecord:
             "scheduler_instance": scheduler.name if scheduler else None,
             "scheduler_zone": _zone(scheduler) if scheduler else None,
             "scheduler_private_ip": scheduler.network_interfaces[0].network_i_p if scheduler else None,
+            "build_id": next((item.value for item in scheduler.metadata.items if item.key == BUILD_ITEM), None) if scheduler else None,
         },
     )
 

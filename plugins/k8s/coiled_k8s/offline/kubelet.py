@@ -62,7 +62,7 @@ from coiled_k8s.offline.store import ObjectStore, now_rfc3339
 MARK_ENV = "COILED_OFFLINE_KUBELET"
 NODE_NAME = "offline-node"
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
-_INHERIT_ENV = ("HOME", "LANG", "LC_ALL", "SSL_CERT_FILE", "SSL_CERT_DIR", "UV_CACHE_DIR", "UV_INDEX_URL",
+_INHERIT_ENV = ("COILED_STANDIN", "HOME", "LANG", "LC_ALL", "SSL_CERT_FILE", "SSL_CERT_DIR", "UV_CACHE_DIR", "UV_INDEX_URL",
                 "PIP_INDEX_URL", "PIP_FIND_LINKS")
 _SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 

@@ -1,0 +1,1 @@
+"""Test tools of the AWS backend (never imported by the backend itself)."""
