@@ -23,6 +23,10 @@ loopback address (``10.a.b.c`` -> ``127.a.b.c``), with ``COILED_OFFLINE=1``,
 ``COILED_NODE_HOST``, ``COILED_NODE_ROOT`` and the endpoint and token of this server. Deleting
 the instance kills its processes. When the script exits (the machine's power-off), the instance
 is deleted: the backend's power-off deletes the instance (see :mod:`coiled_gcp.bootstrap`).
+The stand-in touches only the machines it started: a watchdog process of its own
+(:func:`coiled_core.testing.noderunner.start_watchdog`) ends them if this process dies without
+:meth:`OfflineGCP.stop` (say, a test run killed with SIGKILL); other runs' machines on the same
+computer are never its business.
 
 **Faults.** :meth:`OfflineGCP.exhaust` makes inserts of a zone and/or machine type fail with
 ``ZONE_RESOURCE_POOL_EXHAUSTED`` or ``QUOTA_EXCEEDED`` (as a DONE operation with an error);
@@ -150,6 +154,7 @@ class OfflineGCP:
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._watcher: threading.Thread | None = None
+        self._watchdog: Any = None
         self._stopping = threading.Event()
 
     # -- life ---------------------------------------------------------------------------------
@@ -169,8 +174,9 @@ class OfflineGCP:
         }
 
     def start(self) -> OfflineGCP:
-        noderunner.reap_orphans()
         self._marker = noderunner.new_marker()
+        # Machines of this run end with it, even if it is killed before stop().
+        self._watchdog = noderunner.start_watchdog(self._marker, self.kill_grace)
         self._bin = noderunner.prepare_bin(self.workdir / "bin")
         if self.env_cache is not None:
             self.env_cache.mkdir(parents=True, exist_ok=True)
@@ -192,6 +198,10 @@ class OfflineGCP:
             self._watcher = None
         if self._marker:
             noderunner.kill_marked(self._marker, grace=self.kill_grace)
+        if self._watchdog is not None:
+            self._watchdog.terminate()
+            self._watchdog.wait(10)
+            self._watchdog = None
         with self._lock:
             for machine in self._machines.values():
                 if machine.popen is not None:
