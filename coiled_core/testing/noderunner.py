@@ -17,8 +17,12 @@ it) to be gone and then ends the processes carrying exactly its runner's marker.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
+import random
 import shutil
+import tempfile
 import subprocess
 import sys
 import time
@@ -168,6 +172,65 @@ def kill_marked(marker: str, machine_id: str | None = None, grace: float = 3.0) 
     procs = marked_processes(lambda value, env: value == marker and (machine_id is None or env.get(MACHINE_ENV) == machine_id))
     kill_processes(procs, grace)
     return len(procs)
+
+
+#: Where runs on this machine (any user's) lock the loopback blocks they use.
+LOOPBACK_LOCKS = Path(tempfile.gettempdir()) / "coiled-offline-loopback"
+
+
+class LoopbackBlock:
+    """A ``127.B.0.0/16`` block of loopback addresses held by this run alone, for as long as it
+    holds the block's lock (``flock``: released when the run ends, however it ends).
+
+    Stand-ins hand out private addresses ``10.B.x.y`` (a simulated node binds ``127.B.x.y``), so
+    two runs on one machine never give two nodes the same address and fixed ports (8786, 8787)
+    never collide. ``candidates`` are the ``B`` values it may take, tried in random order.
+    """
+
+    def __init__(self, candidates: range | list[int]) -> None:
+        LOOPBACK_LOCKS.mkdir(parents=True, exist_ok=True)
+        try:
+            LOOPBACK_LOCKS.chmod(0o1777)  # shared by every user, like /tmp
+        except OSError:
+            pass
+        order = list(candidates)
+        random.shuffle(order)
+        for b in order:
+            fd = self._lock(LOOPBACK_LOCKS / f"127.{b}.lock")
+            if fd is not None:
+                self.octet, self._fd = b, fd
+                return
+        raise RuntimeError(f"every loopback block 127.B.0.0/16 for B in {candidates} is in use by other runs")
+
+    @staticmethod
+    def _lock(path: Path) -> int | None:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError:
+            return None  # another user's lock file we may not open: theirs
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno in (errno.EWOULDBLOCK, errno.EACCES):
+                return None
+            raise
+        try:
+            os.fchmod(fd, 0o666)
+        except OSError:
+            pass
+        return fd
+
+    def address(self, n: int) -> str:
+        """The ``n``-th private address of the block (``1 <= n < 65535``): ``10.B.x.y``."""
+        if not 0 < n < 65535:
+            raise ValueError(f"address number {n} is outside the block")
+        return f"10.{self.octet}.{n >> 8}.{n & 255}"
+
+    def release(self) -> None:
+        if getattr(self, "_fd", None) is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 def runner_alive(marker: str) -> bool:

@@ -18,7 +18,8 @@ user of the machine reaches the port, and what the runner boots runs as its owne
 
 **The runner.** An instance inserted with a ``startup-script`` metadata item is started at once
 (status ``RUNNING``) as a local process (:mod:`coiled_core.testing.noderunner`) on its own
-loopback address (``10.a.b.c`` -> ``127.a.b.c``), with ``COILED_OFFLINE=1``,
+loopback address (``10.B.x.y`` -> ``127.B.x.y``; ``127.B.0.0/16`` is a block this run holds alone,
+:class:`coiled_core.testing.noderunner.LoopbackBlock`), with ``COILED_OFFLINE=1``,
 ``COILED_INSTANCE_ID`` (the instance's name, as GCE's metadata server reports it),
 ``COILED_NODE_HOST``, ``COILED_NODE_ROOT`` and the endpoint and token of this server. Deleting
 the instance kills its processes. When the script exits (the machine's power-off), the instance
@@ -82,6 +83,11 @@ MACHINE_TYPES: list[tuple[str, int, int, list[dict]]] = [
     ("g2-standard-4", 4, 16384, [{"guestAcceleratorType": "nvidia-l4", "guestAcceleratorCount": 1}]),
     ("a2-highgpu-1g", 12, 87040, [{"guestAcceleratorType": "nvidia-tesla-a100", "guestAcceleratorCount": 1}]),
 ]
+
+
+#: Second octets of the loopback blocks a stand-in may take: not 127.0 (servers, 127.0.0.1),
+#: 127.31 (moto's default VPC, 172.31) nor 127.96-127.191 (the offline Kubernetes' networks).
+LOOPBACK_OCTETS = [b for b in range(1, 96) if b != 31]
 
 
 class _Fault(Exception):
@@ -155,6 +161,7 @@ class OfflineGCP:
         self._thread: threading.Thread | None = None
         self._watcher: threading.Thread | None = None
         self._watchdog: Any = None
+        self._block: noderunner.LoopbackBlock | None = None
         self._stopping = threading.Event()
 
     # -- life ---------------------------------------------------------------------------------
@@ -175,6 +182,9 @@ class OfflineGCP:
 
     def start(self) -> OfflineGCP:
         self._marker = noderunner.new_marker()
+        # Addresses of this run alone: 10.B.x.y, whose nodes bind 127.B.x.y (B: a free block).
+        self._block = noderunner.LoopbackBlock(LOOPBACK_OCTETS)
+        self._ips = itertools.count(2)
         # Machines of this run end with it, even if it is killed before stop().
         self._watchdog = noderunner.start_watchdog(self._marker, self.kill_grace)
         self._bin = noderunner.prepare_bin(self.workdir / "bin")
@@ -211,6 +221,9 @@ class OfflineGCP:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+        if self._block is not None:
+            self._block.release()
+            self._block = None
 
     def __enter__(self) -> OfflineGCP:
         return self.start()
@@ -338,8 +351,8 @@ class OfflineGCP:
         return instance
 
     def _next_ip(self) -> str:
-        n = next(self._ips)
-        return f"10.{(n >> 16) & 255}.{(n >> 8) & 255}.{n & 255}"
+        assert self._block is not None, "OfflineGCP is not started"
+        return self._block.address(next(self._ips))
 
     def insert_instances(self, zone: str, bodies: list[dict], kind: str) -> dict:
         with self._lock:
