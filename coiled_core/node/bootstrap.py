@@ -260,13 +260,17 @@ fetch() {  # key target sha256 what: nodes run these as root, so only what the c
   fi
 }
 
-# 3. The node agent's code (kept in the cache by its sha256, checked at every use).
+# 3. The node agent's code (kept in the cache by its sha256). Other nodes sharing the cache may
+# replace the cached file at any moment: read it with one open (a file replaced meanwhile is
+# still read whole), check the sha256 of this node's own copy, and add to the cache only whole
+# files, under a private name first, then renamed.
 BUNDLE="$CACHE/bundles/$BUNDLE_SHA256.zip"
-if [ "$(sha256sum "$BUNDLE" 2>/dev/null | cut -d' ' -f1)" != "$BUNDLE_SHA256" ]; then
-  fetch "$BUNDLE_KEY" "$BUNDLE.$$" "$BUNDLE_SHA256" "the agent bundle" && mv -f "$BUNDLE.$$" "$BUNDLE" ||
-    fail "fetching the agent bundle failed"
+cat "$BUNDLE" >"$ROOT/agent.zip.part" 2>/dev/null || : >"$ROOT/agent.zip.part"
+if [ "$(sha256sum "$ROOT/agent.zip.part" | cut -d' ' -f1)" != "$BUNDLE_SHA256" ]; then
+  fetch "$BUNDLE_KEY" "$ROOT/agent.zip.part" "$BUNDLE_SHA256" "the agent bundle" || fail "fetching the agent bundle failed"
+  cat "$ROOT/agent.zip.part" >"$BUNDLE.$$" && mv -f "$BUNDLE.$$" "$BUNDLE" || rm -f "$BUNDLE.$$"
 fi
-cp "$BUNDLE" "$ROOT/agent.zip" || fail "copying the agent bundle failed"
+mv -f "$ROOT/agent.zip.part" "$ROOT/agent.zip" || fail "placing the agent bundle failed"
 AGENT_PATH="$ROOT/agent.zip"
 rm -rf "$ROOT/code" "$ROOT/code.zip" "$ROOT/post_build.sh" "$ROOT/.agent-starting"
 if [ -n "$CODE_KEY" ]; then
