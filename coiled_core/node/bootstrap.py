@@ -182,7 +182,7 @@ __POWER_OFF_COMMAND__
 
 store() { "$TOOLS" "$ROOT/store.py" "$@"; }
 
-fail() {  # a step before the agent failed: say which, ship the log, power off
+fail() {  # a step failed: say which, ship the log, power off
   echo "coiled: $1; powering off"
   if [ -n "$LOG_KEY" ] && [ -n "$TOOLS" ]; then
     store put "$ROOT/node.log" "$LOG_KEY$COILED_INSTANCE_ID.log" || echo "coiled: uploading this log failed"
@@ -331,7 +331,10 @@ fi
 # 5. The node agent, until the cluster ends.
 took "starting the node agent"
 PYTHONPATH="$AGENT_PATH" "$ENV/bin/python" -m coiled_core.node "$ROOT/node.json"
-power_off $?
+code=$?
+# An agent that failed (before it could ship its log, say) leaves its log where the client reads it.
+[ "$code" = 0 ] || fail "the node agent ended with exit code $code"
+power_off 0
 """
 
 _PLACEHOLDER = re.compile(r"__([A-Z0-9_]+)__")

@@ -62,3 +62,41 @@ def test_two_stand_ins_at_once_hand_out_disjoint_addresses_and_each_forms_a_clus
             for fake, cluster in clusters:
                 with offline_environment(fake.environ()):
                     cluster.close()
+
+
+def test_a_worker_that_dies_while_starting_ends_the_wait_with_its_log_tail(offline_gcp):
+    import coiled
+    from dask.distributed import Client
+
+    from coiled_core.errors import ProvisionError
+
+    # The first worker to read its secret fails to start (as a node whose service account may
+    # not read it would); the other one joins. The cluster returns after one worker.
+    offline_gcp.fail("GET", r"/secrets/coiled-[a-z0-9-]+-worker/versions/latest:access$")
+    cluster = coiled.Cluster(
+        name="dies-starting", backend="gcp", backend_options=OPTIONS, n_workers=2, worker_cpu=1, worker_memory="2 GiB", wait_for_workers=1
+    )
+    try:
+        # Before, this waited for ever (the suite's timeout ended it).
+        with Client(cluster) as client, pytest.raises(ProvisionError) as info:
+            client.wait_for_workers(2)
+        message = str(info.value)
+        assert "ended while starting" in message and "coiled-dies-starting-w-" in message
+        # The dead worker's log tail: why it failed, and that its agent ended.
+        assert "HTTP Error 500" in message and "the node agent ended with exit code 1" in message
+    finally:
+        offline_gcp.clear_faults()
+        cluster.close()
+
+
+def test_waiting_for_workers_is_bounded_by_the_clusters_timeout(offline_gcp):
+    import coiled
+    from dask.distributed import Client
+    from distributed.exceptions import WorkerStartTimeoutError
+
+    cluster = coiled.Cluster(name="wait-bounded", backend="gcp", backend_options=OPTIONS, n_workers=0, timeout=30)
+    try:
+        with Client(cluster) as client, pytest.raises(WorkerStartTimeoutError):
+            client.wait_for_workers(1)  # no worker was asked for: only the timeout ends this
+    finally:
+        cluster.close()
