@@ -12,6 +12,8 @@ There is no Compute Engine emulator, so :class:`OfflineGCP` serves, on one port:
   ``httpErrorStatusCode`` (a 200 reply: the client sees them only if it reads the operation).
 * Cloud Storage JSON API (buckets and objects, ``ifGenerationMatch`` preconditions: 412).
 * Secret Manager v1 (secrets, versions, ``:access``, label filters).
+* Cloud Resource Manager v1 ``projects.get`` (the project's number, which owns its buckets:
+  :meth:`OfflineGCP.add_bucket` makes one of another project's, as a name sniper would).
 
 Requests must carry ``Authorization: Bearer <token>`` with :attr:`OfflineGCP.token` (every
 user of the machine reaches the port, and what the runner boots runs as its owner).
@@ -139,6 +141,8 @@ class OfflineGCP:
         kill_grace: float = 3.0,
     ) -> None:
         self.project = project
+        #: The project's number (Cloud Resource Manager's ``projectNumber``, buckets' owner).
+        self.project_number = str(10**11 + secrets.randbelow(9 * 10**11))
         self.run_scripts = run_scripts
         self.capacity = capacity
         self.kill_grace = kill_grace
@@ -249,6 +253,12 @@ class OfflineGCP:
         with self._lock:
             self._exhausted.clear()
             self._faults.clear()
+
+    def add_bucket(self, name: str, project_number: str | None = None, readable: bool = True) -> None:
+        """A bucket as another project may have made it: owned by ``project_number`` (this
+        project's by default); ``readable=False``: this project's credentials may not read it."""
+        with self._lock:
+            self.state.buckets[name] = {"name": name, "projectNumber": project_number or self.project_number, "id": name, "_readable": readable}
 
     def instance_names(self) -> list[str]:
         with self._lock:
@@ -475,6 +485,8 @@ class _Handler(BaseHTTPRequestHandler):
                 status, reply = _storage(fake, method, url.path, query, body)
                 if isinstance(reply, bytes):
                     return self._reply(status, raw=reply, content_type="application/octet-stream")
+            elif re.fullmatch(r"/v1/projects/[^/:]+", path):
+                status, reply = _projects(fake, method, path.rsplit("/", 1)[-1])
             elif path.startswith("/v1/projects/"):
                 status, reply = _secrets(fake, method, path[len("/v1/projects/") :], query, body)
             else:
@@ -616,13 +628,17 @@ def _storage(fake: OfflineGCP, method: str, raw_path: str, query: dict[str, str]
             name = json.loads(body)["name"]
             if name in state.buckets:
                 raise _Fault(409, "conflict", "Your previous request to create the named bucket succeeded and you already own it.")
-            state.buckets[name] = {"name": name, "projectNumber": "123456789012", "id": name}
-            return 200, state.buckets[name]
+            if query.get("project") != fake.project:
+                raise _Fault(403, "forbidden", f"The caller does not have permission to create buckets in project {query.get('project')!r}")
+            state.buckets[name] = {"name": name, "projectNumber": fake.project_number, "id": name, "_readable": True}
+            return 200, _public(state.buckets[name])
         bucket = parts[1]
         if bucket not in state.buckets:
             raise _Fault(404, "notFound", "The specified bucket does not exist.")
+        if not state.buckets[bucket]["_readable"]:
+            raise _Fault(403, "forbidden", f"The caller does not have storage.buckets.get access to the Google Cloud Storage bucket {bucket!r}.")
         if len(parts) == 2:
-            return 200, state.buckets[bucket]
+            return 200, _public(state.buckets[bucket])
         objects = state.objects
         if len(parts) == 3:  # o: list or upload
             if method == "POST":
@@ -657,6 +673,18 @@ def _storage(fake: OfflineGCP, method: str, raw_path: str, query: dict[str, str]
         if query.get("alt") == "media":
             return 200, current["_data"]
         return 200, {k: v for k, v in current.items() if k != "_data"}
+
+
+def _public(resource: dict) -> dict:
+    """A resource as the API returns it: without the stand-in's own ``_`` fields."""
+    return {k: v for k, v in resource.items() if not k.startswith("_")}
+
+
+def _projects(fake: OfflineGCP, method: str, project: str) -> tuple[int, Any]:
+    """Cloud Resource Manager v1 ``projects.get``: the project's number."""
+    if method != "GET" or project != fake.project:
+        raise _Fault(403, "forbidden", f"The caller does not have permission (resourcemanager.projects.get on {project!r})")
+    return 200, {"projectNumber": fake.project_number, "projectId": project, "lifecycleState": "ACTIVE", "name": project}
 
 
 def _secrets(fake: OfflineGCP, method: str, path: str, query: dict[str, str], body: bytes) -> tuple[int, Any]:

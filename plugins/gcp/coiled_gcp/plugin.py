@@ -674,7 +674,12 @@ def _delete_label(gcp: GCP, label: str, name: str) -> list[str]:
     for secret in [*_secret_ids(label), storage.secret_id(label, "spec")]:
         if storage.delete_secret(gcp, secret):
             deleted.append(f"deleted secret {secret}")
-    storage.delete(gcp, storage.bucket_name(gcp), _claim_key(label))
+    try:
+        bucket = storage.existing_bucket(gcp)
+    except storage.ForeignBucketError:
+        bucket = None  # another project's: no claim of ours is in it
+    if bucket is not None:
+        storage.delete(gcp, bucket, _claim_key(label))
     return deleted
 
 
@@ -716,7 +721,8 @@ def list_clusters(options: GCPOptions) -> list[ClusterRecord]:
 def logs(record: ClusterRecord, options: GCPOptions, tail: int | None) -> dict[str, str]:
     """Each node's log as it last uploaded it, by instance name: they outlive the machines."""
     gcp = GCP(options)
-    return storage.read_logs(gcp, storage.bucket_name(gcp), cluster_label(record.name), tail)
+    bucket = storage.existing_bucket(gcp)
+    return storage.read_logs(gcp, bucket, cluster_label(record.name), tail) if bucket else {}
 
 
 def _expired(instances: list[Any]) -> bool:
@@ -760,9 +766,9 @@ def gc(options: GCPOptions) -> list[str]:
                 continue
             removed += _delete_everything(gcp, name)
     labels_with_instances = {cluster_label(n) for n in by_name}
-    bucket = storage.bucket_name(gcp)
+    bucket = storage.existing_bucket(gcp)
     for label in sorted(_labels_of_leftovers(gcp) - labels_with_instances):
-        held = _read_claim(gcp, bucket, label)
+        held = _read_claim(gcp, bucket, label) if bucket else None
         if held is not None and held[0].state == "claimed" and not held[0].is_stale(cluster_live=False):
             continue  # being created right now
         removed += _delete_label(gcp, label, label)
