@@ -12,6 +12,8 @@ There is no Compute Engine emulator, so :class:`OfflineGCP` serves, on one port:
   ``httpErrorStatusCode`` (a 200 reply: the client sees them only if it reads the operation).
 * Cloud Storage JSON API (buckets and objects, ``ifGenerationMatch`` preconditions: 412).
 * Secret Manager v1 (secrets, versions, ``:access``, label filters).
+* IAM v1 service accounts (create, get, delete) and custom roles (create, get); the IAM
+  policies of single instances, secrets and buckets (get, set; a bucket's with its etag).
 * Cloud Resource Manager v1 ``projects.get`` (the project's number, which owns its buckets:
   :meth:`OfflineGCP.add_bucket` makes one of another project's, as a name sniper would).
 
@@ -116,6 +118,10 @@ class _State:
     buckets: dict[str, dict] = field(default_factory=dict)
     objects: dict[tuple[str, str], dict] = field(default_factory=dict)  # (bucket, name) -> meta + data
     secrets: dict[str, dict] = field(default_factory=dict)  # full name -> secret + versions
+    service_accounts: dict[str, dict] = field(default_factory=dict)  # email -> account
+    roles: dict[str, dict] = field(default_factory=dict)  # full name -> custom role
+    #: IAM policies of single resources: "instances/ZONE/NAME", "secrets/NAME", "buckets/NAME".
+    policies: dict[str, dict] = field(default_factory=dict)
 
 
 class OfflineGCP:
@@ -449,7 +455,14 @@ class _Handler(BaseHTTPRequestHandler):
     def do_DELETE(self) -> None:
         self._serve("DELETE")
 
+    def do_PUT(self) -> None:
+        self._serve("PUT")
+
     def _reply(self, status: int, body: Any = None, raw: bytes | None = None, content_type: str = "application/json") -> None:
+        if status == 204:  # No Content: a body would be read as the start of the next reply
+            self.send_response(204)
+            self.end_headers()
+            return
         data = raw if raw is not None else json.dumps(body if body is not None else {}).encode()
         self.send_response(status)
         self.send_header("Content-Type", content_type)
@@ -487,6 +500,8 @@ class _Handler(BaseHTTPRequestHandler):
                     return self._reply(status, raw=reply, content_type="application/octet-stream")
             elif re.fullmatch(r"/v1/projects/[^/:]+", path):
                 status, reply = _projects(fake, method, path.rsplit("/", 1)[-1])
+            elif re.match(r"/v1/projects/[^/]+/(serviceAccounts|roles)(/|$)", path):
+                status, reply = _iam(fake, method, path[len("/v1/projects/") :], body)
             elif path.startswith("/v1/projects/"):
                 status, reply = _secrets(fake, method, path[len("/v1/projects/") :], query, body)
             else:
@@ -552,10 +567,16 @@ def _compute(fake: OfflineGCP, method: str, path: str, query: dict[str, str], bo
             instance = state.instances.get((zone, name))
             if instance is None:
                 raise _Fault(404, "notFound", f"The resource 'projects/{project}/zones/{zone}/instances/{name}' was not found")
+            if len(parts) == 5 and parts[4] in ("setIamPolicy", "getIamPolicy"):
+                key = f"instances/{zone}/{name}"
+                if parts[4] == "setIamPolicy":
+                    state.policies[key] = {**data.get("policy", {}), "etag": _etag()}
+                return 200, state.policies.get(key, {"etag": _etag()})
             if method == "GET":
                 return 200, instance
             if method == "DELETE":
                 del state.instances[(zone, name)]
+                state.policies.pop(f"instances/{zone}/{name}", None)
                 threading.Thread(target=fake._kill, args=(name,), daemon=True).start()
                 return 200, fake._operation("zones", zone, "delete", instance["selfLink"])
         if parts[0] == "aggregated" and parts[1] == "instances":
@@ -639,6 +660,17 @@ def _storage(fake: OfflineGCP, method: str, raw_path: str, query: dict[str, str]
             raise _Fault(403, "forbidden", f"The caller does not have storage.buckets.get access to the Google Cloud Storage bucket {bucket!r}.")
         if len(parts) == 2:
             return 200, _public(state.buckets[bucket])
+        if parts[2] == "iam":
+            key = f"buckets/{bucket}"
+            current = state.policies.setdefault(key, {"version": 1, "bindings": [], "etag": _etag()})
+            if method == "PUT":
+                policy = json.loads(body)
+                if policy.get("etag") not in (None, current["etag"]):
+                    raise _Fault(412, "conditionNotMet", "At least one of the pre-conditions you specified did not hold.")
+                if any("condition" in b for b in policy.get("bindings", [])) and policy.get("version") != 3:
+                    raise _Fault(400, "invalid", "IAM policies with conditions must be version 3.")
+                state.policies[key] = current = {**policy, "etag": _etag()}
+            return 200, {"kind": "storage#policy", "resourceId": f"projects/_/buckets/{bucket}", **current}
         objects = state.objects
         if len(parts) == 3:  # o: list or upload
             if method == "POST":
@@ -680,6 +712,53 @@ def _public(resource: dict) -> dict:
     return {k: v for k, v in resource.items() if not k.startswith("_")}
 
 
+def _etag() -> str:
+    return base64.b64encode(secrets.token_bytes(8)).decode()
+
+
+def _iam(fake: OfflineGCP, method: str, path: str, body: bytes) -> tuple[int, Any]:
+    """IAM v1: ``projects/P/serviceAccounts[/EMAIL]`` and ``projects/P/roles[/ID]``."""
+    project, kind, *rest = path.split("/")
+    if project != fake.project:
+        raise _Fault(403, "forbidden", f"Permission denied on resource project {project}.")
+    data = json.loads(body) if body else {}
+    state = fake.state
+    with fake._lock:
+        if kind == "serviceAccounts":
+            if method == "POST" and not rest:
+                account_id = data.get("accountId", "")
+                if not re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", account_id) or not 6 <= len(account_id) <= 30:
+                    raise _Fault(400, "invalid", f"Invalid account id {account_id!r}: 6-30 characters, [a-z][-a-z0-9]*[a-z0-9].")
+                email = f"{account_id}@{project}.iam.gserviceaccount.com"
+                if email in state.service_accounts:
+                    raise _Fault(409, "alreadyExists", f"Service account {account_id} already exists within project projects/{project}.")
+                account = {**data.get("serviceAccount", {}), "name": f"projects/{project}/serviceAccounts/{email}", "projectId": project,
+                           "uniqueId": str(next(fake._ids)), "email": email}
+                state.service_accounts[email] = account
+                return 200, account
+            if len(rest) == 1:
+                account = state.service_accounts.get(rest[0])
+                if account is None:
+                    raise _Fault(404, "notFound", f"Service account projects/{project}/serviceAccounts/{rest[0]} not found.")
+                if method == "DELETE":
+                    del state.service_accounts[rest[0]]
+                    return 200, {}
+                return 200, account
+        if kind == "roles":
+            if method == "POST" and not rest:
+                name = f"projects/{project}/roles/{data.get('roleId')}"
+                if name in state.roles:
+                    raise _Fault(409, "alreadyExists", f"A role named {data.get('roleId')} in projects/{project} already exists.")
+                state.roles[name] = {**data.get("role", {}), "name": name, "etag": _etag()}
+                return 200, state.roles[name]
+            if len(rest) == 1 and method == "GET":
+                name = f"projects/{project}/roles/{rest[0]}"
+                if name not in state.roles:
+                    raise _Fault(404, "notFound", f"The role named {name} was not found.")
+                return 200, state.roles[name]
+    raise _Fault(404, "notFound", f"no such IAM path {path}")
+
+
 def _projects(fake: OfflineGCP, method: str, project: str) -> tuple[int, Any]:
     """Cloud Resource Manager v1 ``projects.get``: the project's number."""
     if method != "GET" or project != fake.project:
@@ -702,13 +781,17 @@ def _secrets(fake: OfflineGCP, method: str, path: str, query: dict[str, str], bo
             items = [{k: v for k, v in s.items() if k != "_versions"} for s in state.secrets.values() if _matches(s, query.get("filter", ""))]
             chunk, token = _page(items, {"maxResults": query.get("pageSize", "500"), "pageToken": query.get("pageToken", "")})
             return 200, {"secrets": chunk, **({"nextPageToken": token} if token else {})}
-        m = re.fullmatch(r"secrets/([^/:]+)(:addVersion|/versions/latest:access)?", rest)
+        m = re.fullmatch(r"secrets/([^/:]+)(:addVersion|/versions/latest:access|:setIamPolicy|:getIamPolicy)?", rest)
         if not m:
             raise _Fault(404, "notFound", f"no such path {rest}")
         name = f"projects/{project}/secrets/{m.group(1)}"
         secret = state.secrets.get(name)
         if secret is None:
             raise _Fault(404, "notFound", f"Secret [{name}] not found or has no versions.")
+        if m.group(2) in (":setIamPolicy", ":getIamPolicy"):
+            if m.group(2) == ":setIamPolicy":
+                state.policies[f"secrets/{m.group(1)}"] = {**data.get("policy", {}), "etag": _etag()}
+            return 200, state.policies.get(f"secrets/{m.group(1)}", {"etag": _etag()})
         if m.group(2) == ":addVersion":
             secret["_versions"].append(data["payload"]["data"])
             return 200, {"name": f"{name}/versions/{len(secret['_versions'])}", "state": "ENABLED"}
@@ -718,5 +801,6 @@ def _secrets(fake: OfflineGCP, method: str, path: str, query: dict[str, str], bo
             return 200, {"name": f"{name}/versions/{len(secret['_versions'])}", "payload": {"data": secret["_versions"][-1]}}
         if method == "DELETE":
             del state.secrets[name]
+            state.policies.pop(f"secrets/{m.group(1)}", None)
             return 200, {}
         return 200, {k: v for k, v in secret.items() if k != "_versions"}

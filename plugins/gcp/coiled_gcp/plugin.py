@@ -53,7 +53,7 @@ from coiled_core.backend import (
     software_environment,
     worker_name_prefix,
 )
-from coiled_gcp import bootstrap, storage
+from coiled_gcp import bootstrap, identity, storage
 from coiled_gcp import machine_types as mt
 from coiled_gcp.options import GCPOptions, label_value
 from coiled_gcp.session import GCP, OperationError
@@ -237,6 +237,9 @@ class _Boot:
         stored = storage.upload_once(gcp, self.bucket, f"agent/{bundle.name}", bundle.read_bytes())
         self.bundle = StoredFile(stored.key, stored.sha256)
         self.software = boot_software(software_environment(spec), node_requirements())
+        #: The nodes' service account: the user's own, or the cluster's (:mod:`coiled_gcp.identity`).
+        self.own_account = options.service_account is None
+        self.account = options.service_account or identity.account_email(gcp, self.label)
 
     def _addon(self, role: str) -> AddOnRef:
         settings: dict[str, Any] = {
@@ -302,7 +305,8 @@ def _instance_body(boot: _Boot, role: str, machine: mt.MachineType, zone: str, s
                 "initialize_params": {"source_image": boot_image(options), "disk_size_gb": options.boot_disk_gib, "labels": _labels(spec, options, role)},
             }
         ],
-        "service_accounts": [{"email": options.service_account or "default", "scopes": ["https://www.googleapis.com/auth/cloud-platform"]}],
+        # Never the Compute Engine default account: what a node may do is its account's IAM.
+        "service_accounts": [{"email": boot.account, "scopes": ["https://www.googleapis.com/auth/cloud-platform"]}],
         "scheduling": scheduling,
     }
     if machine.attach:
@@ -333,6 +337,8 @@ def _insert_scheduler(gcp: GCP, boot: _Boot, plan: _Plan, ip: str) -> str:
             body["name"] = f"coiled-{boot.label}-scheduler"
             try:
                 gcp.wait(gcp.instances.insert_unary(project=gcp.project, zone=zone, instance_resource=compute_v1.Instance(body)))
+                if boot.own_account:
+                    identity.grant_instances(gcp, zone, [body["name"]], boot.account)
                 return zone
             except OperationError as e:
                 if not set(e.codes) & CAPACITY_ERRORS:
@@ -364,6 +370,8 @@ def _insert_workers(gcp: GCP, boot: _Boot, zones: list[str], types: list[mt.Mach
                 )
                 try:
                     gcp.wait(gcp.instances.bulk_insert_unary(project=gcp.project, zone=zone, bulk_insert_instance_resource_resource=resource))
+                    if boot.own_account:
+                        identity.grant_instances(gcp, zone, names, boot.account)
                     return
                 except OperationError as e:
                     if not set(e.codes) & CAPACITY_ERRORS:
@@ -527,10 +535,17 @@ def provision(spec: ClusterSpec, options: GCPOptions, tls: ClusterTLS | None) ->
     step = "preparing artifacts"
     try:
         boot = _Boot(gcp, spec, options)
+        if boot.own_account:
+            step = "creating the nodes' service account"
+            identity.ensure_node_role(gcp)
+            identity.create_account(gcp, boot.label, spec.name)
+            identity.grant_bucket(gcp, boot.bucket, boot.label, boot.account)
         step = "creating the firewall rules"
         _create_firewalls(gcp, boot, plan.cidr)
         step = "storing secrets"
         _store_secrets(gcp, spec, options, tls)
+        if boot.own_account and _has_node_secrets(spec):
+            identity.grant_secrets(gcp, _secret_ids(boot.label), boot.account)
         step = "reserving the scheduler's address"
         ip = _reserve_address(gcp, boot)
         scheme = "tls" if spec.security else "tcp"
@@ -680,6 +695,9 @@ def _delete_label(gcp: GCP, label: str, name: str) -> list[str]:
         bucket = None  # another project's: no claim of ours is in it
     if bucket is not None:
         storage.delete(gcp, bucket, _claim_key(label))
+        identity.revoke_bucket(gcp, bucket, label)
+    if identity.delete_account(gcp, label):
+        deleted.append(f"deleted service account {identity.account_id(label)}")
     return deleted
 
 

@@ -4,6 +4,8 @@ deletes only what it can prove is ours, bucket logs expire and tokens stay out o
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from coiled_gcp import plugin, storage
 from coiled_gcp.options import GCPOptions
@@ -44,3 +46,91 @@ def test_a_bucket_of_another_project_is_refused_before_anything_is_read_or_writt
     # Nothing of ours went into it, and no cluster was started.
     assert [k for (b, k) in api_only.state.objects if b == name] == []
     assert [i for i in api_only.state.instances.values() if i["labels"].get(plugin.LABEL_CLUSTER) == plugin.cluster_label(spec.name)] == []
+
+
+# -- node identity -------------------------------------------------------------------------------
+def _provision(name, **options):
+    from coiled_core.security import ClusterTLS
+
+    spec = _spec(name, security=True)
+    opts = GCPOptions(**BASE, **options)
+    return spec, opts, plugin.provision(spec, opts, ClusterTLS.generate(name))
+
+
+def _cluster_instances(fake, name):
+    label = plugin.cluster_label(name)
+    return [i for i in fake.state.instances.values() if i["labels"].get(plugin.LABEL_CLUSTER) == label]
+
+
+def _members(policy):
+    return {m for b in policy.get("bindings", []) for m in b.get("members", [])}
+
+
+def test_nodes_run_as_their_clusters_own_account_that_reaches_only_its_cluster(api_only):
+    from coiled_gcp import identity
+
+    first = _provision("identity-one")
+    second = _provision("identity-two")
+    try:
+        gcp = GCP(first[1])
+        role = identity.node_role(gcp)
+        assert sorted(api_only.state.roles[role]["includedPermissions"]) == sorted(identity.NODE_PERMISSIONS)
+        for spec, _options, _record in (first, second):
+            label = plugin.cluster_label(spec.name)
+            email = identity.account_email(gcp, label)
+            member = f"serviceAccount:{email}"
+            assert spec.name in api_only.state.service_accounts[email]["description"]
+            instances = _cluster_instances(api_only, spec.name)
+            assert len(instances) == 2
+            for instance in instances:
+                # Never the Compute Engine default account.
+                assert [a["email"] for a in instance["serviceAccounts"]] == [email]
+                zone = instance["zone"].rsplit("/", 1)[-1]
+                policy = api_only.state.policies[f"instances/{zone}/{instance['name']}"]
+                assert policy["bindings"] == [{"role": role, "members": [member]}]
+            for secret in plugin._secret_ids(label):
+                assert api_only.state.policies[f"secrets/{secret}"]["bindings"] == [{"role": role, "members": [member]}]
+            assert f"secrets/{storage.secret_id(label, 'spec')}" not in api_only.state.policies  # the spec is the client's
+            bucket = api_only.state.policies[f"buckets/{storage.bucket_name(gcp)}"]
+            ours = [b for b in bucket["bindings"] if member in b["members"]]
+            assert ours == identity.bucket_bindings(storage.bucket_name(gcp), label, email)
+            assert all("condition" in b for b in ours)
+            assert f"logs/{label}/" in ours[1]["condition"]["expression"] and "labels" not in json.dumps(ours)
+        # Neither cluster's account is on any resource of the other's.
+        one = f"serviceAccount:{identity.account_email(gcp, plugin.cluster_label('identity-one'))}"
+        for key, policy in api_only.state.policies.items():
+            if plugin.cluster_label("identity-two") in key and not key.startswith("buckets/"):
+                assert one not in _members(policy)
+    finally:
+        for _spec_, options, record in (first, second):
+            plugin.teardown(record, options)
+    for spec, _options, _record in (first, second):
+        label = plugin.cluster_label(spec.name)
+        email = identity.account_email(gcp, label)
+        assert email not in api_only.state.service_accounts
+        assert f"serviceAccount:{email}" not in _members(api_only.state.policies[f"buckets/{storage.bucket_name(gcp)}"])
+        assert not [k for k in api_only.state.policies if label in k]
+
+
+def test_a_named_service_account_is_used_as_given_and_the_default_one_is_refused(api_only):
+    from pydantic import ValidationError
+
+    for default in ("default", "123456789012-compute@developer.gserviceaccount.com"):
+        with pytest.raises(ValidationError, match="Compute Engine default service account"):
+            GCPOptions(service_account=default)
+    email = "my-nodes@offline-project.iam.gserviceaccount.com"
+    spec, options, record = _provision("identity-named", service_account=email)
+    try:
+        for instance in _cluster_instances(api_only, spec.name):
+            assert [a["email"] for a in instance["serviceAccounts"]] == [email]
+        assert not [e for e in api_only.state.service_accounts if "identity-named" in api_only.state.service_accounts[e].get("description", "")]
+    finally:
+        plugin.teardown(record, options)
+
+
+def test_the_readme_claims_no_iam_condition_on_labels():
+    from pathlib import Path
+
+    readme = (Path(plugin.__file__).parents[1] / "README.md").read_text()
+    assert "condition on the `coiled-cluster` label" not in readme
+    assert "IAM conditions cannot test labels" in readme
