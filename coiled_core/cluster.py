@@ -125,11 +125,26 @@ def _validate_call(arguments: dict[str, Any]) -> tuple[Any, Any, Any, Any, dict[
             "the cluster would be reachable from other machines without TLS, so anyone there could "
             "run code on it; leave security unset (TLS is then on) or bind to a loopback address"
         )
+    if spec.security is False and tls_policy.public_reach:
+        _warn_insecure_public(spec, tls_policy.public_reach)
     spec = spec.model_copy(update={"backend_options": options.model_dump(mode="json")})
     # What only the backend can check, before any claim or resource.
     backend.preflight(spec, options)
     _resolve_wait_for_workers(arguments.get("wait_for_workers"), spec.n_workers)
     return spec, backend, options, tls_policy, keywords
+
+
+def _warn_insecure_public(spec: Any, reach: str) -> None:
+    """``security=False`` on public addresses: anyone who reaches the scheduler runs code on it."""
+    message = (
+        f"security=False: cluster {spec.name!r} runs WITHOUT TLS or authentication on public addresses "
+        f"(backend {spec.backend!r}). Its scheduler and dashboard accept anyone connecting from {reach}: whoever "
+        "can reach them can run any code on every node, with the nodes' cloud identity, and read all data in "
+        "the cluster; traffic is unencrypted. Use security=True (the default), or private addresses (the "
+        "backend's options)."
+    )
+    logger.warning(message)
+    warnings.warn(message, UserWarning, stacklevel=4)
 
 
 def check_cluster(*args: Any, **kwargs: Any) -> tuple[Any, Any]:

@@ -123,7 +123,9 @@ def build_environment(software: SoftwareEnvironment, options: GCPOptions) -> str
 
 @hookimpl
 def tls_policy(options: GCPOptions) -> TLSPolicy:
-    return TLSPolicy(default=True, required=False)
+    # TLS unless the user turns it off; off on public addresses, the core warns (as for AWS).
+    reach = (options.allow_ingress_from or "this client's public address") if options.use_public_ip else None
+    return TLSPolicy(default=True, required=False, public_reach=reach)
 
 
 # -- names --------------------------------------------------------------------------------------
