@@ -139,6 +139,22 @@ def _firewall_names(label: str) -> list[str]:
     return [f"coiled-{label}-client", f"coiled-{label}-internal"]
 
 
+def _firewall_marker(label: str) -> str:
+    """Written in the description of the cluster's firewall rules (rules have no labels)."""
+    return f"[{LABEL_CLUSTER}={label}]"
+
+
+def _our_rule(rule: Any, label: str) -> bool:
+    """Whether firewall rule ``rule`` is one this backend made for cluster ``label``: its name,
+    the marker in its description and the cluster's network tag as its only target. A rule that
+    only has one of our names is someone else's."""
+    return (
+        rule.name in _firewall_names(label)
+        and _firewall_marker(label) in (rule.description or "")
+        and list(rule.target_tags) == [f"coiled-{label}"]
+    )
+
+
 def _address_name(label: str) -> str:
     return f"coiled-{label}-scheduler"
 
@@ -408,7 +424,7 @@ def _create_firewalls(gcp: GCP, boot: _Boot, cidr: str) -> None:
             "source_ranges": [cidr],
             "target_tags": [tag],
             "allowed": [{"I_p_protocol": "tcp", "ports": [str(SCHEDULER_PORT), str(DASHBOARD_PORT)]}],
-            "description": f"coiled cluster {boot.spec.name}: the client to the scheduler and dashboard",
+            "description": f"coiled cluster {boot.spec.name}: the client to the scheduler and dashboard {_firewall_marker(boot.label)}",
         },
         {
             "name": internal_rule,
@@ -417,7 +433,7 @@ def _create_firewalls(gcp: GCP, boot: _Boot, cidr: str) -> None:
             "source_tags": [tag],
             "target_tags": [tag],
             "allowed": [{"I_p_protocol": "all"}],
-            "description": f"coiled cluster {boot.spec.name}: between its nodes",
+            "description": f"coiled cluster {boot.spec.name}: between its nodes {_firewall_marker(boot.label)}",
         },
     ]
     for rule in rules:
@@ -679,6 +695,9 @@ def _delete_label(gcp: GCP, label: str, name: str) -> list[str]:
         deleted.append(f"deleted {len(instances)} instance(s) of {name!r}")
     for rule in _firewall_names(label):
         try:
+            if not _our_rule(gcp.firewalls.get(project=gcp.project, firewall=rule), label):
+                logger.warning("firewall rule %s is not one this backend made (no marker or tag of cluster %s): left alone", rule, label)
+                continue
             gcp.wait(gcp.firewalls.delete_unary(project=gcp.project, firewall=rule))
             deleted.append(f"deleted firewall rule {rule}")
         except NotFound:
@@ -709,8 +728,8 @@ def _leftovers(gcp: GCP, label: str) -> list[str]:
     left = [i.name for i in _instances(gcp, label)]
     for rule in _firewall_names(label):
         try:
-            gcp.firewalls.get(project=gcp.project, firewall=rule)
-            left.append(rule)
+            if _our_rule(gcp.firewalls.get(project=gcp.project, firewall=rule), label):
+                left.append(rule)
         except NotFound:
             pass
     left += storage.labelled_secrets(gcp, LABEL_CLUSTER, label)
@@ -754,19 +773,22 @@ def _expired(instances: list[Any]) -> bool:
 
 
 def _labels_of_leftovers(gcp: GCP) -> set[str]:
-    """Cluster labels named by firewall rules, reserved addresses and secrets: what a cluster
-    that ended on its own (its instances deleted themselves) leaves."""
+    """Cluster labels of what a cluster that ended on its own (its instances deleted themselves)
+    leaves: reserved addresses and secrets labelled with it, and firewall rules proven ours (our
+    marker and tag, :func:`_our_rule`) whose cluster also has a claim or a labelled resource.
+    A rule's name alone proves nothing: anyone may name a rule ``coiled-x-client``."""
     from google.cloud import compute_v1
 
-    labels = set()
-    for rule in gcp.firewalls.list(request=compute_v1.ListFirewallsRequest(project=gcp.project)):
-        for suffix in ("-client", "-internal"):
-            if rule.name.startswith("coiled-") and rule.name.endswith(suffix):
-                labels.add(rule.name[len("coiled-") : -len(suffix)])
     request = compute_v1.ListAddressesRequest(project=gcp.project, region=gcp.region, filter=f"labels.{LABEL_CLUSTER}:*")
-    labels |= {a.labels[LABEL_CLUSTER] for a in gcp.addresses.list(request=request) if LABEL_CLUSTER in a.labels}
+    labels = {a.labels[LABEL_CLUSTER] for a in gcp.addresses.list(request=request) if LABEL_CLUSTER in a.labels}
     for secret in storage.labelled_secrets(gcp, LABEL_CLUSTER):
         labels.add(secret.removeprefix("coiled-").rsplit("-", 1)[0])
+    bucket = storage.existing_bucket(gcp)
+    for rule in gcp.firewalls.list(request=compute_v1.ListFirewallsRequest(project=gcp.project)):
+        for suffix in ("-client", "-internal"):
+            label = rule.name[len("coiled-") : -len(suffix)] if rule.name.startswith("coiled-") and rule.name.endswith(suffix) else ""
+            if label and label not in labels and _our_rule(rule, label) and bucket and _read_claim(gcp, bucket, label):
+                labels.add(label)
     return labels
 
 

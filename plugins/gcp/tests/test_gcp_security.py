@@ -134,3 +134,40 @@ def test_the_readme_claims_no_iam_condition_on_labels():
     readme = (Path(plugin.__file__).parents[1] / "README.md").read_text()
     assert "condition on the `coiled-cluster` label" not in readme
     assert "IAM conditions cannot test labels" in readme
+
+
+# -- gc proves a firewall rule is ours -------------------------------------------------------------
+def _rule(gcp, name, **fields):
+    from google.cloud import compute_v1
+
+    body = {"name": name, "network": "global/networks/default", "direction": "INGRESS", "source_ranges": ["10.0.0.0/8"],
+            "allowed": [{"I_p_protocol": "tcp", "ports": ["22"]}], **fields}
+    gcp.wait(gcp.firewalls.insert_unary(project=gcp.project, firewall_resource=compute_v1.Firewall(body)))
+
+
+def test_gc_deletes_a_firewall_rule_only_with_proof_that_it_is_ours(api_only):
+    options = GCPOptions(**BASE)
+    gcp = GCP(options)
+    # Someone's own rules that merely look like ours: by name, or by name and tag and a copied
+    # description, but with no cluster of ours behind them (no claim, no labelled resource).
+    _rule(gcp, "coiled-lookalike-client", description="ssh for the lookalike team")
+    _rule(gcp, "coiled-copycat-client", target_tags=["coiled-copycat"], description="coiled cluster copycat [coiled-cluster=copycat]")
+    # A cluster of ours that ended on its own: its instances and secrets are gone, its rules,
+    # address and claim are left.
+    spec, opts, record = _provision("ended-alone")
+    label = plugin.cluster_label(spec.name)
+    for key in [k for k, i in api_only.state.instances.items() if i["labels"].get(plugin.LABEL_CLUSTER) == label]:
+        del api_only.state.instances[key]
+    for secret in [s for s in api_only.state.secrets if f"coiled-{label}-" in s]:
+        del api_only.state.secrets[secret]
+    try:
+        removed = plugin.gc(options)
+        assert f"deleted firewall rule coiled-{label}-client" in removed and f"deleted firewall rule coiled-{label}-internal" in removed
+        assert "coiled-lookalike-client" in api_only.state.firewalls and "coiled-copycat-client" in api_only.state.firewalls
+        # Teardown of a cluster of that name spares the lookalike too.
+        plugin._delete_label(gcp, "lookalike", "lookalike")
+        assert "coiled-lookalike-client" in api_only.state.firewalls
+    finally:
+        for name in ("coiled-lookalike-client", "coiled-copycat-client"):
+            gcp.wait(gcp.firewalls.delete_unary(project=gcp.project, firewall=name))
+        plugin.teardown(record, opts)
