@@ -458,6 +458,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_PUT(self) -> None:
         self._serve("PUT")
 
+    def do_PATCH(self) -> None:
+        self._serve("PATCH")
+
     def _reply(self, status: int, body: Any = None, raw: bytes | None = None, content_type: str = "application/json") -> None:
         if status == 204:  # No Content: a body would be read as the start of the next reply
             self.send_response(204)
@@ -651,7 +654,8 @@ def _storage(fake: OfflineGCP, method: str, raw_path: str, query: dict[str, str]
                 raise _Fault(409, "conflict", "Your previous request to create the named bucket succeeded and you already own it.")
             if query.get("project") != fake.project:
                 raise _Fault(403, "forbidden", f"The caller does not have permission to create buckets in project {query.get('project')!r}")
-            state.buckets[name] = {"name": name, "projectNumber": fake.project_number, "id": name, "_readable": True}
+            kept = {k: v for k, v in json.loads(body).items() if k in ("location", "iamConfiguration", "lifecycle", "labels")}
+            state.buckets[name] = {**kept, "name": name, "projectNumber": fake.project_number, "id": name, "_readable": True}
             return 200, _public(state.buckets[name])
         bucket = parts[1]
         if bucket not in state.buckets:
@@ -659,6 +663,8 @@ def _storage(fake: OfflineGCP, method: str, raw_path: str, query: dict[str, str]
         if not state.buckets[bucket]["_readable"]:
             raise _Fault(403, "forbidden", f"The caller does not have storage.buckets.get access to the Google Cloud Storage bucket {bucket!r}.")
         if len(parts) == 2:
+            if method == "PATCH":
+                state.buckets[bucket].update({k: v for k, v in json.loads(body).items() if k in ("lifecycle", "labels", "iamConfiguration")})
             return 200, _public(state.buckets[bucket])
         if parts[2] == "iam":
             key = f"buckets/{bucket}"

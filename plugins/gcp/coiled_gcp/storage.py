@@ -3,7 +3,8 @@ JSON APIs.
 
 - Bucket ``coiled-artifacts-<project>-<region>`` (or ``bucket``): the agent bundle and local code
   under ``agent/`` (named by sha256), environment packs under ``envs/``, node logs under
-  ``logs/<cluster>/<instance>.log``, and name claims under ``claims/<cluster>.json``, each created
+  ``logs/<cluster>/<instance>.log`` (deleted by a lifecycle rule :data:`LOG_RETENTION_DAYS`
+  days after they were last written), and name claims under ``claims/<cluster>.json``, each created
   with ``ifGenerationMatch=0`` (atomic create-if-absent; 412 when it exists).
 - Secrets ``coiled-<cluster label>-<role>`` (scheduler, worker: that role's TLS material and the
   cluster's ``environ``) and ``coiled-<cluster label>-spec``, labelled with the cluster. A node reads
@@ -36,6 +37,12 @@ def bucket_name(gcp: GCP) -> str:
 def _check(reply, what: str) -> None:
     if reply.status_code >= 400:
         raise ProvisionError(f"{what}: HTTP {reply.status_code}: {reply.text[:300]}")
+
+
+#: Node logs (``logs/``) are deleted this many days after they were last written.
+LOG_RETENTION_DAYS = 30
+LOGS_RULE = {"action": {"type": "Delete"}, "condition": {"age": LOG_RETENTION_DAYS, "matchesPrefix": ["logs/"]}}
+LOGS_LIFECYCLE = {"rule": [LOGS_RULE]}
 
 
 class ForeignBucketError(ProvisionError):
@@ -84,14 +91,24 @@ def ensure_bucket(gcp: GCP) -> str:
     if name in getattr(gcp, "_owned_buckets", ()):
         return name
     reply = gcp.http.get(gcp.storage_url(f"b/{name}"))
-    if reply.status_code != 404:
-        return _owned(gcp, name, reply)
-    body = {"name": name, "location": gcp.region, "iamConfiguration": {"uniformBucketLevelAccess": {"enabled": True}, "publicAccessPrevention": "enforced"}}
-    reply = gcp.http.post(gcp.storage_url("b") + f"?project={gcp.project}", json=body)
-    if reply.status_code == 409:  # made meanwhile, by us or by someone else: whose is it?
-        return _owned(gcp, name, gcp.http.get(gcp.storage_url(f"b/{name}")))
-    _check(reply, f"creating bucket {name}")
-    return _owned(gcp, name, reply)
+    if reply.status_code == 404:
+        body = {
+            "name": name,
+            "location": gcp.region,
+            "iamConfiguration": {"uniformBucketLevelAccess": {"enabled": True}, "publicAccessPrevention": "enforced"},
+            "lifecycle": LOGS_LIFECYCLE,
+        }
+        reply = gcp.http.post(gcp.storage_url("b") + f"?project={gcp.project}", json=body)
+        if reply.status_code == 409:  # made meanwhile, by us or by someone else: whose is it?
+            reply = gcp.http.get(gcp.storage_url(f"b/{name}"))
+        else:
+            _check(reply, f"creating bucket {name}")
+    _owned(gcp, name, reply)
+    if LOGS_RULE not in reply.json().get("lifecycle", {}).get("rule", []):
+        # A bucket made before logs expired: add the rule, keeping any of the owner's own.
+        rules = [*reply.json().get("lifecycle", {}).get("rule", []), LOGS_RULE]
+        _check(gcp.http.patch(gcp.storage_url(f"b/{name}"), json={"lifecycle": {"rule": rules}}), f"setting the lifecycle of bucket {name}")
+    return name
 
 
 def existing_bucket(gcp: GCP) -> str | None:

@@ -171,3 +171,45 @@ def test_gc_deletes_a_firewall_rule_only_with_proof_that_it_is_ours(api_only):
         for name in ("coiled-lookalike-client", "coiled-copycat-client"):
             gcp.wait(gcp.firewalls.delete_unary(project=gcp.project, firewall=name))
         plugin.teardown(record, opts)
+
+
+# -- low: logs expire, tokens stay out of process arguments ---------------------------------------
+def test_the_buckets_logs_expire_new_bucket_or_old(api_only):
+    fresh = GCP(GCPOptions(bucket="coiled-test-logs-expire"))
+    storage.ensure_bucket(fresh)
+    assert storage.LOGS_RULE in api_only.state.buckets["coiled-test-logs-expire"]["lifecycle"]["rule"]
+    # A bucket of ours made before, with a rule of the owner's own: the logs rule is added.
+    own_rule = {"action": {"type": "SetStorageClass", "storageClass": "NEARLINE"}, "condition": {"age": 90}}
+    api_only.add_bucket("coiled-test-logs-older")
+    api_only.state.buckets["coiled-test-logs-older"]["lifecycle"] = {"rule": [own_rule]}
+    storage.ensure_bucket(GCP(GCPOptions(bucket="coiled-test-logs-older")))
+    assert api_only.state.buckets["coiled-test-logs-older"]["lifecycle"]["rule"] == [own_rule, storage.LOGS_RULE]
+    assert storage.LOGS_RULE["condition"]["matchesPrefix"] == ["logs/"]
+
+
+_CURL = """#!/bin/sh
+# curl on a GCE node: the metadata server's answers; other calls recorded with their input.
+case "$*" in
+  *service-accounts/default/token*) echo '{"access_token":"SECRET-TOKEN-123","expires_in":3599}' ;;
+  *instance/zone*) echo projects/1/zones/us-east1-b ;;
+  *project/project-id*) echo offline-project ;;
+  *) printf '%s\\n' "$*" >> "$CALLS"; cat >> "$CALLS.stdin" ;;
+esac
+"""
+
+
+def test_the_self_delete_passes_the_token_on_stdin_never_in_arguments(tmp_path):
+    import os
+    import subprocess
+
+    from coiled_gcp import bootstrap
+
+    for name, text in (("curl", _CURL), ("shutdown", "#!/bin/sh\nexit 0\n")):
+        (tmp_path / name).write_text(text)
+        (tmp_path / name).chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}", "CALLS": str(tmp_path / "calls"), "COILED_INSTANCE_ID": "node-1"}
+    subprocess.run(["bash", "-c", bootstrap.POWER_OFF_COMMAND], env=env, check=True, timeout=60)
+    arguments = (tmp_path / "calls").read_text()
+    assert "instances/node-1" in arguments and "-X DELETE" in arguments
+    assert "SECRET-TOKEN-123" not in arguments
+    assert (tmp_path / "calls.stdin").read_text().strip() == "Authorization: Bearer SECRET-TOKEN-123"
