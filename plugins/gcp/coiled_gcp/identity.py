@@ -33,7 +33,6 @@ from coiled_gcp.session import GCP
 NODE_ROLE_ID = "coiledNode"
 NODE_PERMISSIONS = [
     "compute.instances.delete",
-    "compute.instances.get",
     "secretmanager.secrets.delete",
     "secretmanager.versions.access",
 ]

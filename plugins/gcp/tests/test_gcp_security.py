@@ -5,6 +5,8 @@ deletes only what it can prove is ours, bucket logs expire and tokens stay out o
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 from coiled_gcp import plugin, storage
@@ -213,3 +215,97 @@ def test_the_self_delete_passes_the_token_on_stdin_never_in_arguments(tmp_path):
     assert "instances/node-1" in arguments and "-X DELETE" in arguments
     assert "SECRET-TOKEN-123" not in arguments
     assert (tmp_path / "calls.stdin").read_text().strip() == "Authorization: Bearer SECRET-TOKEN-123"
+
+
+# -- the client's documented role is exactly what the client calls ---------------------------------
+_INSERT = {
+    "compute.instances.create", "compute.instances.setMetadata", "compute.instances.setLabels", "compute.instances.setTags",
+    "compute.instances.setServiceAccount", "compute.disks.create", "compute.disks.setLabels", "compute.images.useReadOnly",
+    "compute.subnetworks.use", "compute.subnetworks.useExternalIp", "iam.serviceAccounts.actAs",
+}
+#: (method, path pattern) of the stand-in's call counts -> the permissions the call needs.
+_PERMISSIONS = [
+    ("POST", r"/compute/v1/projects/[^/]+/zones/[^/]+/instances$", _INSERT),
+    ("POST", r"/instances/bulkInsert$", _INSERT),
+    ("POST", r"/instances/[^/]+/setIamPolicy$", {"compute.instances.setIamPolicy"}),
+    ("GET", r"/compute/v1/projects/[^/]+/aggregated/instances$", {"compute.instances.list"}),
+    ("GET", r"/zones/[^/]+/instances$", {"compute.instances.list"}),
+    ("GET", r"/zones/[^/]+/instances/[^/]+$", {"compute.instances.get"}),
+    ("DELETE", r"/zones/[^/]+/instances/[^/]+$", {"compute.instances.delete"}),
+    ("POST", r"/global/firewalls$", {"compute.firewalls.create", "compute.networks.updatePolicy"}),
+    ("GET", r"/global/firewalls$", {"compute.firewalls.list"}),
+    ("GET", r"/global/firewalls/[^/]+$", {"compute.firewalls.get"}),
+    ("DELETE", r"/global/firewalls/[^/]+$", {"compute.firewalls.delete"}),
+    ("POST", r"/regions/[^/]+/addresses$", {"compute.addresses.createInternal", "compute.addresses.setLabels", "compute.subnetworks.use"}),
+    ("GET", r"/regions/[^/]+/addresses$", {"compute.addresses.list"}),
+    ("GET", r"/regions/[^/]+/addresses/[^/]+$", {"compute.addresses.get"}),
+    ("DELETE", r"/regions/[^/]+/addresses/[^/]+$", {"compute.addresses.deleteInternal"}),
+    ("GET", r"/machineTypes(/[^/]+)?$", {"compute.machineTypes.list", "compute.machineTypes.get"}),
+    ("GET", r"/compute/v1/projects/[^/]+/regions/[^/]+$", {"compute.regions.get"}),
+    ("(GET|POST)", r"/zones/[^/]+/operations/", {"compute.zoneOperations.get"}),
+    ("(GET|POST)", r"/regions/[^/]+/operations/", {"compute.regionOperations.get"}),
+    ("(GET|POST)", r"/global/operations/", {"compute.globalOperations.get"}),
+    ("POST", r"^/storage/v1/b$", {"storage.buckets.create"}),
+    ("GET", r"^/storage/v1/b/[^/]+$", {"storage.buckets.get"}),
+    ("PATCH", r"^/storage/v1/b/[^/]+$", {"storage.buckets.update"}),
+    ("GET", r"^/storage/v1/b/[^/]+/iam$", {"storage.buckets.getIamPolicy"}),
+    ("PUT", r"^/storage/v1/b/[^/]+/iam$", {"storage.buckets.setIamPolicy"}),
+    ("GET", r"^/storage/v1/b/[^/]+/o$", {"storage.objects.list"}),
+    ("GET", r"^/storage/v1/b/[^/]+/o/", {"storage.objects.get"}),
+    ("POST", r"^/upload/storage/v1/b/[^/]+/o$", {"storage.objects.create", "storage.objects.delete"}),  # overwrite = delete
+    ("DELETE", r"^/storage/v1/b/[^/]+/o/", {"storage.objects.delete"}),
+    ("POST", r"^/v1/projects/[^/]+/secrets$", {"secretmanager.secrets.create"}),
+    ("GET", r"^/v1/projects/[^/]+/secrets$", {"secretmanager.secrets.list"}),
+    ("GET", r"^/v1/projects/[^/]+/secrets/[^/:]+$", {"secretmanager.secrets.get"}),
+    ("DELETE", r"^/v1/projects/[^/]+/secrets/[^/:]+$", {"secretmanager.secrets.delete"}),
+    ("POST", r"^/v1/projects/[^/]+/secrets/[^/:]+:addVersion$", {"secretmanager.versions.add"}),
+    ("GET", r"^/v1/projects/[^/]+/secrets/[^/:]+/versions/latest:access$", {"secretmanager.versions.access"}),
+    ("POST", r"^/v1/projects/[^/]+/secrets/[^/:]+:setIamPolicy$", {"secretmanager.secrets.setIamPolicy"}),
+    ("POST", r"^/v1/projects/[^/]+/serviceAccounts$", {"iam.serviceAccounts.create"}),
+    ("GET", r"^/v1/projects/[^/]+/serviceAccounts/[^/]+$", {"iam.serviceAccounts.get"}),
+    ("DELETE", r"^/v1/projects/[^/]+/serviceAccounts/[^/]+$", {"iam.serviceAccounts.delete"}),
+    ("POST", r"^/v1/projects/[^/]+/roles$", {"iam.roles.create"}),
+    ("GET", r"^/v1/projects/[^/]+$", {"resourcemanager.projects.get"}),
+]
+
+
+def _needed(calls):
+    needed, unknown = set(), []
+    for call in calls:
+        method, path = call.split(" ", 1)
+        found = [perms for m, pattern, perms in _PERMISSIONS if re.fullmatch(m, method) and re.search(pattern, path)]
+        if not found:
+            unknown.append(call)
+        needed |= found[0] if found else set()
+    return needed, unknown
+
+
+def test_the_documented_client_role_is_exactly_what_the_client_calls(api_only):
+    import yaml
+
+    role = yaml.safe_load((Path(plugin.__file__).parent / "client-role.yaml").read_text())
+    from coiled_gcp import machine_types
+
+    machine_types._CACHE.clear()  # read the catalogue again, as a new process would
+    before = dict(api_only.calls)
+    options = GCPOptions(**BASE, bucket="coiled-test-client-role")
+    spec, opts, record = _provision("client-role", bucket="coiled-test-client-role")
+    record = plugin.scale(record, opts, 2, [], None)
+    record = plugin.scale(record, opts, 1, [record.workers[0].name], None)
+    plugin.describe(spec.name, opts)
+    plugin.list_clusters(opts)
+    plugin.logs(record, opts, 10)
+    assert plugin.claim_name(spec.name, opts) is False  # held by the live cluster
+    plugin.teardown(record, opts)
+    plugin.gc(options)
+    calls = [k for k, n in api_only.calls.items() if n > before.get(k, 0)]
+    needed, unknown = _needed(calls)
+    assert unknown == [], "calls the role table does not know"
+    granted = set(role["includedPermissions"])
+    assert needed <= granted, sorted(needed - granted)
+    # Nothing more than the calls need, nor any predefined admin role. Offline every operation
+    # is DONE at once, so the waits on pending ones are not seen; the lifecycle update is for a
+    # bucket made before logs expired.
+    implied = {"compute.zoneOperations.get", "compute.regionOperations.get", "compute.globalOperations.get", "storage.buckets.update"}
+    assert granted - needed <= implied, sorted(granted - needed - implied)
+    assert not any(p.endswith(".*") or p.startswith("roles/") for p in granted)
