@@ -309,3 +309,17 @@ def test_the_documented_client_role_is_exactly_what_the_client_calls(api_only):
     implied = {"compute.zoneOperations.get", "compute.regionOperations.get", "compute.globalOperations.get", "storage.buckets.update"}
     assert granted - needed <= implied, sorted(granted - needed - implied)
     assert not any(p.endswith(".*") or p.startswith("roles/") for p in granted)
+
+
+def test_a_node_asks_again_while_iam_lets_its_new_account_in(api_only):
+    from coiled_gcp.node import GCPNode
+
+    gcp = GCP(GCPOptions())
+    storage.put_secret(gcp, "coiled-propagation-worker", storage.json_secret({"tls": {}, "environ": {"A": "1"}}), {})
+    try:
+        # A new account's grant not yet everywhere: the first read is refused.
+        api_only.fail("GET", r"/secrets/coiled-propagation-worker/versions/latest:access$", 403, "forbidden")
+        node = GCPNode({"project": gcp.project, "secret": "coiled-propagation-worker"}, None)
+        assert node.load_secrets().environ == {"A": "1"}
+    finally:
+        storage.delete_secret(gcp, "coiled-propagation-worker")
