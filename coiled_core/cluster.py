@@ -301,6 +301,8 @@ class Cluster(DistributedCluster):
         self._progress = StartProgress(spec.name, spec.backend, spec.n_workers, show=show_widget)
 
         self.record: ClusterRecord | None = None
+        #: Every worker the backend has reported, so that one that ends while starting is noticed.
+        self._workers_seen: dict[str, Any] = {}
         #: The client's part of the cluster's TLS material (for the scale hook), if TLS is on.
         self._client_tls: ClusterTLS | None = None
         #: Whether this object created the cluster (False: it attached to an existing one).
@@ -569,9 +571,7 @@ class Cluster(DistributedCluster):
         backend names none), if the cluster has ended or fewer than ``workers_needed`` of its
         workers still run; None if all is well. ``only_if_ended``: fewer workers than needed is a
         problem only if one the client knew of has ended (more may still be on their way)."""
-        # Every worker seen since the start, so that one that ends later is noticed too.
-        seen = self.__dict__.setdefault("_workers_seen", {})
-        seen.update({w.name: w for w in (self.record.workers if self.record is not None else [])})
+        seen = self._workers_seen
         record = await asyncio.to_thread(self.backend.describe, self.name, self.backend_options)
         if record is not None and record.state.is_live:
             live = {w.name for w in record.workers}
@@ -702,6 +702,7 @@ class Cluster(DistributedCluster):
     def _update_workers(self) -> None:
         assert self.record is not None
         self.workers = {w.name: w for w in self.record.workers}
+        self._workers_seen.update(self.workers)
 
     # -- scaling ---------------------------------------------------------------------------
     def scale(self, n: int) -> Any:
@@ -741,6 +742,8 @@ class Cluster(DistributedCluster):
 
     async def _backend_scale(self, n: int, retired: list[str]) -> None:
         assert self.record is not None
+        for name in retired:  # retired on purpose: not workers that ended while starting
+            self._workers_seen.pop(name, None)
         self.record = await asyncio.to_thread(
             self.backend.scale, self.record, self.backend_options, n, retired, self._client_tls
         )
