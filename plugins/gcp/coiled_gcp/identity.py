@@ -22,6 +22,7 @@ account's binding would hold for every cluster's nodes alike.
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 import urllib.parse
 from typing import Any
@@ -95,14 +96,34 @@ def delete_account(gcp: GCP, label: str) -> bool:
     return reply.status_code < 400
 
 
-def grant_instances(gcp: GCP, zone: str, names: list[str], email: str) -> None:
-    """Instance-level policy on each of ``names``: the cluster's account may delete it."""
+def grant_instances(gcp: GCP, zone: str, names: list[str], email: str, parallel: int = 16) -> None:
+    """Instance-level policy on each of ``names`` (``parallel`` at a time): the cluster's
+    account may delete it."""
     from google.cloud import compute_v1
 
     policy = compute_v1.Policy(bindings=[compute_v1.Binding(role=node_role(gcp), members=[f"serviceAccount:{email}"])])
-    for name in names:
-        request = compute_v1.ZoneSetPolicyRequest(policy=policy)
-        gcp.instances.set_iam_policy(project=gcp.project, zone=zone, resource=name, zone_set_policy_request_resource=request)
+    pending, errors, lock = list(names), [], threading.Lock()
+
+    def work() -> None:
+        while True:
+            with lock:
+                if not pending or errors:
+                    return
+                name = pending.pop()
+            try:
+                request = compute_v1.ZoneSetPolicyRequest(policy=policy)
+                gcp.instances.set_iam_policy(project=gcp.project, zone=zone, resource=name, zone_set_policy_request_resource=request)
+            except Exception as e:
+                with lock:
+                    errors.append(e)
+
+    threads = [threading.Thread(target=work, daemon=True) for _ in range(min(parallel, len(pending)))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
 
 
 def grant_secrets(gcp: GCP, secrets: list[str], email: str) -> None:
@@ -136,7 +157,10 @@ def _edit_bucket_policy(gcp: GCP, bucket: str, change: Any, what: str) -> None:
         reply = gcp.http.get(url + "?optionsRequestedPolicyVersion=3")
         _check(reply, what)
         policy = reply.json()
-        policy["bindings"] = change(policy.get("bindings", []))
+        bindings = change(policy.get("bindings", []))
+        if bindings == policy.get("bindings", []):
+            return  # nothing to change
+        policy["bindings"] = bindings
         policy["version"] = 3  # conditions need version 3
         reply = gcp.http.put(url, json=policy)
         if reply.status_code not in (409, 412):
