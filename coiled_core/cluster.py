@@ -125,11 +125,26 @@ def _validate_call(arguments: dict[str, Any]) -> tuple[Any, Any, Any, Any, dict[
             "the cluster would be reachable from other machines without TLS, so anyone there could "
             "run code on it; leave security unset (TLS is then on) or bind to a loopback address"
         )
+    if spec.security is False and tls_policy.public_reach:
+        _warn_insecure_public(spec, tls_policy.public_reach)
     spec = spec.model_copy(update={"backend_options": options.model_dump(mode="json")})
     # What only the backend can check, before any claim or resource.
     backend.preflight(spec, options)
     _resolve_wait_for_workers(arguments.get("wait_for_workers"), spec.n_workers)
     return spec, backend, options, tls_policy, keywords
+
+
+def _warn_insecure_public(spec: Any, reach: str) -> None:
+    """``security=False`` on public addresses: anyone who reaches the scheduler runs code on it."""
+    message = (
+        f"security=False: cluster {spec.name!r} runs WITHOUT TLS or authentication on public addresses "
+        f"(backend {spec.backend!r}). Its scheduler and dashboard accept anyone connecting from {reach}: whoever "
+        "can reach them can run any code on every node, with the nodes' cloud identity, and read all data in "
+        "the cluster; traffic is unencrypted. Use security=True (the default), or private addresses (the "
+        "backend's options)."
+    )
+    logger.warning(message)
+    warnings.warn(message, UserWarning, stacklevel=4)
 
 
 def check_cluster(*args: Any, **kwargs: Any) -> tuple[Any, Any]:
@@ -286,6 +301,8 @@ class Cluster(DistributedCluster):
         self._progress = StartProgress(spec.name, spec.backend, spec.n_workers, show=show_widget)
 
         self.record: ClusterRecord | None = None
+        #: Every worker the backend has reported, so that one that ends while starting is noticed.
+        self._workers_seen: dict[str, Any] = {}
         #: The client's part of the cluster's TLS material (for the scale hook), if TLS is on.
         self._client_tls: ClusterTLS | None = None
         #: Whether this object created the cluster (False: it attached to an existing one).
@@ -546,20 +563,62 @@ class Cluster(DistributedCluster):
     async def _check_still_starting(self, workers_needed: int = 0) -> None:
         """Raise, with the log tail, if the backend says the cluster (or too many of its
         workers, each perhaps a machine of its own) has already ended."""
+        problem = await self._ended_while_starting(workers_needed)
+        if problem:
+            # Named like every other failed start: the step, then what the backend saw.
+            raise ProvisionError(f"cluster {self.name!r} failed to start (step: {self._phase}): {problem}")
+
+    async def _ended_while_starting(self, workers_needed: int, only_if_ended: bool = False) -> str | None:
+        """What went wrong, with the log tails of the workers that ended (of every node when the
+        backend names none), if the cluster has ended or fewer than ``workers_needed`` of its
+        workers still run; None if all is well. ``only_if_ended``: fewer workers than needed is a
+        problem only if one the client knew of has ended (more may still be on their way)."""
+        seen = self._workers_seen
         record = await asyncio.to_thread(self.backend.describe, self.name, self.backend_options)
-        problem = None
-        if record is None or not record.state.is_live:
-            problem = "the cluster stopped"
-        elif len(record.workers) < workers_needed:
+        if record is not None and record.state.is_live:
+            live = {w.name for w in record.workers}
+            ended = [w for name, w in seen.items() if name not in live]
+            seen.update({w.name: w for w in record.workers})
+            if len(record.workers) >= workers_needed or (only_if_ended and not ended):
+                return None
+            names = ", ".join(w.name for w in ended) or "some"
             problem = (
                 f"only {len(record.workers)} of the {workers_needed} workers waited for are still "
-                "running; the others ended while starting"
+                f"running; worker(s) {names} ended while starting"
             )
-        if problem:
-            logs = await asyncio.to_thread(self.backend.logs, self.record, self.backend_options, 30)
-            tail = "\n".join(logs.values())
-            # Named like every other failed start: the step, then what the backend saw.
-            raise ProvisionError(f"cluster {self.name!r} failed to start (step: {self._phase}): {problem}:\n{tail}")
+        else:
+            ended, problem = [], "the cluster stopped"
+        logs = await asyncio.to_thread(self.backend.logs, self.record or record, self.backend_options, 30)
+        ids = {str(v) for w in ended for v in (w.name, *w.backend_ids.values())}
+        theirs = {k: v for k, v in logs.items() if k in ids or any(w.name.endswith(k) for w in ended)} or logs
+        tail = "\n".join(f"--- {key}\n{text}" for key, text in theirs.items())
+        return f"{problem}:\n{tail}"
+
+    async def _wait_for_workers(self, n_workers: int = 0, timeout: Any = None) -> None:
+        """distributed's (behind ``cluster.wait_for_workers`` and ``Client.wait_for_workers``),
+        bounded by the cluster's ``timeout`` when no timeout is given, and ended at once, with
+        their log tails, when workers waited for end while starting (a node whose boot failed)."""
+        from dask.utils import parse_timedelta
+        from distributed.exceptions import WorkerStartTimeoutError
+
+        limit = parse_timedelta(timeout) if timeout else self.spec.timeout
+        deadline = time.monotonic() + limit
+        next_check = time.monotonic() + 1.0
+
+        def running() -> int:
+            return sum(1 for w in self.scheduler_info["workers"].values() if w.get("status") == Status.running.name)
+
+        await self._refresh_scheduler_info(timeout=2)
+        while running() < n_workers:
+            if time.monotonic() > deadline:
+                raise WorkerStartTimeoutError(running(), n_workers, limit)
+            if time.monotonic() > next_check:
+                problem = await self._ended_while_starting(n_workers, only_if_ended=True)
+                if problem:
+                    raise ProvisionError(f"cluster {self.name!r}: waiting for {n_workers} workers: {problem}")
+                next_check = time.monotonic() + 2.0
+            await asyncio.sleep(0.1)
+            await self._refresh_scheduler_info(timeout=2)
 
     async def _wait_for_scheduler(self) -> None:
         """Wait until the scheduler answers (a cloud node may still be booting)."""
@@ -645,6 +704,7 @@ class Cluster(DistributedCluster):
     def _update_workers(self) -> None:
         assert self.record is not None
         self.workers = {w.name: w for w in self.record.workers}
+        self._workers_seen.update(self.workers)
 
     # -- scaling ---------------------------------------------------------------------------
     def scale(self, n: int) -> Any:
@@ -684,6 +744,8 @@ class Cluster(DistributedCluster):
 
     async def _backend_scale(self, n: int, retired: list[str]) -> None:
         assert self.record is not None
+        for name in retired:  # retired on purpose: not workers that ended while starting
+            self._workers_seen.pop(name, None)
         self.record = await asyncio.to_thread(
             self.backend.scale, self.record, self.backend_options, n, retired, self._client_tls
         )

@@ -57,6 +57,10 @@ class TLSPolicy(BaseModel):
     default: bool = True
     #: Whether ``security=False`` is refused (the cluster would be reachable from other machines).
     required: bool = False
+    #: Who reaches the nodes' public addresses (a CIDR, or words such as "this client's public
+    #: address"), or None when they have none. With ``security=False`` the core warns: anyone
+    #: who reaches an unauthenticated scheduler runs code on it. One rule, for every backend.
+    public_reach: str | None = None
 
 
 #: Seconds past a cluster's lifetime cap after which ``gc`` may delete it although it still runs.

@@ -245,6 +245,61 @@ def test_a_bundle_with_another_sha256_is_refused_and_nothing_runs(cloud):
     assert "refusing to run the agent bundle agent/bundle.zip" in uploaded and "0" * 64 in uploaded
 
 
+_SLOW_CP = """#!{python}
+# GNU cp (9.x) on a loaded machine: it looks at its source, then a moment later opens it, and
+# refuses a source replaced in between. The moment is made long here, so the race always shows.
+import os, shutil, sys, time
+source, target = sys.argv[-2:]
+seen = os.stat(source)
+time.sleep(0.2)
+with open(source, "rb") as f:
+    if os.fstat(f.fileno()).st_ino != seen.st_ino:
+        sys.exit(f"cp: skipping file {{source!r}}, as it was replaced while being copied")
+    with open(target, "wb") as out:
+        shutil.copyfileobj(f, out)
+"""
+
+
+def _slow_cp(tmp_path: Path) -> Path:
+    directory = tmp_path / "slow-bin"
+    directory.mkdir()
+    (directory / "cp").write_text(_SLOW_CP.format(python=sys.executable))
+    (directory / "cp").chmod(0o755)
+    return directory
+
+
+def test_nodes_booting_at_once_copy_the_shared_bundle_cache_safely(cloud, tmp_path):
+    # Nodes sharing one cache (COILED_ENV_CACHE) replace its bundle while others copy it: here a
+    # neighbour replaces it (same content, a new file each time) for the whole boot.
+    cache = tmp_path / "shared-cache"
+    bundle = cloud.put("agent/bundle.zip", _reporting_bundle())
+    cached = cache / "bundles" / f"{bundle.sha256}.zip"
+    cached.parent.mkdir(parents=True)
+    data = _reporting_bundle()
+    stop = threading.Event()
+
+    def neighbour() -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            fresh = cached.with_name(f"neighbour.{n}")
+            fresh.write_bytes(data)
+            os.replace(fresh, cached)
+
+    replacing = threading.Thread(target=neighbour, daemon=True)
+    replacing.start()
+    try:
+        path = f"{_slow_cp(tmp_path)}{os.pathsep}{cloud.bin}{os.pathsep}{os.environ['PATH']}"
+        nodes = [cloud.boot(cloud.render(CONTAINER, bundle), f"i-{i}", COILED_ENV_CACHE=str(cache), PATH=path) for i in range(4)]
+        codes = [node.wait() for node in nodes]
+    finally:
+        stop.set()
+        replacing.join(10)
+    for node, code in zip(nodes, codes):
+        assert code == 0 and node.report() is not None, node.log()
+        assert (node.root / "agent.zip").read_bytes() == data
+
+
 # -- the container path -----------------------------------------------------------------------
 def test_a_container_gets_pip_packages_post_build_and_local_code_before_the_agent(cloud, tmp_path):
     wheel = tiny_wheel(tmp_path)

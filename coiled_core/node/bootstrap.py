@@ -194,7 +194,7 @@ __POWER_OFF_COMMAND__
 
 store() { "$TOOLS" "$ROOT/store.py" "$@"; }
 
-fail() {  # a step before the agent failed: say which, ship the log, power off
+fail() {  # a step failed: say which, ship the log, power off
   echo "coiled: $1; powering off"
   if [ -n "$LOG_KEY" ] && [ -n "$TOOLS" ]; then
     store put "$ROOT/node.log" "$LOG_KEY$COILED_INSTANCE_ID.log" || echo "coiled: uploading this log failed"
@@ -272,13 +272,17 @@ fetch() {  # key target sha256 what: nodes run these as root, so only what the c
   fi
 }
 
-# 3. The node agent's code (kept in the cache by its sha256, checked at every use).
+# 3. The node agent's code (kept in the cache by its sha256). Other nodes sharing the cache may
+# replace the cached file at any moment: read it with one open (a file replaced meanwhile is
+# still read whole), check the sha256 of this node's own copy, and add to the cache only whole
+# files, under a private name first, then renamed.
 BUNDLE="$CACHE/bundles/$BUNDLE_SHA256.zip"
-if [ "$(sha256sum "$BUNDLE" 2>/dev/null | cut -d' ' -f1)" != "$BUNDLE_SHA256" ]; then
-  fetch "$BUNDLE_KEY" "$BUNDLE.$$" "$BUNDLE_SHA256" "the agent bundle" && mv -f "$BUNDLE.$$" "$BUNDLE" ||
-    fail "fetching the agent bundle failed"
+cat "$BUNDLE" >"$ROOT/agent.zip.part" 2>/dev/null || : >"$ROOT/agent.zip.part"
+if [ "$(sha256sum "$ROOT/agent.zip.part" | cut -d' ' -f1)" != "$BUNDLE_SHA256" ]; then
+  fetch "$BUNDLE_KEY" "$ROOT/agent.zip.part" "$BUNDLE_SHA256" "the agent bundle" || fail "fetching the agent bundle failed"
+  cat "$ROOT/agent.zip.part" >"$BUNDLE.$$" && mv -f "$BUNDLE.$$" "$BUNDLE" || rm -f "$BUNDLE.$$"
 fi
-cp "$BUNDLE" "$ROOT/agent.zip" || fail "copying the agent bundle failed"
+mv -f "$ROOT/agent.zip.part" "$ROOT/agent.zip" || fail "placing the agent bundle failed"
 AGENT_PATH="$ROOT/agent.zip"
 rm -rf "$ROOT/code" "$ROOT/code.zip" "$ROOT/post_build.sh" "$ROOT/.agent-starting"
 if [ -n "$CODE_KEY" ]; then
@@ -339,7 +343,10 @@ fi
 # 5. The node agent, until the cluster ends.
 took "starting the node agent"
 PYTHONPATH="$AGENT_PATH" "$ENV/bin/python" -m coiled_core.node "$ROOT/node.json"
-power_off $?
+code=$?
+# An agent that failed (before it could ship its log, say) leaves its log where the client reads it.
+[ "$code" = 0 ] || fail "the node agent ended with exit code $code"
+power_off 0
 """
 
 _PLACEHOLDER = re.compile(r"__([A-Z0-9_]+)__")

@@ -52,7 +52,7 @@ from typing import Any, Callable
 import dask.config
 import pytest
 
-from coiled_core.errors import ProvisionError
+from coiled_core.errors import ClusterSpecError, ProvisionError
 from coiled_core.records import ClusterRecord, ClusterState
 
 
@@ -291,6 +291,28 @@ class LifecycleContract(ContractBase):
         assert logs and any("Scheduler" in text or "scheduler" in text for text in logs.values())
         tail = shared_cluster.backend.logs(shared_cluster.record, shared_cluster.backend_options, 2)
         assert all(len(text.splitlines()) <= 2 for text in tail.values())
+
+    def test_security_false_on_public_addresses_warns(self):
+        """The core's rule, the same for every backend: where the backend says the nodes have
+        public addresses (its TLS policy's ``public_reach``), ``security=False`` warns."""
+        import warnings
+
+        from coiled_core.cluster import check_cluster
+
+        backend, options = self.backend_handle()
+        policy = backend.tls_policy(options)
+        public = policy.public_reach
+        if policy.required:  # refused outright, which is stricter still
+            with pytest.raises(ClusterSpecError, match="security"):
+                check_cluster(backend=self.backend, backend_options=self.backend_options, security=False, n_workers=1)
+            return
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            check_cluster(backend=self.backend, backend_options=self.backend_options, security=False, n_workers=1)
+        warned = [w for w in caught if "WITHOUT TLS or authentication on public addresses" in str(w.message)]
+        assert bool(warned) == bool(public), (public, [str(w.message) for w in caught])
+        if public:
+            assert public in str(warned[0].message)
 
     def test_teardown_leaves_nothing(self):
         cluster = self.make_cluster()

@@ -6,16 +6,26 @@ and the ``COILED_*`` variables a real machine's metadata service would answer, a
 for ``poweroff``/``shutdown``/``halt`` that end the simulated machine instead of this one.
 
 Every process started carries :data:`RUNNER_ENV` (``<runner pid>:<runner start time>:<token>``)
-in its environment. :func:`kill_marked` ends every process of one runner (or one machine of it),
-and :func:`reap_orphans` those left by a runner whose process is gone (a SIGKILLed test run).
+in its environment. :func:`kill_marked` ends every process of one runner (or one machine of it).
+
+A runner never touches processes it did not start: other test runs on the same machine run
+machines of their own. Machines of a runner that dies without cleaning up (a SIGKILLed test
+run) are ended by that runner's own watchdog (:func:`start_watchdog`), a small detached process
+that waits for the runner's process (its pid *and* start time, so a reused pid does not fool
+it) to be gone and then ends the processes carrying exactly its runner's marker.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
+import random
 import shutil
+import tempfile
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -165,19 +175,99 @@ def kill_marked(marker: str, machine_id: str | None = None, grace: float = 3.0) 
     return len(procs)
 
 
-def reap_orphans(grace: float = 3.0) -> int:
-    """Kill simulated-machine processes whose runner's process is gone; return how many."""
+#: Where runs on this machine (any user's) lock the loopback blocks they use.
+LOOPBACK_LOCKS = Path(tempfile.gettempdir()) / "coiled-offline-loopback"
 
-    def orphaned(marker: str, env: Mapping[str, str]) -> bool:
+
+class LoopbackBlock:
+    """A ``127.B.0.0/16`` block of loopback addresses held by this run alone, for as long as it
+    holds the block's lock (``flock``: released when the run ends, however it ends).
+
+    Stand-ins hand out private addresses ``10.B.x.y`` (a simulated node binds ``127.B.x.y``), so
+    two runs on one machine never give two nodes the same address and fixed ports (8786, 8787)
+    never collide. ``candidates`` are the ``B`` values it may take, tried in random order.
+    """
+
+    def __init__(self, candidates: range | list[int]) -> None:
+        LOOPBACK_LOCKS.mkdir(parents=True, exist_ok=True)
         try:
-            pid_text, created, _ = marker.split(":", 2)
-            runner = psutil.Process(int(pid_text))
-            return abs(runner.create_time() - float(created)) > 0.01
-        except psutil.NoSuchProcess:
-            return True
-        except (ValueError, psutil.Error):
-            return False
+            LOOPBACK_LOCKS.chmod(0o1777)  # shared by every user, like /tmp
+        except OSError:
+            pass
+        order = list(candidates)
+        random.shuffle(order)
+        for b in order:
+            fd = self._lock(LOOPBACK_LOCKS / f"127.{b}.lock")
+            if fd is not None:
+                self.octet, self._fd = b, fd
+                return
+        raise RuntimeError(f"every loopback block 127.B.0.0/16 for B in {candidates} is in use by other runs")
 
-    procs = marked_processes(orphaned)
-    kill_processes(procs, grace)
-    return len(procs)
+    @staticmethod
+    def _lock(path: Path) -> int | None:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError:
+            return None  # another user's lock file we may not open: theirs
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno in (errno.EWOULDBLOCK, errno.EACCES):
+                return None
+            raise
+        try:
+            os.fchmod(fd, 0o666)
+        except OSError:
+            pass
+        return fd
+
+    def address(self, n: int) -> str:
+        """The ``n``-th private address of the block (``1 <= n < 65535``): ``10.B.x.y``."""
+        if not 0 < n < 65535:
+            raise ValueError(f"address number {n} is outside the block")
+        return f"10.{self.octet}.{n >> 8}.{n & 255}"
+
+    def release(self) -> None:
+        if getattr(self, "_fd", None) is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def runner_alive(marker: str) -> bool:
+    """Whether the process that made ``marker`` (:func:`new_marker`) still runs."""
+    try:
+        pid_text, created, _ = marker.split(":", 2)
+        runner = psutil.Process(int(pid_text))
+        return abs(runner.create_time() - float(created)) <= 0.01 and _alive(runner)
+    except psutil.NoSuchProcess:
+        return False
+    except (ValueError, psutil.Error):
+        return True  # not a marker of ours, or not ours to judge: assume alive
+
+
+def start_watchdog(marker: str, grace: float = 3.0, interval: float = 0.5) -> subprocess.Popen:
+    """Start the watchdog of runner ``marker``: once the runner's process is gone, it ends the
+    processes carrying exactly ``marker`` (none of another runner's) and exits. The runner ends
+    it when it stops (it has nothing left to do then)."""
+    env = {k: v for k, v in os.environ.items() if k != RUNNER_ENV}
+    command = [sys.executable, "-m", "coiled_core.testing.noderunner", "watch", marker, str(grace), str(interval)]
+    return subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, start_new_session=True, close_fds=True)
+
+
+def _watch(marker: str, grace: float, interval: float) -> int:
+    while runner_alive(marker):
+        time.sleep(interval)
+    # Repeat: a machine may have forked while the first round was being killed.
+    for _ in range(5):
+        procs = marked_processes(lambda value, env: value == marker)
+        if not procs:
+            break
+        kill_processes(procs, grace)
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 5 and sys.argv[1] == "watch":
+        sys.exit(_watch(sys.argv[2], float(sys.argv[3]), float(sys.argv[4])))
+    sys.exit("usage: python -m coiled_core.testing.noderunner watch MARKER GRACE INTERVAL")

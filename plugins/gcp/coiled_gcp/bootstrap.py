@@ -36,7 +36,9 @@ POWER_OFF_COMMAND = f"""\
 token=$({_METADATA}/instance/service-accounts/default/token | sed -E 's/.*"access_token" *: *"([^"]+)".*/\\1/')
 zone=$({_METADATA}/instance/zone | sed 's|.*/||')
 project=$({_METADATA}/project/project-id)
-curl -sf -X DELETE -H "Authorization: Bearer $token" \\
+# The token goes to curl on its standard input (printf is a shell builtin): never in a
+# process's arguments, which every user of the machine can read.
+printf 'Authorization: Bearer %s\n' "$token" | curl -sf -X DELETE -H @- \\
   "https://compute.googleapis.com/compute/v1/projects/$project/zones/$zone/instances/$COILED_INSTANCE_ID" >/dev/null ||
   echo "coiled: deleting this instance failed; powering off"
 shutdown -h now"""

@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -31,6 +32,8 @@ from typing import Any
 from coiled_core.backend import NodeAddOn, NodeSecrets
 
 logger = logging.getLogger("coiled_core.node")
+#: How long a node waits for IAM to let its new service account in (403s asked again).
+PROPAGATION_SECONDS = 180
 METADATA_TOKEN = "http://metadata.google.internal/computeMetadata/v1/instance/service-accounts/default/token"
 
 
@@ -73,7 +76,18 @@ class GCPNode(NodeAddOn):
         if not secret:
             return None
         url = f"{_base('secretmanager')}/v1/projects/{self.settings['project']}/secrets/{secret}/versions/latest:access"
-        payload = json.loads(_call("GET", url))["payload"]["data"]
+        # The cluster's service account and its grant are new: IAM may take a minute or two to
+        # let it in everywhere, so a refusal is asked again for a while.
+        deadline = time.monotonic() + PROPAGATION_SECONDS
+        while True:
+            try:
+                reply = _call("GET", url)
+                break
+            except urllib.error.HTTPError as e:
+                if e.code != 403 or time.monotonic() > deadline:
+                    raise
+                time.sleep(5)
+        payload = json.loads(reply)["payload"]["data"]
         value = json.loads(base64.b64decode(payload))
         return NodeSecrets(tls=value.get("tls") or {}, environ=value.get("environ") or {})
 

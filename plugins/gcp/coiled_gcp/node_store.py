@@ -11,6 +11,7 @@ runs it to pre-build an environment (``coiled env build``), with the client's ow
 import json
 import os
 import sys
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -31,11 +32,20 @@ def token():
 
 
 def call(method, url, data=None):
-    request = urllib.request.Request(url, data=data, method=method, headers={"Authorization": f"Bearer {token()}"})
-    if data is not None:
-        request.add_header("Content-Type", "application/octet-stream")
-    with urllib.request.urlopen(request, timeout=600) as reply:
-        return reply.read()
+    # The node's service account and its grants are new: IAM may refuse it (403) for a minute
+    # or two until they reach every server, so a refusal is asked again for a while.
+    deadline = time.monotonic() + 180
+    while True:
+        request = urllib.request.Request(url, data=data, method=method, headers={"Authorization": f"Bearer {token()}"})
+        if data is not None:
+            request.add_header("Content-Type", "application/octet-stream")
+        try:
+            with urllib.request.urlopen(request, timeout=600) as reply:
+                return reply.read()
+        except urllib.error.HTTPError as e:
+            if e.code != 403 or time.monotonic() > deadline:
+                raise
+        time.sleep(5)
 
 
 def main(argv):

@@ -15,6 +15,10 @@ There is no Compute Engine emulator, so :class:`OfflineGCP` serves, on one port:
 * Networks and subnetworks (get, and list of a region's subnetworks): the project's ``default``
   network (auto mode) unless ``default_network=False``, and those :meth:`OfflineGCP.add_network`
   adds; instances, firewall rules and internal addresses must name ones that exist and agree.
+* IAM v1 service accounts (create, get, delete) and custom roles (create, get); the IAM
+  policies of single instances, secrets and buckets (get, set; a bucket's with its etag).
+* Cloud Resource Manager v1 ``projects.get`` (the project's number, which owns its buckets:
+  :meth:`OfflineGCP.add_bucket` makes one of another project's, as a name sniper would).
 
 Every request is checked against Google's discovery documents, and refused as the service
 refuses it (:mod:`coiled_gcp.offline_api`; :attr:`OfflineGCP.refused`); every reply is checked
@@ -25,11 +29,16 @@ user of the machine reaches the port, and what the runner boots runs as its owne
 
 **The runner.** An instance inserted with a ``startup-script`` metadata item is started at once
 (status ``RUNNING``) as a local process (:mod:`coiled_core.testing.noderunner`) on its own
-loopback address (``10.a.b.c`` -> ``127.a.b.c``), with ``COILED_OFFLINE=1``,
+loopback address (``10.B.x.y`` -> ``127.B.x.y``; ``127.B.0.0/16`` is a block this run holds alone,
+:class:`coiled_core.testing.noderunner.LoopbackBlock`), with ``COILED_OFFLINE=1``,
 ``COILED_INSTANCE_ID`` (the instance's name, as GCE's metadata server reports it),
 ``COILED_NODE_HOST``, ``COILED_NODE_ROOT`` and the endpoint and token of this server. Deleting
 the instance kills its processes. When the script exits (the machine's power-off), the instance
 is deleted: the backend's power-off deletes the instance (see :mod:`coiled_gcp.bootstrap`).
+The stand-in touches only the machines it started: a watchdog process of its own
+(:func:`coiled_core.testing.noderunner.start_watchdog`) ends them if this process dies without
+:meth:`OfflineGCP.stop` (say, a test run killed with SIGKILL); other runs' machines on the same
+computer are never its business.
 
 **Faults.** :meth:`OfflineGCP.exhaust` makes inserts of a zone and/or machine type fail with
 ``ZONE_RESOURCE_POOL_EXHAUSTED`` or ``QUOTA_EXCEEDED`` (as a DONE operation with an error);
@@ -88,6 +97,11 @@ MACHINE_TYPES: list[tuple[str, int, int, list[dict]]] = [
 ]
 
 
+#: Second octets of the loopback blocks a stand-in may take: not 127.0 (servers, 127.0.0.1),
+#: 127.31 (moto's default VPC, 172.31) nor 127.96-127.191 (the offline Kubernetes' networks).
+LOOPBACK_OCTETS = [b for b in range(1, 96) if b != 31]
+
+
 class _Fault(Exception):
     def __init__(self, status: int, reason: str, message: str):
         super().__init__(message)
@@ -114,6 +128,10 @@ class _State:
     secrets: dict[str, dict] = field(default_factory=dict)  # full name -> secret + versions
     networks: dict[str, dict] = field(default_factory=dict)  # name -> network
     subnetworks: dict[tuple[str, str], dict] = field(default_factory=dict)  # (region, name)
+    service_accounts: dict[str, dict] = field(default_factory=dict)  # email -> account
+    roles: dict[str, dict] = field(default_factory=dict)  # full name -> custom role
+    #: IAM policies of single resources: "instances/ZONE/NAME", "secrets/NAME", "buckets/NAME".
+    policies: dict[str, dict] = field(default_factory=dict)
 
 
 class OfflineGCP:
@@ -142,6 +160,8 @@ class OfflineGCP:
         default_network: bool = True,
     ) -> None:
         self.project = project
+        #: The project's number (Cloud Resource Manager's ``projectNumber``, buckets' owner).
+        self.project_number = str(10**11 + secrets.randbelow(9 * 10**11))
         self.run_scripts = run_scripts
         self.capacity = capacity
         self.kill_grace = kill_grace
@@ -169,6 +189,8 @@ class OfflineGCP:
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._watcher: threading.Thread | None = None
+        self._watchdog: Any = None
+        self._block: noderunner.LoopbackBlock | None = None
         self._stopping = threading.Event()
 
     # -- life ---------------------------------------------------------------------------------
@@ -188,8 +210,12 @@ class OfflineGCP:
         }
 
     def start(self) -> OfflineGCP:
-        noderunner.reap_orphans()
         self._marker = noderunner.new_marker()
+        # Addresses of this run alone: 10.B.x.y, whose nodes bind 127.B.x.y (B: a free block).
+        self._block = noderunner.LoopbackBlock(LOOPBACK_OCTETS)
+        self._ips = itertools.count(2)
+        # Machines of this run end with it, even if it is killed before stop().
+        self._watchdog = noderunner.start_watchdog(self._marker, self.kill_grace)
         self._bin = noderunner.prepare_bin(self.workdir / "bin")
         if self.env_cache is not None:
             self.env_cache.mkdir(parents=True, exist_ok=True)
@@ -211,6 +237,10 @@ class OfflineGCP:
             self._watcher = None
         if self._marker:
             noderunner.kill_marked(self._marker, grace=self.kill_grace)
+        if self._watchdog is not None:
+            self._watchdog.terminate()
+            self._watchdog.wait(10)
+            self._watchdog = None
         with self._lock:
             for machine in self._machines.values():
                 if machine.popen is not None:
@@ -220,6 +250,9 @@ class OfflineGCP:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+        if self._block is not None:
+            self._block.release()
+            self._block = None
 
     def __enter__(self) -> OfflineGCP:
         return self.start()
@@ -255,6 +288,11 @@ class OfflineGCP:
             for n, (region, subnetwork) in enumerate(({r: name for r in ZONES} if auto else subnetworks).items()):
                 cidr = f"10.{128 + len(self.state.subnetworks) % 100}.{n}.0/24"
                 self.state.subnetworks[(region, subnetwork)] = {"name": subnetwork, "network": name, "ipCidrRange": cidr}
+    def add_bucket(self, name: str, project_number: str | None = None, readable: bool = True) -> None:
+        """A bucket as another project may have made it: owned by ``project_number`` (this
+        project's by default); ``readable=False``: this project's credentials may not read it."""
+        with self._lock:
+            self.state.buckets[name] = {"name": name, "projectNumber": project_number or self.project_number, "id": name, "_readable": readable}
 
     def instance_names(self) -> list[str]:
         with self._lock:
@@ -405,8 +443,8 @@ class OfflineGCP:
         }
 
     def _next_ip(self) -> str:
-        n = next(self._ips)
-        return f"10.{(n >> 16) & 255}.{(n >> 8) & 255}.{n & 255}"
+        assert self._block is not None, "OfflineGCP is not started"
+        return self._block.address(next(self._ips))
 
     def insert_instances(self, zone: str, bodies: list[dict], kind: str) -> dict:
         with self._lock:
@@ -493,6 +531,12 @@ class _Handler(BaseHTTPRequestHandler):
     def do_DELETE(self) -> None:
         self._serve("DELETE")
 
+    def do_PUT(self) -> None:
+        self._serve("PUT")
+
+    def do_PATCH(self) -> None:
+        self._serve("PATCH")
+
     def _reply(self, status: int, body: Any = None, raw: bytes | None = None, content_type: str = "application/json") -> None:
         if status == 204:
             # No content, as the real service answers: a body here would be read as the start of
@@ -549,6 +593,10 @@ class _Handler(BaseHTTPRequestHandler):
                 status, reply = _storage(fake, method, url.path, query, body)
                 if isinstance(reply, bytes):
                     return self._reply(status, raw=reply, content_type="application/octet-stream")
+            elif re.fullmatch(r"/v1/projects/[^/:]+", path):
+                status, reply = _projects(fake, method, path.rsplit("/", 1)[-1])
+            elif re.match(r"/v1/projects/[^/]+/(serviceAccounts|roles)(/|$)", path):
+                status, reply = _iam(fake, method, path[len("/v1/projects/") :], body)
             elif path.startswith("/v1/projects/"):
                 status, reply = _secrets(fake, method, path[len("/v1/projects/") :], query, body)
             else:
@@ -629,10 +677,16 @@ def _compute(fake: OfflineGCP, method: str, path: str, query: dict[str, str], bo
             instance = state.instances.get((zone, name))
             if instance is None:
                 raise _Fault(404, "notFound", f"The resource 'projects/{project}/zones/{zone}/instances/{name}' was not found")
+            if len(parts) == 5 and parts[4] in ("setIamPolicy", "getIamPolicy"):
+                key = f"instances/{zone}/{name}"
+                if parts[4] == "setIamPolicy":
+                    state.policies[key] = {**data.get("policy", {}), "etag": _etag()}
+                return 200, state.policies.get(key, {"etag": _etag()})
             if method == "GET":
                 return 200, instance
             if method == "DELETE":
                 del state.instances[(zone, name)]
+                state.policies.pop(f"instances/{zone}/{name}", None)
                 threading.Thread(target=fake._kill, args=(name,), daemon=True).start()
                 return 200, fake._operation("zones", zone, "delete", instance["selfLink"])
         if parts[0] == "aggregated" and parts[1] == "instances":
@@ -757,18 +811,36 @@ def _storage(fake: OfflineGCP, method: str, raw_path: str, query: dict[str, str]
             name = json.loads(body)["name"]
             if name in state.buckets:
                 raise _Fault(409, "conflict", "Your previous request to create the named bucket succeeded and you already own it.")
-            state.buckets[name] = {"name": name, "projectNumber": "123456789012", "id": name}
-            return 200, state.buckets[name]
+            if query.get("project") != fake.project:
+                raise _Fault(403, "forbidden", f"The caller does not have permission to create buckets in project {query.get('project')!r}")
+            kept = {k: v for k, v in json.loads(body).items() if k in ("location", "iamConfiguration", "lifecycle", "labels")}
+            state.buckets[name] = {**kept, "name": name, "projectNumber": fake.project_number, "id": name, "_readable": True}
+            return 200, _public(state.buckets[name])
         bucket = parts[1]
         if bucket not in state.buckets:
             raise _Fault(404, "notFound", "The specified bucket does not exist.")
+        if not state.buckets[bucket]["_readable"]:
+            raise _Fault(403, "forbidden", f"The caller does not have storage.buckets.get access to the Google Cloud Storage bucket {bucket!r}.")
         if len(parts) == 2 and method == "DELETE":
             if any(b == bucket for b, _ in state.objects):
                 raise _Fault(409, "conflict", "The bucket you tried to delete is not empty.")
             del state.buckets[bucket]
             return 204, None
         if len(parts) == 2:
-            return 200, state.buckets[bucket]
+            if method == "PATCH":
+                state.buckets[bucket].update({k: v for k, v in json.loads(body).items() if k in ("lifecycle", "labels", "iamConfiguration")})
+            return 200, _public(state.buckets[bucket])
+        if parts[2] == "iam":
+            key = f"buckets/{bucket}"
+            current = state.policies.setdefault(key, {"version": 1, "bindings": [], "etag": _etag()})
+            if method == "PUT":
+                policy = json.loads(body)
+                if policy.get("etag") not in (None, current["etag"]):
+                    raise _Fault(412, "conditionNotMet", "At least one of the pre-conditions you specified did not hold.")
+                if any("condition" in b for b in policy.get("bindings", [])) and policy.get("version") != 3:
+                    raise _Fault(400, "invalid", "IAM policies with conditions must be version 3.")
+                state.policies[key] = current = {**policy, "etag": _etag()}
+            return 200, {"kind": "storage#policy", "resourceId": f"projects/_/buckets/{bucket}", **current}
         objects = state.objects
         if len(parts) == 3:  # o: list or upload
             if method == "POST":
@@ -805,6 +877,65 @@ def _storage(fake: OfflineGCP, method: str, raw_path: str, query: dict[str, str]
         return 200, {k: v for k, v in current.items() if k != "_data"}
 
 
+def _public(resource: dict) -> dict:
+    """A resource as the API returns it: without the stand-in's own ``_`` fields."""
+    return {k: v for k, v in resource.items() if not k.startswith("_")}
+
+
+def _etag() -> str:
+    return base64.b64encode(secrets.token_bytes(8)).decode()
+
+
+def _iam(fake: OfflineGCP, method: str, path: str, body: bytes) -> tuple[int, Any]:
+    """IAM v1: ``projects/P/serviceAccounts[/EMAIL]`` and ``projects/P/roles[/ID]``."""
+    project, kind, *rest = path.split("/")
+    if project != fake.project:
+        raise _Fault(403, "forbidden", f"Permission denied on resource project {project}.")
+    data = json.loads(body) if body else {}
+    state = fake.state
+    with fake._lock:
+        if kind == "serviceAccounts":
+            if method == "POST" and not rest:
+                account_id = data.get("accountId", "")
+                if not re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", account_id) or not 6 <= len(account_id) <= 30:
+                    raise _Fault(400, "invalid", f"Invalid account id {account_id!r}: 6-30 characters, [a-z][-a-z0-9]*[a-z0-9].")
+                email = f"{account_id}@{project}.iam.gserviceaccount.com"
+                if email in state.service_accounts:
+                    raise _Fault(409, "alreadyExists", f"Service account {account_id} already exists within project projects/{project}.")
+                account = {**data.get("serviceAccount", {}), "name": f"projects/{project}/serviceAccounts/{email}", "projectId": project,
+                           "uniqueId": str(next(fake._ids)), "email": email}
+                state.service_accounts[email] = account
+                return 200, account
+            if len(rest) == 1:
+                account = state.service_accounts.get(rest[0])
+                if account is None:
+                    raise _Fault(404, "notFound", f"Service account projects/{project}/serviceAccounts/{rest[0]} not found.")
+                if method == "DELETE":
+                    del state.service_accounts[rest[0]]
+                    return 200, {}
+                return 200, account
+        if kind == "roles":
+            if method == "POST" and not rest:
+                name = f"projects/{project}/roles/{data.get('roleId')}"
+                if name in state.roles:
+                    raise _Fault(409, "alreadyExists", f"A role named {data.get('roleId')} in projects/{project} already exists.")
+                state.roles[name] = {**data.get("role", {}), "name": name, "etag": _etag()}
+                return 200, state.roles[name]
+            if len(rest) == 1 and method == "GET":
+                name = f"projects/{project}/roles/{rest[0]}"
+                if name not in state.roles:
+                    raise _Fault(404, "notFound", f"The role named {name} was not found.")
+                return 200, state.roles[name]
+    raise _Fault(404, "notFound", f"no such IAM path {path}")
+
+
+def _projects(fake: OfflineGCP, method: str, project: str) -> tuple[int, Any]:
+    """Cloud Resource Manager v1 ``projects.get``: the project's number."""
+    if method != "GET" or project != fake.project:
+        raise _Fault(403, "forbidden", f"The caller does not have permission (resourcemanager.projects.get on {project!r})")
+    return 200, {"projectNumber": fake.project_number, "projectId": project, "lifecycleState": "ACTIVE", "name": project}
+
+
 def _secrets(fake: OfflineGCP, method: str, path: str, query: dict[str, str], body: bytes) -> tuple[int, Any]:
     state = fake.state
     project, _, rest = path.partition("/")
@@ -820,13 +951,17 @@ def _secrets(fake: OfflineGCP, method: str, path: str, query: dict[str, str], bo
             items = [{k: v for k, v in s.items() if k != "_versions"} for s in state.secrets.values() if _matches(s, query.get("filter", ""))]
             chunk, token = _page(items, {"maxResults": query.get("pageSize", "500"), "pageToken": query.get("pageToken", "")})
             return 200, {"secrets": chunk, **({"nextPageToken": token} if token else {})}
-        m = re.fullmatch(r"secrets/([^/:]+)(:addVersion|/versions/latest:access)?", rest)
+        m = re.fullmatch(r"secrets/([^/:]+)(:addVersion|/versions/latest:access|:setIamPolicy|:getIamPolicy)?", rest)
         if not m:
             raise _Fault(404, "notFound", f"no such path {rest}")
         name = f"projects/{project}/secrets/{m.group(1)}"
         secret = state.secrets.get(name)
         if secret is None:
             raise _Fault(404, "notFound", f"Secret [{name}] not found or has no versions.")
+        if m.group(2) in (":setIamPolicy", ":getIamPolicy"):
+            if m.group(2) == ":setIamPolicy":
+                state.policies[f"secrets/{m.group(1)}"] = {**data.get("policy", {}), "etag": _etag()}
+            return 200, state.policies.get(f"secrets/{m.group(1)}", {"etag": _etag()})
         if m.group(2) == ":addVersion":
             secret["_versions"].append(data["payload"]["data"])
             return 200, {"name": f"{name}/versions/{len(secret['_versions'])}", "state": "ENABLED"}
@@ -836,5 +971,6 @@ def _secrets(fake: OfflineGCP, method: str, path: str, query: dict[str, str], bo
             return 200, {"name": f"{name}/versions/{len(secret['_versions'])}", "payload": {"data": secret["_versions"][-1]}}
         if method == "DELETE":
             del state.secrets[name]
+            state.policies.pop(f"secrets/{m.group(1)}", None)
             return 200, {}
         return 200, {k: v for k, v in secret.items() if k != "_versions"}

@@ -1,7 +1,8 @@
 """Google's own descriptions of the APIs the offline stand-in serves, and the checks they imply.
 
 Test code, like :mod:`coiled_gcp.offline` (which uses it): it reads the discovery documents that
-``google-api-python-client`` ships (``compute.v1``, ``storage.v1``, ``secretmanager.v1``; a test
+``google-api-python-client`` ships (``compute.v1``, ``storage.v1``, ``secretmanager.v1``, ``iam.v1``,
+``cloudresourcemanager.v1``; a test
 dependency of this plugin), so the stand-in is held to Google's description of each method, not to
 this project's reading of it.
 
@@ -36,6 +37,10 @@ SERVICES = {
     "compute": ("compute.v1.json", ("/compute/v1/",)),
     "storage": ("storage.v1.json", ("/storage/v1/", "/upload/storage/v1/", "/download/storage/v1/")),
     "secretmanager": ("secretmanager.v1.json", ("/",)),
+    # IAM and Resource Manager share Secret Manager's ``/v1/projects/`` paths on the stand-in's
+    # one endpoint; each method's own path template tells them apart.
+    "iam": ("iam.v1.json", ("/",)),
+    "cloudresourcemanager": ("cloudresourcemanager.v1.json", ("/",)),
 }
 #: System parameters Google's front end accepts on every method beyond the documents' own
 #: (the Cloud client libraries send ``$alt``).
@@ -365,16 +370,19 @@ def _raise_first(check: _Check) -> None:
 
 @cache
 def discovery(service: str) -> Discovery:
-    """The document of ``service`` (compute, storage, secretmanager), read once."""
+    """The document of ``service`` (a key of :data:`SERVICES`), read once."""
     return Discovery(service)
 
 
 def route(http_method: str, path: str) -> Route | None:
-    """The method of any of the three services that serves ``path``."""
+    """The method of any of the services the stand-in serves that serves ``path``."""
     if path.startswith("/compute/v1/"):
         return discovery("compute").route(http_method, path)
     if path.startswith(SERVICES["storage"][1]):
         return discovery("storage").route(http_method, path)
     if path.startswith("/v1/"):
-        return discovery("secretmanager").route(http_method, path)
+        for service in ("secretmanager", "iam", "cloudresourcemanager"):
+            found = discovery(service).route(http_method, path)
+            if found is not None:
+                return found
     return None

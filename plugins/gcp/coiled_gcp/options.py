@@ -46,7 +46,8 @@ class GCPOptions(BaseModel):
     machine_types: list[str] | None = None
     scheduler_machine_types: list[str] | None = None
     spot_policy: SpotPolicy = "on-demand"
-    #: The nodes' service account (email); default: the project's Compute Engine default.
+    #: The nodes' service account (email) if not the cluster's own least-privilege one (the
+    #: default: see :mod:`coiled_gcp.identity`); never the Compute Engine default account.
     service_account: str | None = None
     #: Extra labels on every resource (Coiled's ``tags``), normalised to GCP's label rules.
     labels: dict[str, str] = Field(default_factory=dict)
@@ -84,6 +85,21 @@ class GCPOptions(BaseModel):
             if not _MACHINE_TYPE.fullmatch(name):
                 hint = " (that is an AWS instance type)" if "." in name else ""
                 raise ValueError(f"{name!r} is not a Compute Engine machine type{hint}; e.g. 'n2-standard-4'")
+        return value
+
+    @field_validator("service_account")
+    @classmethod
+    def _account(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if value == "default" or value.endswith("-compute@developer.gserviceaccount.com"):
+            raise ValueError(
+                f"{value!r} is the Compute Engine default service account (often project Editor): every task on the "
+                "cluster would have its rights; leave service_account out (each cluster gets a least-privilege one) "
+                "or name an account made for the nodes"
+            )
+        if "@" not in value:
+            raise ValueError(f"{value!r} is not a service account email (like 'nodes@my-project.iam.gserviceaccount.com')")
         return value
 
     @field_validator("spot_policy", mode="before")

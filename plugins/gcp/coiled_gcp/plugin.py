@@ -56,7 +56,7 @@ from coiled_core.backend import (
     software_environment,
     worker_name_prefix,
 )
-from coiled_gcp import bootstrap, storage
+from coiled_gcp import bootstrap, identity, storage
 from coiled_gcp import machine_types as mt
 from coiled_gcp.options import GCPOptions, label_value
 from coiled_gcp.session import GCP, OperationError
@@ -131,7 +131,9 @@ def build_environment(software: SoftwareEnvironment, options: GCPOptions) -> str
 
 @hookimpl
 def tls_policy(options: GCPOptions) -> TLSPolicy:
-    return TLSPolicy(default=True, required=False)
+    # TLS unless the user turns it off; off on public addresses, the core warns (as for AWS).
+    reach = (options.allow_ingress_from or "this client's public address") if options.use_public_ip else None
+    return TLSPolicy(default=True, required=False, public_reach=reach)
 
 
 # -- names --------------------------------------------------------------------------------------
@@ -143,6 +145,22 @@ def cluster_label(name: str) -> str:
 
 def _firewall_names(label: str) -> list[str]:
     return [f"coiled-{label}-client", f"coiled-{label}-internal"]
+
+
+def _firewall_marker(label: str) -> str:
+    """Written in the description of the cluster's firewall rules (rules have no labels)."""
+    return f"[{LABEL_CLUSTER}={label}]"
+
+
+def _our_rule(rule: Any, label: str) -> bool:
+    """Whether firewall rule ``rule`` is one this backend made for cluster ``label``: its name,
+    the marker in its description and the cluster's network tag as its only target. A rule that
+    only has one of our names is someone else's."""
+    return (
+        rule.name in _firewall_names(label)
+        and _firewall_marker(label) in (rule.description or "")
+        and list(rule.target_tags) == [f"coiled-{label}"]
+    )
 
 
 def _address_name(label: str) -> str:
@@ -336,6 +354,9 @@ class _Boot:
         self.bundle = StoredFile(stored.key, stored.sha256)
         # Nodes fetch a pack only if this client pinned it (coiled_core.node.envpack).
         self.software = pinned_software(boot_software(software_environment(spec), node_requirements()), _ClientStore(gcp, self.bucket), PACK_MACHINES)
+        #: The nodes' service account: the user's own, or the cluster's (:mod:`coiled_gcp.identity`).
+        self.own_account = options.service_account is None
+        self.account = options.service_account or identity.account_email(gcp, self.label)
 
     def _addon(self, role: str) -> AddOnRef:
         settings: dict[str, Any] = {
@@ -408,7 +429,8 @@ def _instance_body(boot: _Boot, role: str, machine: mt.MachineType, zone: str, s
                 "initialize_params": {"source_image": boot_image(options, gpu), "disk_size_gb": options.boot_disk_gib, "labels": _labels(spec, options, role)},
             }
         ],
-        "service_accounts": [{"email": options.service_account or "default", "scopes": ["https://www.googleapis.com/auth/cloud-platform"]}],
+        # Never the Compute Engine default account: what a node may do is its account's IAM.
+        "service_accounts": [{"email": boot.account, "scopes": ["https://www.googleapis.com/auth/cloud-platform"]}],
         "scheduling": scheduling,
     }
     if machine.attach:
@@ -442,6 +464,8 @@ def _insert_scheduler(gcp: GCP, boot: _Boot, plan: _Plan, ip: str) -> str:
             body["name"] = f"coiled-{boot.label}-scheduler"
             try:
                 gcp.wait(gcp.instances.insert_unary(project=gcp.project, zone=zone, instance_resource=compute_v1.Instance(body)))
+                if boot.own_account:
+                    identity.grant_instances(gcp, zone, [body["name"]], boot.account)
                 return zone
             except OperationError as e:
                 if not set(e.codes) & CAPACITY_ERRORS:
@@ -473,6 +497,8 @@ def _insert_workers(gcp: GCP, boot: _Boot, zones: list[str], types: list[mt.Mach
                 )
                 try:
                     gcp.wait(gcp.instances.bulk_insert_unary(project=gcp.project, zone=zone, bulk_insert_instance_resource_resource=resource))
+                    if boot.own_account:
+                        identity.grant_instances(gcp, zone, names, boot.account)
                     return
                 except OperationError as e:
                     if not set(e.codes) & CAPACITY_ERRORS:
@@ -507,7 +533,7 @@ def _create_firewalls(gcp: GCP, boot: _Boot, cidr: str) -> None:
             "source_ranges": [cidr],
             "target_tags": [tag],
             "allowed": [{"I_p_protocol": "tcp", "ports": [str(SCHEDULER_PORT), str(DASHBOARD_PORT)]}],
-            "description": f"coiled cluster {boot.spec.name}: the client to the scheduler and dashboard",
+            "description": f"coiled cluster {boot.spec.name}: the client to the scheduler and dashboard {_firewall_marker(boot.label)}",
         },
         {
             "name": internal_rule,
@@ -516,7 +542,7 @@ def _create_firewalls(gcp: GCP, boot: _Boot, cidr: str) -> None:
             "source_tags": [tag],
             "target_tags": [tag],
             "allowed": [{"I_p_protocol": "all"}],
-            "description": f"coiled cluster {boot.spec.name}: between its nodes",
+            "description": f"coiled cluster {boot.spec.name}: between its nodes {_firewall_marker(boot.label)}",
         },
     ]
     for rule in rules:
@@ -636,10 +662,17 @@ def provision(spec: ClusterSpec, options: GCPOptions, tls: ClusterTLS | None) ->
     step = "preparing artifacts"
     try:
         boot = _Boot(gcp, spec, options, plan.network)
+        if boot.own_account:
+            step = "creating the nodes' service account"
+            identity.ensure_node_role(gcp)
+            identity.create_account(gcp, boot.label, spec.name)
+            identity.grant_bucket(gcp, boot.bucket, boot.label, boot.account)
         step = "creating the firewall rules"
         _create_firewalls(gcp, boot, plan.cidr)
         step = "storing secrets"
         _store_secrets(gcp, spec, options, tls)
+        if boot.own_account and _has_node_secrets(spec):
+            identity.grant_secrets(gcp, _secret_ids(boot.label), boot.account)
         step = "reserving the scheduler's address"
         ip = _reserve_address(gcp, boot)
         scheme = "tls" if spec.security else "tcp"
@@ -772,6 +805,9 @@ def _delete_label(gcp: GCP, label: str, name: str) -> list[str]:
         deleted.append(f"deleted {len(instances)} instance(s) of {name!r}")
     for rule in _firewall_names(label):
         try:
+            if not _our_rule(gcp.firewalls.get(project=gcp.project, firewall=rule), label):
+                logger.warning("firewall rule %s is not one this backend made (no marker or tag of cluster %s): left alone", rule, label)
+                continue
             gcp.wait(gcp.firewalls.delete_unary(project=gcp.project, firewall=rule))
             deleted.append(f"deleted firewall rule {rule}")
         except NotFound:
@@ -784,7 +820,15 @@ def _delete_label(gcp: GCP, label: str, name: str) -> list[str]:
     for secret in [*_secret_ids(label), storage.secret_id(label, "spec")]:
         if storage.delete_secret(gcp, secret):
             deleted.append(f"deleted secret {secret}")
-    storage.delete(gcp, storage.bucket_name(gcp), _claim_key(label))
+    try:
+        bucket = storage.existing_bucket(gcp)
+    except storage.ForeignBucketError:
+        bucket = None  # another project's: no claim of ours is in it
+    if bucket is not None:
+        storage.delete(gcp, bucket, _claim_key(label))
+        identity.revoke_bucket(gcp, bucket, label)
+    if identity.delete_account(gcp, label):
+        deleted.append(f"deleted service account {identity.account_id(label)}")
     return deleted
 
 
@@ -794,8 +838,8 @@ def _leftovers(gcp: GCP, label: str) -> list[str]:
     left = [i.name for i in _instances(gcp, label)]
     for rule in _firewall_names(label):
         try:
-            gcp.firewalls.get(project=gcp.project, firewall=rule)
-            left.append(rule)
+            if _our_rule(gcp.firewalls.get(project=gcp.project, firewall=rule), label):
+                left.append(rule)
         except NotFound:
             pass
     left += storage.labelled_secrets(gcp, LABEL_CLUSTER, label)
@@ -826,7 +870,8 @@ def list_clusters(options: GCPOptions) -> list[ClusterRecord]:
 def logs(record: ClusterRecord, options: GCPOptions, tail: int | None) -> dict[str, str]:
     """Each node's log as it last uploaded it, by instance name: they outlive the machines."""
     gcp = GCP(options)
-    return storage.read_logs(gcp, storage.bucket_name(gcp), cluster_label(record.name), tail)
+    bucket = storage.existing_bucket(gcp)
+    return storage.read_logs(gcp, bucket, cluster_label(record.name), tail) if bucket else {}
 
 
 def _expired(instances: list[Any]) -> bool:
@@ -838,19 +883,22 @@ def _expired(instances: list[Any]) -> bool:
 
 
 def _labels_of_leftovers(gcp: GCP) -> set[str]:
-    """Cluster labels named by firewall rules, reserved addresses and secrets: what a cluster
-    that ended on its own (its instances deleted themselves) leaves."""
+    """Cluster labels of what a cluster that ended on its own (its instances deleted themselves)
+    leaves: reserved addresses and secrets labelled with it, and firewall rules proven ours (our
+    marker and tag, :func:`_our_rule`) whose cluster also has a claim or a labelled resource.
+    A rule's name alone proves nothing: anyone may name a rule ``coiled-x-client``."""
     from google.cloud import compute_v1
 
-    labels = set()
-    for rule in gcp.firewalls.list(request=compute_v1.ListFirewallsRequest(project=gcp.project)):
-        for suffix in ("-client", "-internal"):
-            if rule.name.startswith("coiled-") and rule.name.endswith(suffix):
-                labels.add(rule.name[len("coiled-") : -len(suffix)])
     request = compute_v1.ListAddressesRequest(project=gcp.project, region=gcp.region, filter=f"labels.{LABEL_CLUSTER}:*")
-    labels |= {a.labels[LABEL_CLUSTER] for a in gcp.addresses.list(request=request) if LABEL_CLUSTER in a.labels}
+    labels = {a.labels[LABEL_CLUSTER] for a in gcp.addresses.list(request=request) if LABEL_CLUSTER in a.labels}
     for secret in storage.labelled_secrets(gcp, LABEL_CLUSTER):
         labels.add(secret.removeprefix("coiled-").rsplit("-", 1)[0])
+    bucket = storage.existing_bucket(gcp)
+    for rule in gcp.firewalls.list(request=compute_v1.ListFirewallsRequest(project=gcp.project)):
+        for suffix in ("-client", "-internal"):
+            label = rule.name[len("coiled-") : -len(suffix)] if rule.name.startswith("coiled-") and rule.name.endswith(suffix) else ""
+            if label and label not in labels and _our_rule(rule, label) and bucket and _read_claim(gcp, bucket, label):
+                labels.add(label)
     return labels
 
 
@@ -870,9 +918,9 @@ def gc(options: GCPOptions) -> list[str]:
                 continue
             removed += _delete_everything(gcp, name)
     labels_with_instances = {cluster_label(n) for n in by_name}
-    bucket = storage.bucket_name(gcp)
+    bucket = storage.existing_bucket(gcp)
     for label in sorted(_labels_of_leftovers(gcp) - labels_with_instances):
-        held = _read_claim(gcp, bucket, label)
+        held = _read_claim(gcp, bucket, label) if bucket else None
         if held is not None and held[0].state == "claimed" and not held[0].is_stale(cluster_live=False):
             continue  # being created right now
         removed += _delete_label(gcp, label, label)

@@ -3,7 +3,8 @@ JSON APIs.
 
 - Bucket ``coiled-artifacts-<project>-<region>`` (or ``bucket``): the agent bundle and local code
   under ``agent/`` (named by sha256), environment packs under ``envs/``, node logs under
-  ``logs/<cluster>/<instance>.log``, and name claims under ``claims/<cluster>.json``, each created
+  ``logs/<cluster>/<instance>.log`` (deleted by a lifecycle rule :data:`LOG_RETENTION_DAYS`
+  days after they were last written), and name claims under ``claims/<cluster>.json``, each created
   with ``ifGenerationMatch=0`` (atomic create-if-absent; 412 when it exists).
 - Secrets ``coiled-<cluster label>-<role>`` (scheduler, worker: that role's TLS material and the
   cluster's ``environ``) and ``coiled-<cluster label>-spec``, labelled with the cluster. A node reads
@@ -38,19 +39,89 @@ def _check(reply, what: str) -> None:
         raise ProvisionError(f"{what}: HTTP {reply.status_code}: {reply.text[:300]}")
 
 
-def ensure_bucket(gcp: GCP) -> str:
-    """Create the artifact bucket (uniform access, no public access) if it does not exist."""
-    name = bucket_name(gcp)
-    reply = gcp.http.get(gcp.storage_url(f"b/{name}"))
-    if reply.status_code == 200:
-        return name
+#: Node logs (``logs/``) are deleted this many days after they were last written.
+LOG_RETENTION_DAYS = 30
+LOGS_RULE = {"action": {"type": "Delete"}, "condition": {"age": LOG_RETENTION_DAYS, "matchesPrefix": ["logs/"]}}
+LOGS_LIFECYCLE = {"rule": [LOGS_RULE]}
+
+
+class ForeignBucketError(ProvisionError):
+    """The artifact bucket exists but another project owns it (or this project may not read it)."""
+
+
+def _foreign_bucket(gcp: GCP, name: str) -> ForeignBucketError:
+    return ForeignBucketError(
+        f"the artifact bucket {name!r} exists but is not owned by project {gcp.project} (or this project's credentials "
+        "may not read it): another project may have taken its name. Nodes would run code from it, so it is not used; "
+        "delete it if it is yours, or choose another name with backend_options={'bucket': 'my-coiled-artifacts'}"
+    )
+
+
+def project_number(gcp: GCP) -> str:
+    """The project's number (Cloud Resource Manager ``projects.get``), which owns its buckets."""
+    cached = getattr(gcp, "_project_number", None)
+    if cached is None:
+        base = gcp.endpoint or "https://cloudresourcemanager.googleapis.com"
+        reply = gcp.http.get(f"{base}/v1/projects/{gcp.project}")
+        _check(reply, f"reading the number of project {gcp.project}")
+        cached = gcp._project_number = str(reply.json()["projectNumber"])
+    return cached
+
+
+def _owned(gcp: GCP, name: str, reply) -> str:
+    """``name`` if the bucket of ``reply`` (buckets.get) is this project's, else refuse it."""
     if reply.status_code == 403:
-        raise ProvisionError(f"the artifact bucket {name!r} exists but this project's credentials may not read it (another project's?)")
-    body = {"name": name, "location": gcp.region, "iamConfiguration": {"uniformBucketLevelAccess": {"enabled": True}, "publicAccessPrevention": "enforced"}}
-    reply = gcp.http.post(gcp.storage_url("b") + f"?project={gcp.project}", json=body)
-    if reply.status_code != 409:
-        _check(reply, f"creating bucket {name}")
+        raise _foreign_bucket(gcp, name)
+    _check(reply, f"reading bucket {name}")
+    if str(reply.json().get("projectNumber")) != project_number(gcp):
+        raise _foreign_bucket(gcp, name)
+    checked = gcp.__dict__.setdefault("_owned_buckets", set())
+    checked.add(name)
     return name
+
+
+def ensure_bucket(gcp: GCP) -> str:
+    """Create the artifact bucket (uniform access, no public access) if it does not exist.
+
+    Its name is predictable, so another project could create it first and wait for nodes to run
+    what it puts there: whether it is new or not, the bucket is used only if this project owns
+    it (its ``projectNumber``), else :class:`ForeignBucketError`.
+    """
+    name = bucket_name(gcp)
+    if name in getattr(gcp, "_owned_buckets", ()):
+        return name
+    reply = gcp.http.get(gcp.storage_url(f"b/{name}"))
+    if reply.status_code == 404:
+        body = {
+            "name": name,
+            "location": gcp.region,
+            "iamConfiguration": {"uniformBucketLevelAccess": {"enabled": True}, "publicAccessPrevention": "enforced"},
+            "lifecycle": LOGS_LIFECYCLE,
+        }
+        reply = gcp.http.post(gcp.storage_url("b") + f"?project={gcp.project}", json=body)
+        if reply.status_code == 409:  # made meanwhile, by us or by someone else: whose is it?
+            reply = gcp.http.get(gcp.storage_url(f"b/{name}"))
+        else:
+            _check(reply, f"creating bucket {name}")
+    _owned(gcp, name, reply)
+    if LOGS_RULE not in reply.json().get("lifecycle", {}).get("rule", []):
+        # A bucket made before logs expired: add the rule, keeping any of the owner's own.
+        rules = [*reply.json().get("lifecycle", {}).get("rule", []), LOGS_RULE]
+        _check(gcp.http.patch(gcp.storage_url(f"b/{name}"), json={"lifecycle": {"rule": rules}}), f"setting the lifecycle of bucket {name}")
+    return name
+
+
+def existing_bucket(gcp: GCP) -> str | None:
+    """The artifact bucket if it exists and this project owns it; None if there is none
+    (reading logs or deleting claims creates nothing); :class:`ForeignBucketError` if another
+    project owns it."""
+    name = bucket_name(gcp)
+    if name in getattr(gcp, "_owned_buckets", ()):
+        return name
+    reply = gcp.http.get(gcp.storage_url(f"b/{name}"))
+    if reply.status_code == 404:
+        return None
+    return _owned(gcp, name, reply)
 
 
 def object_url(gcp: GCP, bucket: str, key: str) -> str:

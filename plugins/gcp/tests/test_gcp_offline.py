@@ -86,14 +86,63 @@ def test_requests_without_the_token_are_refused(offline_gcp):
     assert reply.status_code == 401
 
 
-def test_leftovers_of_a_dead_runner_are_reaped(tmp_path):
-    # A "runner" that is gone: a marker naming a process that no longer exists.
+def _marked_sleeper(marker):
+    env = {**os.environ, noderunner.RUNNER_ENV: marker, noderunner.MACHINE_ENV: "someone-elses"}
+    return subprocess.Popen(["sleep", "300"], env=env, start_new_session=True)
+
+
+def test_starting_a_stand_in_leaves_other_runs_machines_alone(tmp_path):
+    # A machine whose marker names a runner that is gone is still none of this stand-in's
+    # business: it did not start it (its own runner's watchdog ends it).
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True).stdout.strip()
-    env = {**os.environ, noderunner.RUNNER_ENV: f"{dead}:0.000:token"}
-    orphan = subprocess.Popen(["sleep", "300"], env=env, start_new_session=True)
+    stranger = _marked_sleeper(f"{dead}:0.000:token")
     try:
-        wait_until(lambda: noderunner.reap_orphans(grace=1) >= 1 or orphan.poll() is not None, 30, message="the orphan to be reaped")
-        orphan.wait(10)
+        from coiled_gcp.offline import OfflineGCP
+
+        with OfflineGCP(workdir=tmp_path / "gce", run_scripts=False):
+            pass
+        assert stranger.poll() is None, "a stand-in killed a process it did not start"
     finally:
-        if orphan.poll() is None:
-            orphan.kill()
+        stranger.kill()
+        stranger.wait(10)
+
+
+_RUNNER = """
+import sys, time
+from coiled_gcp.offline import OfflineGCP
+fake = OfflineGCP(workdir=sys.argv[1]).start()
+body = {"name": "m", "machineType": "e2-small", "networkInterfaces": [{}],
+        "metadata": {"items": [{"key": "startup-script", "value": "exec sleep 300"}]}}
+fake.insert_instances("us-east1-b", [body], "insert")
+print(fake.machine_pid("m"), flush=True)
+time.sleep(600)
+"""
+
+
+def _runner(tmp_path, name):
+    runner = subprocess.Popen([sys.executable, "-c", _RUNNER, str(tmp_path / name)], stdout=subprocess.PIPE, text=True)
+    return runner, int(runner.stdout.readline())
+
+
+def _ended(pid):
+    return not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_machines_of_a_killed_runner_end_by_themselves_and_only_theirs(tmp_path):
+    first, first_machine = _runner(tmp_path, "first")
+    second, second_machine = _runner(tmp_path, "second")
+    try:
+        first.kill()  # SIGKILL: no stop(), no clean-up of its own
+        first.wait(10)
+        wait_until(lambda: _ended(first_machine), 60, message="the killed runner's machine to end")
+        assert not _ended(second_machine), "a live run's machine was killed"
+        second.kill()
+        second.wait(10)
+        wait_until(lambda: _ended(second_machine), 60, message="the second runner's machine to end")
+    finally:
+        for runner in (first, second):
+            if runner.poll() is None:
+                runner.kill()
+        for pid in (first_machine, second_machine):
+            if not _ended(pid):
+                os.kill(pid, 9)
