@@ -84,8 +84,9 @@ example with ``flock "$COILED_ENV_CACHE/<hash>.lock"``.
 
 Process hygiene. Every process started carries ``COILED_OFFLINE_RUNNER`` (pid and start time of
 the runner's process plus a random token) in its environment. :meth:`OfflineEC2.stop` kills every
-such process of this runner, and :meth:`OfflineEC2.start` kills those left behind by a runner
-process that no longer exists (for example one killed with SIGKILL).
+such process of this runner. It never touches another run's processes: if this process dies
+without stopping (SIGKILL), its own watchdog
+(:func:`coiled_core.testing.noderunner.start_watchdog`) ends exactly its instances' processes.
 
 Known moto (5.2) gaps this relies on or works around:
 
@@ -154,6 +155,7 @@ import psutil
 # ``A.B.C.D`` -> ``127.B.C.D``, unique within one VPC (a VPC's CIDR is at most a /16, so its
 # addresses share their first octet and differ in the last three). Re-exported here.
 from coiled_core.backend import loopback_address
+from coiled_core.testing import noderunner
 
 __all__ = [
     "Credentials",
@@ -162,7 +164,6 @@ __all__ = [
     "default_max_instances",
     "loopback_address",
     "main",
-    "reap_orphans",
 ]
 
 logger = logging.getLogger(__name__)
@@ -362,6 +363,7 @@ class OfflineEC2:
         self._server: Any = None
         self._endpoint_url: str | None = None
         self._marker = ""
+        self._watchdog: subprocess.Popen | None = None
         self._lock = threading.RLock()
         self._instances: dict[str, OfflineInstance] = {}
         self._running: dict[str, _Running] = {}
@@ -466,7 +468,6 @@ class OfflineEC2:
     def _start(self) -> None:
         from coiled_core.testing.standin import StandInProof
 
-        reap_orphans()
         self._standin = StandInProof().create()
         self._stop_event.clear()  # started again after a stop
         if self._workdir_arg is not None:
@@ -488,6 +489,7 @@ class OfflineEC2:
             shim.chmod(0o755)
         me = psutil.Process()
         self._marker = f"{me.pid}:{me.create_time():.3f}:{uuid.uuid4().hex}"
+        self._watchdog = noderunner.start_watchdog(self._marker, self.kill_grace)
         if "MOTO_ACCOUNT_ID" in os.environ:
             # moto would put every request in that account, whoever signed it.
             raise RuntimeError("unset MOTO_ACCOUNT_ID: the offline simulator keeps its accounts apart")
@@ -542,6 +544,10 @@ class OfflineEC2:
             self._killers.clear()
             if self._marker:
                 _kill_processes(_marked_processes(lambda value: value == self._marker), self.kill_grace)
+            if self._watchdog is not None:
+                self._watchdog.terminate()  # nothing left for it to end
+                self._watchdog.wait(10)
+                self._watchdog = None
             if self._server is not None:
                 self._server.stop()
                 self._server = None
@@ -1100,28 +1106,6 @@ def _kill_processes(procs: list[psutil.Process], grace: float) -> None:
         except psutil.Error:
             pass
     psutil.wait_procs(alive, timeout=2)
-
-
-def reap_orphans(grace: float = 3.0) -> int:
-    """Kill simulated-instance processes whose runner's process is gone (say, killed with
-    SIGKILL before it could stop them). Returns how many were found. :meth:`OfflineEC2.start`
-    calls it."""
-
-    def orphaned(marker: str) -> bool:
-        try:
-            pid_text, created, _ = marker.split(":", 2)
-            runner = psutil.Process(int(pid_text))
-            return abs(runner.create_time() - float(created)) > 0.01
-        except psutil.NoSuchProcess:
-            return True
-        except (ValueError, psutil.Error):
-            return False
-
-    procs = _marked_processes(orphaned)
-    if procs:
-        logger.warning("offline EC2: killing %d processes left by a runner that is gone", len(procs))
-        _kill_processes(procs, grace)
-    return len(procs)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

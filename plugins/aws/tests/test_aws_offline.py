@@ -6,6 +6,7 @@ import base64
 import os
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.parse
@@ -24,7 +25,6 @@ from coiled_aws.offline import (
     OfflineEC2,
     default_max_instances,
     loopback_address,
-    reap_orphans,
 )
 
 pytestmark = pytest.mark.timeout(60)
@@ -252,25 +252,49 @@ def test_stop_leaves_no_process(tmp_path: Path) -> None:
     sim.stop()  # idempotent
 
 
-def test_reap_orphans_of_a_dead_runner() -> None:
-    """Processes whose runner died (say, SIGKILL) are killed by the next start; others are not."""
+def test_a_start_leaves_other_runs_processes_alone(tmp_path: Path) -> None:
+    """A process marked by a runner that is gone is another run's: starting kills nothing."""
     dead = subprocess.Popen(["true"])
     dead.wait()
-    me = psutil.Process()
-    markers = {
-        "orphan": f"{dead.pid}:0.000:x",
-        "alive": f"{me.pid}:{me.create_time():.3f}:y",
-    }
-    procs = {
-        name: subprocess.Popen(["sleep", "1000"], env={**os.environ, RUNNER_ENV: marker})
-        for name, marker in markers.items()
-    }
+    stranger = subprocess.Popen(["sleep", "1000"], env={**os.environ, RUNNER_ENV: f"{dead.pid}:0.000:x"})
     try:
-        wait_for(lambda: marked_processes() and marked_processes(dead.pid), what="marked processes")
-        assert reap_orphans(grace=1.0) >= 1
-        assert procs["orphan"].poll() is not None  # killed (and reaped by psutil)
-        assert procs["alive"].poll() is None
+        wait_for(lambda: marked_processes(dead.pid), what="the stranger's process")
+        with OfflineEC2(workdir=tmp_path / "ec2", run_scripts=False):
+            pass
+        assert stranger.poll() is None, "a starting stand-in killed a process it did not start"
     finally:
-        for p in procs.values():
-            p.kill()
-            p.wait()
+        stranger.kill()
+        stranger.wait()
+
+
+_RUNNER = """
+import sys, time
+from coiled_aws.offline import OfflineEC2
+sim = OfflineEC2(workdir=sys.argv[1], poll_interval=0.1, kill_grace=1.0).start()
+ec2 = sim.client("ec2")
+image = ec2.describe_images()["Images"][0]["ImageId"]
+iid = ec2.run_instances(ImageId=image, InstanceType="t3.micro", MinCount=1, MaxCount=1, UserData="sleep 1000")["Instances"][0]["InstanceId"]
+while sim.instances.get(iid) is None or sim.instances[iid].pid is None:
+    time.sleep(0.05)
+print(sim.instances[iid].pid, flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.timeout(120)
+def test_the_instances_of_a_killed_runner_end_by_themselves_and_only_theirs(tmp_path: Path) -> None:
+    """SIGKILL leaves a runner no chance to stop its instances: its watchdog ends them, and
+    only them (a stranger's process carrying another marker lives on)."""
+    runner = subprocess.Popen([sys.executable, "-c", _RUNNER, str(tmp_path / "ec2")], stdout=subprocess.PIPE, text=True)
+    stranger = subprocess.Popen(["sleep", "1000"], env={**os.environ, RUNNER_ENV: f"{runner.pid}:0.000:other"})
+    try:
+        machine = int(runner.stdout.readline())
+        runner.kill()
+        runner.wait(10)
+        wait_for(lambda: gone(machine), timeout=60, what="the killed runner's instance to end")
+        assert stranger.poll() is None, "the watchdog killed a process of another marker"
+    finally:
+        for p in (runner, stranger):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
