@@ -151,8 +151,10 @@ def keyword_options() -> dict[str, str]:
 @hookimpl
 def tls_policy(options: AWSOptions) -> TLSPolicy:
     # Cloud nodes are reachable over the network, so TLS is on unless the user turns it off;
-    # security=False stays allowed (a private VPC may not need it) and warns on public addresses.
-    return TLSPolicy(default=True, required=False)
+    # security=False stays allowed (a private VPC may not need it); on public addresses the core
+    # warns (one rule for every backend: TLSPolicy.public_reach).
+    reach = (options.allow_ingress_from or "this client's public address") if options.use_public_ip else None
+    return TLSPolicy(default=True, required=False, public_reach=reach)
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -455,21 +457,6 @@ def _kms_key_arn(aws: AWS, options: AWSOptions) -> str | None:
         return parameters.resolve_kms_key(aws, options.kms_key_id)
     except ValueError as e:
         raise ClusterSpecError(f"backend_options: {e}") from None
-
-
-def _warn_if_exposed(spec: ClusterSpec, options: AWSOptions, cidr: str) -> None:
-    """``security=False`` on public addresses: anyone who reaches the scheduler runs code on it."""
-    if spec.security or not options.use_public_ip:
-        return
-    message = (
-        f"security=False: cluster {spec.name!r} runs WITHOUT TLS or authentication on public addresses. "
-        f"Its scheduler (port {network.SCHEDULER_PORT}) and dashboard (port {network.DASHBOARD_PORT}) accept "
-        f"anyone connecting from {cidr}: whoever can reach them can run any code on every node, with the "
-        "nodes' role, and read all data in the cluster; traffic is unencrypted. Use security=True (the "
-        "default), or use_public_ip=False in backend_options with a private network."
-    )
-    logger.warning(message)
-    warnings.warn(message, UserWarning, stacklevel=2)
 
 
 # -- checks before anything exists ------------------------------------------------------------
@@ -780,8 +767,6 @@ def provision(spec: ClusterSpec, options: AWSOptions, tls: ClusterTLS | None) ->
     # core ran preflight already; a direct caller did not).
     plan = _plan(aws, spec, options)
     boundary = _permissions_boundary(aws, options)
-    _warn_if_exposed(spec, options, plan.cidr)
-
     step = "preparing artifacts"
     try:
         boot = _Boot(aws, spec, options)

@@ -14,6 +14,7 @@ from botocore.exceptions import ClientError
 from aws_node_roles import node_config
 
 from coiled_core.backend import NodeConfig, worker_name_prefix
+from coiled_core.cluster import check_cluster
 from coiled_core.errors import CoiledError, ProvisionError
 from coiled_core.plugins import load_backend
 from coiled_core.spec import resolve_cluster_spec
@@ -263,25 +264,16 @@ def test_spot_policies_launch_all_workers_in_one_call(offline_ec2, backend, poli
     assert _tagged(offline_ec2, spec.name) == ([], [], [])
 
 
-def test_security_off_on_public_addresses_warns_loudly(offline_ec2, backend, caplog):
-    """Without TLS, whoever reaches a public scheduler runs code on the cluster: say so."""
-    backend, options = backend
+def test_security_off_on_public_addresses_warns_loudly(caplog):
+    """Without TLS, whoever reaches a public scheduler runs code on the cluster: the core says so
+    before anything exists, naming who may connect (the rule every backend shares)."""
     with pytest.warns(UserWarning, match=r"security=False: cluster 'exposed' runs WITHOUT TLS.*127\.0\.0\.1/32"):
-        record = backend.provision(_spec("exposed", n_workers=0), options)
-    try:
-        assert record.dashboard_url.startswith("http://")
-        assert any("security=False" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
-    finally:
-        backend.teardown(record, options)
+        check_cluster(name="exposed", backend="aws", backend_options=OPTIONS, security=False, n_workers=0)
+    assert any("security=False" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
 
 
-def test_security_off_on_private_addresses_does_not_warn(offline_ec2, backend):
-    backend, _ = backend
-    options = backend.validate_options({**OPTIONS, "use_public_ip": False})
-    spec = resolve_cluster_spec(
-        {"name": "private-only", "n_workers": 0, "security": False, "backend_options": options.model_dump()}
-    )
+def test_security_off_on_private_addresses_does_not_warn():
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
-        record = backend.provision(spec, options)
-    backend.teardown(record, options)
+        check_cluster(name="private-only", backend="aws", backend_options={**OPTIONS, "use_public_ip": False},
+                      security=False, n_workers=0)
