@@ -34,7 +34,8 @@ The VM boot script (:mod:`coiled_core.node.bootstrap`)
     ``pinned_software`` (the client's pins and a fresh build id, for a new cluster's nodes),
     ``record_cluster_packs`` (pin what a cluster's nodes built, from ``cluster_started``)
 Addresses
-    ``node_host``, ``map_address``, ``loopback_mode``, ``loopback_address``
+    ``node_host``, ``map_address``, ``loopback_mode``, ``loopback_address``, ``require_standin``
+    (refuse a backend's own offline switch, such as an endpoint override, unless a stand-in runs)
 TLS
     ``ClusterTLS`` (what ``provision`` receives), ``credentials_directory`` (where the store
     keeps a cluster's credentials when it is on this machine)
@@ -105,6 +106,7 @@ _LAZY = {
     "map_address": "coiled_core.node.addresses",
     "loopback_mode": "coiled_core.node.addresses",
     "loopback_address": "coiled_core.node.addresses",
+    "require_standin": "coiled_core.node.addresses",
     "ClusterTLS": "coiled_core.security",
     "ClaimLease": "coiled_core.claims",
     "dns_label": "coiled_core.names",

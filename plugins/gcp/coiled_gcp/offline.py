@@ -68,6 +68,7 @@ from pathlib import Path
 from typing import Any
 
 from coiled_core.testing import noderunner
+from coiled_core.testing.standin import StandInProof
 from coiled_gcp import offline_api
 
 logger = logging.getLogger(__name__)
@@ -190,6 +191,7 @@ class OfflineGCP:
         self._thread: threading.Thread | None = None
         self._watcher: threading.Thread | None = None
         self._watchdog: Any = None
+        self._proof: StandInProof | None = None
         self._block: noderunner.LoopbackBlock | None = None
         self._stopping = threading.Event()
 
@@ -207,9 +209,12 @@ class OfflineGCP:
             "COILED_GCP_TOKEN": self.token,
             "GOOGLE_CLOUD_PROJECT": self.project,
             "DASK_COILED__LOOPBACK_ADDRESSES": "true",
+            # The switches above are honoured only while this proof says a stand-in runs.
+            **self._proof.environ(),
         }
 
     def start(self) -> OfflineGCP:
+        self._proof = StandInProof().create()
         self._marker = noderunner.new_marker()
         # Addresses of this run alone: 10.B.x.y, whose nodes bind 127.B.x.y (B: a free block).
         self._block = noderunner.LoopbackBlock(LOOPBACK_OCTETS)
@@ -246,6 +251,9 @@ class OfflineGCP:
                 if machine.popen is not None:
                     machine.popen.poll()
             self._machines.clear()
+        if self._proof is not None:
+            self._proof.remove()
+            self._proof = None
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()

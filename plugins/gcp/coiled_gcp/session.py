@@ -16,7 +16,7 @@ import time
 from functools import cached_property
 from typing import Any
 
-from coiled_core.backend import ClusterSpecError, CoiledError, ProvisionError
+from coiled_core.backend import ClusterSpecError, CoiledError, ProvisionError, require_standin
 from coiled_gcp.options import GCPOptions
 
 CREDENTIALS_HELP = (
@@ -40,6 +40,10 @@ class GCP:
         self.options = options
         self.region = options.region
         self.endpoint = os.environ.get("COILED_GCP_ENDPOINT") or None
+        if self.endpoint:
+            # The offline stand-in's switch: anywhere else it would send this client's requests
+            # (and COILED_GCP_TOKEN) to whatever the variable names.
+            require_standin("COILED_GCP_ENDPOINT")
         self._credentials: Any = None
         self._project = options.project or os.environ.get("GOOGLE_CLOUD_PROJECT") or os.environ.get("CLOUDSDK_CORE_PROJECT")
 

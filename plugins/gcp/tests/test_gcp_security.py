@@ -323,3 +323,30 @@ def test_a_node_asks_again_while_iam_lets_its_new_account_in(api_only):
         assert node.load_secrets().environ == {"A": "1"}
     finally:
         storage.delete_secret(gcp, "coiled-propagation-worker")
+
+
+# -- offline switches ----------------------------------------------------------------------------
+def test_the_endpoint_switch_is_refused_where_no_stand_in_runs(monkeypatch):
+    """``COILED_GCP_ENDPOINT`` points the client (and its token) at another server: outside the
+    stand-in's tests and demos it is refused before any request is made."""
+    from coiled_core.node.addresses import STANDIN_VARIABLE, OfflineSwitchError
+
+    monkeypatch.delenv(STANDIN_VARIABLE, raising=False)
+    monkeypatch.setenv("COILED_GCP_ENDPOINT", "http://127.0.0.1:9")
+    with pytest.raises(OfflineSwitchError, match="COILED_GCP_ENDPOINT is a switch of the offline stand-ins"):
+        GCP(GCPOptions(project="p"))
+
+
+def test_the_stand_in_carries_its_own_proof(tmp_path, monkeypatch):
+    from coiled_gcp.offline import OfflineGCP
+
+    from coiled_core.node.addresses import STANDIN_VARIABLE, standin_running
+
+    monkeypatch.delenv(STANDIN_VARIABLE, raising=False)
+    with OfflineGCP(workdir=tmp_path / "gce", run_scripts=False) as fake:
+        proof = fake.environ()[STANDIN_VARIABLE]
+        assert standin_running(proof)
+        monkeypatch.setenv(STANDIN_VARIABLE, proof)
+        monkeypatch.setenv("COILED_GCP_ENDPOINT", fake.endpoint)
+        assert GCP(GCPOptions(project=fake.project)).endpoint == fake.endpoint
+    assert not standin_running(proof)
