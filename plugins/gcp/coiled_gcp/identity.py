@@ -138,11 +138,19 @@ def _objects(bucket: str, prefix: str) -> str:
     return f'resource.name.startsWith("projects/_/buckets/{bucket}/objects/{prefix}")'
 
 
-def bucket_bindings(bucket: str, label: str, email: str) -> list[dict]:
-    """The bucket's conditional bindings for cluster ``label``'s account."""
+def _build_objects(bucket: str, build_id: str) -> str:
+    # envs/<key>/builds/<build id>/...: the key varies, so a prefix cannot say it; extract()
+    # answers "" unless the name has this shape (IAM conditions test names, never labels).
+    return f'resource.name.extract("projects/_/buckets/{bucket}/objects/envs/{{key}}/builds/{build_id}/") != ""'
+
+
+def bucket_bindings(bucket: str, label: str, email: str, build_id: str = "") -> list[dict]:
+    """The bucket's conditional bindings for cluster ``label``'s account: it reads the agent and
+    the environment packs, and writes only its own logs and the packs of its own build
+    (``build_id``; none without one): never another build, a pin or the agent."""
     member = f"serviceAccount:{email}"
     read = " || ".join(_objects(bucket, p) for p in ("agent/", "envs/"))
-    write = " || ".join(_objects(bucket, p) for p in ("envs/", f"logs/{label}/"))
+    write = " || ".join([_objects(bucket, f"logs/{label}/"), *([_build_objects(bucket, build_id)] if build_id else [])])
     return [
         {"role": OBJECT_VIEWER, "members": [member], "condition": {"title": f"coiled {label} reads", "expression": read}},
         {"role": OBJECT_USER, "members": [member], "condition": {"title": f"coiled {label} writes", "expression": write}},
@@ -170,9 +178,9 @@ def _edit_bucket_policy(gcp: GCP, bucket: str, change: Any, what: str) -> None:
     raise ProvisionError(f"{what}: the bucket's policy kept changing underneath")
 
 
-def grant_bucket(gcp: GCP, bucket: str, label: str, email: str) -> None:
+def grant_bucket(gcp: GCP, bucket: str, label: str, email: str, build_id: str = "") -> None:
     member = f"serviceAccount:{email}"
-    ours = bucket_bindings(bucket, label, email)
+    ours = bucket_bindings(bucket, label, email, build_id)
     _edit_bucket_policy(gcp, bucket, lambda bindings: [b for b in bindings if member not in b.get("members", [])] + ours, f"granting the nodes access to bucket {bucket}")
 
 

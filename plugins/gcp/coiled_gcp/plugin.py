@@ -666,7 +666,7 @@ def provision(spec: ClusterSpec, options: GCPOptions, tls: ClusterTLS | None) ->
             step = "creating the nodes' service account"
             identity.ensure_node_role(gcp)
             identity.create_account(gcp, boot.label, spec.name)
-            identity.grant_bucket(gcp, boot.bucket, boot.label, boot.account)
+            identity.grant_bucket(gcp, boot.bucket, boot.label, boot.account, boot.software.build_id)
         step = "creating the firewall rules"
         _create_firewalls(gcp, boot, plan.cidr)
         step = "storing secrets"

@@ -95,9 +95,15 @@ def test_nodes_run_as_their_clusters_own_account_that_reaches_only_its_cluster(a
             assert f"secrets/{storage.secret_id(label, 'spec')}" not in api_only.state.policies  # the spec is the client's
             bucket = api_only.state.policies[f"buckets/{storage.bucket_name(gcp)}"]
             ours = [b for b in bucket["bindings"] if member in b["members"]]
-            assert ours == identity.bucket_bindings(storage.bucket_name(gcp), label, email)
+            build_id = _record.backend_ids["build_id"]
+            assert build_id
+            assert ours == identity.bucket_bindings(storage.bucket_name(gcp), label, email, build_id)
             assert all("condition" in b for b in ours)
-            assert f"logs/{label}/" in ours[1]["condition"]["expression"] and "labels" not in json.dumps(ours)
+            writes = ours[1]["condition"]["expression"]
+            assert f"logs/{label}/" in writes and "labels" not in json.dumps(ours)
+            # Packs only of its own build: never another cluster's build, a pin or the agent.
+            assert f'objects/envs/{{key}}/builds/{build_id}/")' in writes
+            assert "objects/envs/\")" not in writes and "pins/" not in writes and "agent/" not in writes
         # Neither cluster's account is on any resource of the other's.
         one = f"serviceAccount:{identity.account_email(gcp, plugin.cluster_label('identity-one'))}"
         for key, policy in api_only.state.policies.items():
@@ -240,6 +246,8 @@ _PERMISSIONS = [
     ("GET", r"/regions/[^/]+/addresses$", {"compute.addresses.list"}),
     ("GET", r"/regions/[^/]+/addresses/[^/]+$", {"compute.addresses.get"}),
     ("DELETE", r"/regions/[^/]+/addresses/[^/]+$", {"compute.addresses.deleteInternal"}),
+    ("GET", r"/global/networks/[^/]+$", {"compute.networks.get"}),
+    ("GET", r"/regions/[^/]+/subnetworks/[^/]+$", {"compute.subnetworks.get"}),
     ("GET", r"/machineTypes(/[^/]+)?$", {"compute.machineTypes.list", "compute.machineTypes.get"}),
     ("GET", r"/compute/v1/projects/[^/]+/regions/[^/]+$", {"compute.regions.get"}),
     ("(GET|POST)", r"/zones/[^/]+/operations/", {"compute.zoneOperations.get"}),
@@ -305,8 +313,10 @@ def test_the_documented_client_role_is_exactly_what_the_client_calls(api_only):
     assert needed <= granted, sorted(needed - granted)
     # Nothing more than the calls need, nor any predefined admin role. Offline every operation
     # is DONE at once, so the waits on pending ones are not seen; the lifecycle update is for a
-    # bucket made before logs expired.
-    implied = {"compute.zoneOperations.get", "compute.regionOperations.get", "compute.globalOperations.get", "storage.buckets.update"}
+    # bucket made before logs expired; a subnetwork is looked up when the user names one (this
+    # cluster is on the default network).
+    implied = {"compute.zoneOperations.get", "compute.regionOperations.get", "compute.globalOperations.get", "storage.buckets.update",
+               "compute.subnetworks.get"}
     assert granted - needed <= implied, sorted(granted - needed - implied)
     assert not any(p.endswith(".*") or p.startswith("roles/") for p in granted)
 
