@@ -35,7 +35,9 @@ The VM boot script (:mod:`coiled_core.node.bootstrap`)
     ``record_cluster_packs`` (pin what a cluster's nodes built, from ``cluster_started``)
 Addresses
     ``node_host``, ``map_address``, ``loopback_mode``, ``loopback_address``, ``require_standin``
-    (refuse a backend's own offline switch, such as an endpoint override, unless a stand-in runs)
+    (refuse a backend's own offline switch, such as an endpoint override, unless a stand-in runs),
+    ``client_cidr`` (``allow_ingress_from`` as one network: by default this client's public
+    address, the only one a scheduler with an outside address admits)
 TLS
     ``ClusterTLS`` (what ``provision`` receives), ``credentials_directory`` (where the store
     keeps a cluster's credentials when it is on this machine)
@@ -107,6 +109,7 @@ _LAZY = {
     "loopback_mode": "coiled_core.node.addresses",
     "loopback_address": "coiled_core.node.addresses",
     "require_standin": "coiled_core.node.addresses",
+    "client_cidr": "coiled_core.ingress",
     "ClusterTLS": "coiled_core.security",
     "ClaimLease": "coiled_core.claims",
     "dns_label": "coiled_core.names",

@@ -10,21 +10,19 @@ from __future__ import annotations
 
 import ipaddress
 import random
-import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
 from coiled_core.backend import ClusterSpecError, CoiledError, dns_label
+from coiled_core.backend import client_cidr as ingress_cidr
 
-from coiled_aws.options import INGRESS_ME, AWSOptions
+from coiled_aws.options import AWSOptions
 
 #: Scheduler and dashboard ports: each node has an address of its own, so they can be fixed.
 SCHEDULER_PORT = 8786
 DASHBOARD_PORT = 8787
 #: Opened to ``allow_ingress_from`` with ``allow_ssh``.
 SSH_PORT = 22
-#: Where the client's public address is asked for (allow_ingress_from 'me', the default).
-PUBLIC_ADDRESS_URL = "https://checkip.amazonaws.com"
 
 
 @dataclass
@@ -90,27 +88,10 @@ def free_private_address(ec2: Any, placement: Placement, avoid: set[str] = froze
     raise CoiledError(f"subnet {placement.subnet_id} ({placement.cidr}) has no free address for the scheduler")
 
 
-def public_address() -> str:
-    """This client's public address, as seen from AWS (raises OSError or ValueError if unknown)."""
-    with urllib.request.urlopen(PUBLIC_ADDRESS_URL, timeout=5) as response:
-        return str(ipaddress.ip_address(response.read().decode().strip()))
-
-
 def client_cidr(options: AWSOptions) -> str:
-    """``allow_ingress_from`` as a network: a given CIDR as is; for 'me' (and by default) this
-    client's public address as a /32 (/128 for IPv6)."""
-    if options.allow_ingress_from and options.allow_ingress_from != INGRESS_ME:
-        return options.allow_ingress_from
-    try:
-        address = ipaddress.ip_address(public_address())
-    except (OSError, ValueError):
-        asked = "allow_ingress_from is 'me'" if options.allow_ingress_from else "allow_ingress_from is not set"
-        raise ClusterSpecError(
-            f"allow_ingress_from: {asked} and this machine's public address could not be detected (asked "
-            f"{PUBLIC_ADDRESS_URL}); give the address range allowed to reach the scheduler, e.g. "
-            "allow_ingress_from='203.0.113.7/32' (or 'everyone')"
-        ) from None
-    return f"{address}/{address.max_prefixlen}"
+    """``allow_ingress_from`` as a network (the core's rule: a given CIDR, else this client's
+    public address as a /32)."""
+    return ingress_cidr(options.allow_ingress_from)
 
 
 def _ip_ranges(cidr: str, description: str) -> dict[str, list[dict[str, str]]]:

@@ -23,7 +23,6 @@ import logging
 import re
 import secrets
 import time
-import warnings
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path

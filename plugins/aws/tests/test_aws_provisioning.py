@@ -217,10 +217,10 @@ def test_missing_credentials_fail_before_anything(monkeypatch, backend):
 
 
 def test_undetectable_client_address_asks_for_allow_ingress_from(monkeypatch, backend):
-    import coiled_aws.network as network
+    from coiled_core import ingress
 
     backend, _ = backend
-    monkeypatch.setattr(network, "PUBLIC_ADDRESS_URL", "http://127.0.0.1:9/unreachable")
+    monkeypatch.setattr(ingress, "PUBLIC_ADDRESS_URL", "http://127.0.0.1:9/unreachable")
     options = backend.validate_options({"region": "us-east-1"})
     with pytest.raises(CoiledError, match="allow_ingress_from"):
         backend.provision(_spec("no-ingress"), options)

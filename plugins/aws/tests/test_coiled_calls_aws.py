@@ -20,6 +20,7 @@ import pytest
 
 import coiled
 from coiled import ClusterSpecError, CoiledError
+from coiled_core import ingress
 
 from coiled_aws import network
 
@@ -121,7 +122,7 @@ def environments_and_configurations():
     """The software environments and configuration the reference calls name, and no address
     lookup: 'me' is :data:`CLIENT_ADDRESS`."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(network, "public_address", lambda: CLIENT_ADDRESS)
+        patch.setattr(ingress, "public_address", lambda: CLIENT_ADDRESS)
         made = [call for call, _ in REFERENCE_OTHER_CALLS if ".create_" in call]
         for call in made:
             _run(call)

@@ -13,6 +13,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 import coiled
+from coiled_core import ingress
 from coiled_core.backend import dns_label, worker_name_prefix
 from coiled_core.plugins import load_backend
 from coiled_core.spec import resolve_cluster_spec
@@ -67,7 +68,7 @@ def _tags(resource):
 
 
 def test_a_modern_coiled_call_with_a_coiled_style_name_runs_and_leaves_nothing(offline_ec2, monkeypatch):
-    monkeypatch.setattr(network, "public_address", lambda: CLIENT_ADDRESS)
+    monkeypatch.setattr(ingress, "public_address", lambda: CLIENT_ADDRESS)
     name = "My_Cluster-2"
     ec2 = offline_ec2.client("ec2", REGION)
     cluster = coiled.Cluster(

@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import dataclasses
 import getpass
-import ipaddress
 import logging
 import secrets
 import threading
 import time
-import urllib.request
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -44,15 +42,16 @@ from coiled_core.backend import (
     agent_bundle,
     boot_software,
     build_environment_pack,
-    pinned_software,
-    record_cluster_packs,
     build_node_config,
+    client_cidr,
     dns_label,
     hookimpl,
     loopback_mode,
     map_address,
     node_requirements,
     past_lifetime,
+    pinned_software,
+    record_cluster_packs,
     software_environment,
     worker_name_prefix,
 )
@@ -86,7 +85,6 @@ DEFAULT_IMAGES = {False: "projects/debian-cloud/global/images/family/debian-12",
 #: of that project install the driver if the family does not carry it.
 GPU_IMAGE = "projects/deeplearning-platform-release/global/images/family/common-cu128-ubuntu-2204-nvidia-570"
 GPU_DRIVER_ITEM = {"key": "install-nvidia-driver", "value": "True"}
-PUBLIC_ADDRESS_URL = "https://checkip.amazonaws.com"
 logger = logging.getLogger("coiled_gcp")
 
 #: Today's generic Coiled keywords -> the option each sets.
@@ -196,17 +194,7 @@ def _parameter(spec: ClusterSpec, keyword: str, option: str) -> str:
 
 
 def _client_cidr(options: GCPOptions) -> str:
-    if options.allow_ingress_from:
-        return options.allow_ingress_from
-    try:
-        with urllib.request.urlopen(PUBLIC_ADDRESS_URL, timeout=10) as reply:
-            address = ipaddress.ip_address(reply.read().decode().strip())
-    except (OSError, ValueError):
-        raise ClusterSpecError(
-            f"allow_ingress_from: this machine's public address could not be detected (asked {PUBLIC_ADDRESS_URL}); "
-            "give the range allowed to reach the scheduler, e.g. allow_ingress_from='203.0.113.7/32'"
-        ) from None
-    return f"{address}/{address.max_prefixlen}"
+    return client_cidr(options.allow_ingress_from)
 
 
 def _last(url: str) -> str:

@@ -27,6 +27,7 @@ from coiled_core.backend import (
     WorkerRecord,
     agent_bundle,
     build_node_config,
+    client_cidr,
     config_get,
     hookimpl,
     loopback_mode,
@@ -185,33 +186,18 @@ def _bundle() -> bytes:
     return agent_bundle(directory, extra_modules=["coiled_k8s.node"]).read_bytes()
 
 
-#: Where the client's public address is asked for (``allow_ingress_from="me"``, the default).
-PUBLIC_ADDRESS_URL = "https://checkip.amazonaws.com"
-
-
 def _source_ranges(options: K8sOptions) -> list[str] | None:
     """The LoadBalancer's ``loadBalancerSourceRanges``: None for a Service of another type or
     ``allow_ingress_from="everyone"``; for ``"me"`` (the default) this client's public address as a
     /32 (/128), as the AWS and GCP backends' firewall rules admit it. In loopback mode (the
     offline Kubernetes) the client is 127.0.0.1."""
-    import ipaddress
-    import urllib.request
-
     if options.service_type != "LoadBalancer" or options.allow_ingress_from == INGRESS_EVERYONE:
         return None
     if options.allow_ingress_from not in (None, INGRESS_ME):
         return list(options.allow_ingress_from)
     if loopback_mode():
         return ["127.0.0.1/32"]
-    try:
-        with urllib.request.urlopen(PUBLIC_ADDRESS_URL, timeout=10) as reply:
-            address = ipaddress.ip_address(reply.read().decode().strip())
-    except (OSError, ValueError):
-        raise ClusterSpecError(
-            f"allow_ingress_from: this machine's public address could not be detected (asked {PUBLIC_ADDRESS_URL}); "
-            "give the ranges allowed to reach the scheduler, e.g. allow_ingress_from='203.0.113.7/32' (or 'everyone')"
-        ) from None
-    return [f"{address}/{address.max_prefixlen}"]
+    return [client_cidr(None, everyone=repr(INGRESS_EVERYONE))]
 
 
 def _owner_ref(owner: Any) -> dict[str, str]:

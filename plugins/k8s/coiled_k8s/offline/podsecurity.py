@@ -15,7 +15,6 @@ Each check below is one of the standard's controls, worded as the admission plug
 
 from __future__ import annotations
 
-from typing import Any
 
 LABEL_ENFORCE = "pod-security.kubernetes.io/enforce"
 LABEL_ENFORCE_VERSION = "pod-security.kubernetes.io/enforce-version"
