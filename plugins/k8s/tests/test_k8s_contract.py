@@ -1,4 +1,6 @@
-"""The k8s backend passes the whole contract suite on the offline Kubernetes."""
+"""The k8s backend passes the whole contract suite on the offline Kubernetes, in a namespace whose
+Pod Security admission enforces the restricted standard (the strictest: what passes there passes
+in an unlabelled namespace too, where the backend's other tests run)."""
 
 import signal
 
@@ -25,15 +27,14 @@ class TestK8sContract(BackendContract):
     # One worker keeps each of the suite's clusters small on two cores; the tests that need more scale up.
     cluster_kwargs = {"n_workers": 1, "worker_cpu": 1, "worker_memory": "1 GiB"}  # noqa: RUF012
     worker_timeout = 120.0
-    #: The namespace of the suite's clusters (None: the kubeconfig's, "default").
-    namespace = None
+    #: The namespace of the suite's clusters, labelled to enforce the restricted standard.
+    namespace = "dask-restricted"
 
     @pytest.fixture(autouse=True)
     def _offline(self, offline_k8s):
         self.offline = offline_k8s
-        type(self).backend_options = {"kubeconfig": offline_k8s.kubeconfig}
-        if self.namespace:
-            type(self).backend_options["namespace"] = self.namespace
+        offline_k8s.create_namespace(self.namespace, {LABEL_ENFORCE: "restricted"})
+        type(self).backend_options = {"kubeconfig": offline_k8s.kubeconfig, "namespace": self.namespace}
 
     def assert_nothing_left(self, record):
         uid = record.backend_ids["uid"]
@@ -51,7 +52,7 @@ class TestK8sContract(BackendContract):
         deleted the owner (once, and did nothing else), before the suite's gc could."""
         super().test_killed_creator_leaves_nothing()
         calls = [(user, verb, resource, count) for (user, verb, _, resource), count in self.offline.api.calls.items()
-                 if user.startswith(f"system:serviceaccount:{self.namespace or 'default'}:orphan-")]
+                 if user.startswith(f"system:serviceaccount:{self.namespace}:orphan-")]
         assert [(verb, resource, count) for _, verb, resource, count in calls] == [("delete", "configmaps", 1)]
 
     def _processes(self, cluster_uid):
@@ -77,32 +78,3 @@ class TestK8sContract(BackendContract):
 
     def running_worker_processes(self, record):
         return sum(1 for w in record.workers if (uid := self._pod_uid(w.name)) and pod_processes(self.offline, uid))
-
-
-class TestK8sContractRestricted(TestK8sContract):
-    """The essential contract tests again, in a namespace whose Pod Security admission enforces
-    the restricted standard: the backend's pods meet it, and install pip packages as non-root."""
-
-    namespace = "dask-restricted"
-
-    @pytest.fixture(autouse=True)
-    def _restricted_namespace(self, offline_k8s):
-        offline_k8s.create_namespace(self.namespace, {LABEL_ENFORCE: "restricted"})
-
-    # The rest of the suite runs once, in the unlabelled namespace: what it checks does not
-    # depend on the pods' security context.
-    test_failed_start_tears_down_everything = None
-    test_wait_for_workers_forms = None
-    test_workers_have_requested_resources = None
-    test_describe_and_list = None
-    test_dashboard_answers = None
-    test_tls_cluster_gc_spares_it_and_logs_outlive_it = None
-    test_adaptive_scaling = None
-    test_two_sessions_share_a_named_cluster = None
-    test_concurrent_creation_gives_one_cluster = None
-    test_close_honours_shutdown_on_close_and_shutdown_always_tears_down = None
-    test_an_attached_process_scales = None
-    test_live_cluster_object_counts_as_a_client = None
-    test_cluster_timeout_caps_the_lifetime = None
-    test_credentials_end_with_the_cluster = None
-    test_workers_of_a_frozen_scheduler_end = None
