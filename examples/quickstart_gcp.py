@@ -11,14 +11,12 @@ import os
 import dask.config
 from coiled_gcp.offline import OfflineGCP
 
-from coiled_core.testing.standin import standin_proof
-
 
 def main() -> None:
     cache = os.path.join(os.path.expanduser("~"), ".cache", "coiled", "offline-env-cache")
-    # The offline switches are honoured only while a stand-in proves it runs.
-    with standin_proof() as proof, OfflineGCP(env_cache=cache) as fake:
-        os.environ.update({**fake.environ(), **proof.environ()})
+    # The stand-in's variables carry its proof that it runs: its switches are honoured only then.
+    with OfflineGCP(env_cache=cache) as fake:
+        os.environ.update(fake.environ())
         settings = {
             "coiled.backend": "gcp",
             "coiled.loopback-addresses": True,
