@@ -877,7 +877,8 @@ class _Gate:
     requests, ``/moto-api`` included, are refused.
 
     It refuses a request that breaks its operation's constraints in botocore's model (lengths,
-    patterns, enums, ranges: :func:`coiled_aws.testing.validation.request_violations`), whoever
+    patterns, enums, ranges: :func:`coiled_aws.testing.validation.request_violations`, and for
+    S3's REST requests :func:`~coiled_aws.testing.validation.rest_request_violations`), whoever
     sent it, with the error AWS answers.
 
     It also plays S3's ``ExpectedBucketOwner`` check, which moto ignores: a request carrying
@@ -898,6 +899,7 @@ class _Gate:
             environ["HTTP_X_MOTO_ACCOUNT_ID"] = credentials.account_id
             if service == "s3":
                 self._check_bucket_owner(environ, credentials)
+                self._check_rest_model(service, environ)
             else:
                 self._check_model(service, environ, body)
         except _Refused as refusal:
@@ -931,6 +933,22 @@ class _Gate:
         from coiled_aws.testing.validation import request_violations
 
         broken = request_violations(service, environ.get("HTTP_X_AMZ_TARGET"), body)
+        if broken is not None:
+            raise _Refused(broken[0], broken[1], "400 Bad Request")
+
+    @staticmethod
+    def _check_rest_model(service: str, environ: Mapping[str, Any]) -> None:
+        """:meth:`_check_model` for a REST request (S3): its URI, query and header members."""
+        from urllib.parse import parse_qsl
+
+        from coiled_aws.testing.validation import rest_request_violations
+
+        headers = {k[5:].lower().replace("_", "-"): v for k, v in environ.items() if k.startswith("HTTP_")}
+        for name in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+            if environ.get(name):
+                headers[name.lower().replace("_", "-")] = environ[name]
+        query = dict(parse_qsl(environ.get("QUERY_STRING", ""), keep_blank_values=True))
+        broken = rest_request_violations(service, environ.get("REQUEST_METHOD", ""), environ.get("PATH_INFO", ""), query, headers)
         if broken is not None:
             raise _Refused(broken[0], broken[1], "400 Bad Request")
 

@@ -81,7 +81,7 @@ def test_a_valid_request_passes(aws):
 
 def test_a_process_without_the_plugin_is_refused_by_the_stand_in(offline_ec2, tmp_path):
     """The nodes' processes cannot import the plugin: the stand-in itself refuses what they send
-    that AWS would refuse (SSM, EC2, IAM, STS), with AWS's error."""
+    that AWS would refuse (SSM, EC2, IAM, STS, S3), with AWS's error."""
     import subprocess
     import sys
 
@@ -94,6 +94,8 @@ def test_a_process_without_the_plugin_is_refused_by_the_stand_in(offline_ec2, tm
         "  'ec2': lambda: boto3.client('ec2').describe_launch_templates(MaxResults=500),\n"
         "  'iam': lambda: boto3.client('iam').create_instance_profile(InstanceProfileName='coiled node/x'),\n"
         "  'sts': lambda: boto3.client('sts').get_caller_identity(),\n"
+        "  's3-acl': lambda: boto3.client('s3').put_object(Bucket='any-bucket', Key='k', Body=b'x', ACL='everyone-writes'),\n"
+        "  's3-list': lambda: boto3.client('s3').list_objects_v2(Bucket='any-bucket', EncodingType='base64'),\n"
         "}\n"
         "for name, call in calls.items():\n"
         "    try:\n"
@@ -112,3 +114,6 @@ def test_a_process_without_the_plugin_is_refused_by_the_stand_in(offline_ec2, tm
     assert out["ec2"][0] == "InvalidParameterValue" and "less than or equal to 200" in out["ec2"][1]
     assert out["iam"][0] == "ValidationError" and "regular expression pattern" in out["iam"][1]
     assert out["sts"] == "ok"
+    # S3 speaks REST: its members travel in the path, the query string and the headers.
+    assert out["s3-acl"][0] == "InvalidArgument" and "everyone-writes" in out["s3-acl"][1]
+    assert out["s3-list"][0] == "InvalidArgument" and "base64" in out["s3-list"][1]

@@ -232,6 +232,72 @@ def _query_params(operation: Any, form: dict[str, str], protocol: str) -> dict[s
     return params if again == form else None
 
 
+def _rest_operation(model: Any, method: str, path: str, query: dict[str, str], headers: dict[str, str]) -> tuple[Any, dict[str, str]] | None:
+    """The operation of a REST request (path-style addressing, as against the stand-in) and the
+    values of its URI labels, or None when no operation, or more than one, fits it. Several
+    operations share a method and path (PutObject, CopyObject, UploadPart): the query literals of
+    the path and the members each requires in the query string and headers tell them apart."""
+    import re
+    from urllib.parse import parse_qsl, unquote
+
+    fits: list[tuple[int, Any, dict[str, str]]] = []
+    for name in model.operation_names:
+        operation = model.operation_model(name)
+        if operation.http.get("method") != method:
+            continue
+        template, _, literal = operation.http.get("requestUri", "").partition("?")
+        pattern = re.sub(r"\\\{(\w+)\\\+\\\}", r"(?P<\1>.*)", re.escape(template))
+        pattern = re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[^/]*)", pattern)
+        match = re.fullmatch(pattern + ("/?" if "+" not in template else ""), path)
+        wanted = dict(parse_qsl(literal, keep_blank_values=True))
+        if match is None or any(k not in query or (v and query[k] != v) for k, v in wanted.items()):
+            continue
+        required = [operation.input_shape.members[r].serialization for r in operation.input_shape.required_members] if operation.input_shape else []
+        placed = [(r.get("location"), r.get("name", "")) for r in required if r.get("location") in ("querystring", "header")]
+        if any(name not in query if where == "querystring" else name.lower() not in headers for where, name in placed):
+            continue
+        fits.append((len(wanted) + len(placed), operation, {k: unquote(v) for k, v in match.groupdict().items()}))
+    if not fits:
+        return None
+    best = max(f[0] for f in fits)
+    chosen = [f for f in fits if f[0] == best]
+    return (chosen[0][1], chosen[0][2]) if len(chosen) == 1 else None
+
+
+def _rest_params(operation: Any, labels: dict[str, str], query: dict[str, str], headers: dict[str, str]) -> dict[str, Any]:
+    """The parameters a REST request carries in its URI, query string and headers (its payload,
+    the object's bytes, has no constraints to check)."""
+    params: dict[str, Any] = {}
+    for name, member in (operation.input_shape.members.items() if operation.input_shape else ()):
+        where, wire = member.serialization.get("location"), member.serialization.get("name", name)
+        text = labels.get(wire) if where == "uri" else query.get(wire) if where == "querystring" else headers.get(wire.lower()) if where == "header" else None
+        if text is None or member.type_name not in ("string", "integer", "long", "boolean"):
+            continue
+        try:
+            params[name] = int(text) if member.type_name in ("integer", "long") else text == "true" if member.type_name == "boolean" else text
+        except ValueError:
+            continue
+    return params
+
+
+def rest_request_violations(service: str, method: str, path: str, query: dict[str, str], headers: dict[str, str]) -> tuple[str, str] | None:
+    """:func:`request_violations` for a REST service (S3): the request's method, path, query
+    (decoded) and headers (lower-case names)."""
+    try:
+        model = _service_model(service)
+    except Exception:
+        return None
+    found = _rest_operation(model, method, path, query, headers)
+    if found is None:
+        return None
+    operation, labels = found
+    problems = violations(_rest_params(operation, labels, query, headers), operation.input_shape)
+    if not problems:
+        return None
+    error = refusal(service, operation.name, problems)["Error"]
+    return error["Code"], error["Message"]
+
+
 def request_violations(service: str, target: str | None, body: bytes) -> tuple[str, str] | None:
     """For a request to ``service`` as it reaches the server (its ``X-Amz-Target`` and body):
     the error code and message AWS answers if it breaks its operation's constraints, else None.
