@@ -41,7 +41,8 @@ loopback address (``10.B.x.y`` -> ``127.B.x.y``; ``127.B.0.0/16`` is a block thi
 ``COILED_NODE_HOST``, ``COILED_NODE_ROOT``, the endpoint of this server and the token of the
 instance's service account (``serviceAccounts[0].email``; none without one), never the
 client's. Deleting
-the instance kills its processes. When the script exits (the machine's power-off), the instance
+the instance kills its processes (SIGTERM, then SIGKILL after ``kill_grace``) before the delete
+answers, as a Compute Engine delete is done once the machine has shut down. When the script exits (the machine's power-off), the instance
 is deleted: the backend's power-off deletes the instance (see :mod:`coiled_gcp.bootstrap`).
 The stand-in touches only the machines it started: a watchdog process of its own
 (:func:`coiled_core.testing.noderunner.start_watchdog`) ends them if this process dies without
@@ -659,6 +660,12 @@ class _Handler(BaseHTTPRequestHandler):
             path = urllib.parse.unquote(url.path)
             if path.startswith("/compute/v1/projects/"):
                 status, reply = _compute(fake, method, path[len("/compute/v1/projects/") :], query, body)
+                if api.id == "compute.instances.delete" and status == 200:
+                    # The operation is DONE once the machine has shut down, as on Compute
+                    # Engine: what its node does at its end (ship its log) comes before the
+                    # caller's next step (revoking the node's access). Outside the lock: the
+                    # ending node still calls this server.
+                    fake._kill(urllib.parse.unquote(api.params["instance"]))
             elif path.startswith(("/storage/v1/", "/upload/storage/v1/", "/download/storage/v1/")):
                 status, reply = _storage(fake, method, url.path, query, body)
                 if isinstance(reply, bytes):
@@ -757,7 +764,6 @@ def _compute(fake: OfflineGCP, method: str, path: str, query: dict[str, str], bo
             if method == "DELETE":
                 del state.instances[(zone, name)]
                 state.policies.pop(f"instances/{zone}/{name}", None)
-                threading.Thread(target=fake._kill, args=(name,), daemon=True).start()
                 return 200, fake._operation("zones", zone, "delete", instance["selfLink"])
         if parts[0] == "aggregated" and parts[1] == "instances":
             items = sorted((i for i in state.instances.values() if _matches(i, query.get("filter", ""))), key=lambda i: (i["zone"], i["name"]))
