@@ -6,8 +6,8 @@
 - the power-off: **the node deletes its own instance** (a powered-off GCE instance is only
   ``TERMINATED``, and keeps its disk and its name). It asks the metadata server for its name,
   zone and project and calls ``instances.delete`` on itself with the service account's token
-  (the node's service account needs ``compute.instances.delete`` on the project, or on a
-  custom role bound to instances labelled with the cluster, see the README); if that fails it
+  (the node's service account holds ``compute.instances.delete`` on each of its cluster's
+  instances, through the instance-level grant of :mod:`coiled_gcp.identity`); if that fails it
   powers off, and ``coiled cluster gc`` deletes the ``TERMINATED`` instance. Spot preemption and
   ``maxRunDuration`` delete the instance through ``instanceTerminationAction=DELETE``.
 

@@ -12,8 +12,9 @@ On a Compute Engine node it:
 Settings: ``project``, ``secret`` (the role's secret id), ``delete_on_end`` (secret ids),
 ``log_bucket``, ``log_key`` (``{instance_id}`` filled in), ``log_interval``.
 
-Standard library only (urllib), authenticated with the metadata server's token (offline:
-``COILED_GCP_ENDPOINT`` and ``COILED_GCP_TOKEN``).
+Standard library only (urllib), authenticated with the metadata server's token of the node's
+service account (offline: ``COILED_GCP_ENDPOINT``, and ``COILED_GCP_TOKEN``, that account's token
+as the stand-in hands it to the machine).
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 environment exists (commands and exit codes: :mod:`coiled_core.node.bootstrap`).
 
 Standard library only. It authenticates as the node's service account with a token from the
-metadata server (offline: ``COILED_GCP_ENDPOINT`` and ``COILED_GCP_TOKEN``). ``create`` is an
+metadata server (offline: ``COILED_GCP_ENDPOINT``, and ``COILED_GCP_TOKEN``, the account's token
+as the stand-in hands it to the machine). ``create`` is an
 upload with ``ifGenerationMatch=0``: Cloud Storage writes it only if no object has the name
 (412 otherwise). Settings (JSON in ``COILED_STORE``): ``bucket``; ``token`` only when a client
 runs it to pre-build an environment (``coiled env build``), with the client's own access token.

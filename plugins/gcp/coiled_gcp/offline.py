@@ -24,16 +24,25 @@ Every request is checked against Google's discovery documents, and refused as th
 refuses it (:mod:`coiled_gcp.offline_api`; :attr:`OfflineGCP.refused`); every reply is checked
 against the method's response schema (:attr:`OfflineGCP.drift`, a 500 when it does not match).
 
-Requests must carry ``Authorization: Bearer <token>`` with :attr:`OfflineGCP.token` (every
-user of the machine reaches the port, and what the runner boots runs as its owner).
+Requests must carry ``Authorization: Bearer <token>`` (every user of the machine reaches the
+port, and what the runner boots runs as its owner): :attr:`OfflineGCP.token`, the client's, may do
+everything (the project's owner); a service account's token (:meth:`OfflineGCP.account_token`,
+what an instance's metadata server hands its machine) may do only what IAM grants the account,
+as Google decides it (:mod:`coiled_gcp.offline_iam`): the project's policy
+(:meth:`OfflineGCP.grant_project`) and the policy of the one instance, secret or bucket a request
+acts on, with custom roles, the predefined storage roles and conditions on resource names.
+Anything else is refused with 403 (:attr:`OfflineGCP.denied`).
 
 **The runner.** An instance inserted with a ``startup-script`` metadata item is started at once
 (status ``RUNNING``) as a local process (:mod:`coiled_core.testing.noderunner`) on its own
 loopback address (``10.B.x.y`` -> ``127.B.x.y``; ``127.B.0.0/16`` is a block this run holds alone,
 :class:`coiled_core.testing.noderunner.LoopbackBlock`), with ``COILED_OFFLINE=1``,
 ``COILED_INSTANCE_ID`` (the instance's name, as GCE's metadata server reports it),
-``COILED_NODE_HOST``, ``COILED_NODE_ROOT`` and the endpoint and token of this server. Deleting
-the instance kills its processes. When the script exits (the machine's power-off), the instance
+``COILED_NODE_HOST``, ``COILED_NODE_ROOT``, the endpoint of this server and the token of the
+instance's service account (``serviceAccounts[0].email``; none without one), never the
+client's. Deleting
+the instance kills its processes (SIGTERM, then SIGKILL after ``kill_grace``) before the delete
+answers, as a Compute Engine delete is done once the machine has shut down. When the script exits (the machine's power-off), the instance
 is deleted: the backend's power-off deletes the instance (see :mod:`coiled_gcp.bootstrap`).
 The stand-in touches only the machines it started: a watchdog process of its own
 (:func:`coiled_core.testing.noderunner.start_watchdog`) ends them if this process dies without
@@ -69,7 +78,7 @@ from typing import Any
 
 from coiled_core.testing import noderunner
 from coiled_core.testing.standin import StandInProof
-from coiled_gcp import offline_api
+from coiled_gcp import offline_api, offline_iam
 
 logger = logging.getLogger(__name__)
 
@@ -177,6 +186,9 @@ class OfflineGCP:
         self.refused: list[str] = []
         #: Replies of the stand-in its discovery documents do not describe (a bug of the stand-in).
         self.drift: list[str] = []
+        #: Requests of service accounts that IAM refused ("EMAIL: permission on resource").
+        self.denied: list[str] = []
+        self._account_tokens: dict[str, str] = {}  # token -> service account email
         self.state = _State()
         self._exhausted: list[tuple[str | None, str | None, str, bool]] = []
         self._faults: list[tuple[str, str, int, str]] = []
@@ -302,6 +314,40 @@ class OfflineGCP:
         with self._lock:
             self.state.buckets[name] = {"name": name, "projectNumber": project_number or self.project_number, "id": name, "_readable": readable}
 
+    def account_token(self, email: str) -> str:
+        """The access token of service account ``email``, as an instance's metadata server hands
+        it to the machine: requests made with it may do only what IAM grants the account."""
+        with self._lock:
+            token = next((t for t, e in self._account_tokens.items() if e == email), None)
+            if token is None:
+                token = secrets.token_urlsafe(24)
+                self._account_tokens[token] = email
+            return token
+
+    def grant_project(self, member: str, role: str) -> None:
+        """Bind ``role`` to ``member`` (``serviceAccount:EMAIL``) in the project's own policy: what
+        a user does for an account of their own (``roles/owner``: everything)."""
+        with self._lock:
+            policy = self.state.policies.setdefault(f"projects/{self.project}", {"version": 1, "bindings": [], "etag": _etag()})
+            binding = next((b for b in policy["bindings"] if b["role"] == role and "condition" not in b), None)
+            if binding is None:
+                policy["bindings"].append({"role": role, "members": [member]})
+            elif member not in binding["members"]:
+                binding["members"].append(member)
+
+    def _authorize(self, email: str, api: offline_api.Route, query: dict[str, str]) -> None:
+        """Raise the service's 403 unless IAM grants ``email`` what ``api`` needs."""
+        member = f"serviceAccount:{email}"
+        with self._lock:
+            what = offline_iam.need(api, self.project, query, lambda bucket, name: (bucket, name) in self.state.objects)
+            policies = [self.state.policies.get(f"projects/{self.project}", {})]
+            if what.policy:
+                policies.append(self.state.policies.get(what.policy, {}))
+            for permission in what.permissions:
+                if not offline_iam.allowed(member, permission, what.resource, policies, self.state.roles):
+                    self.denied.append(f"{email}: {permission} on {what.resource}")
+                    raise offline_iam.denial(email, permission, what)
+
     def instance_names(self) -> list[str]:
         with self._lock:
             return sorted(name for _, name in self.state.instances)
@@ -320,6 +366,12 @@ class OfflineGCP:
         ip = instance["networkInterfaces"][0]["networkIP"]
         directory = self.workdir / name
         extra = {**self.environ(), **({"COILED_ENV_CACHE": str(self.env_cache)} if self.env_cache else {})}
+        # The machine holds its service account's token (a real one asks the metadata server),
+        # never the client's; without an account it holds none.
+        account = next(iter(instance.get("serviceAccounts") or []), {}).get("email")
+        extra.pop("COILED_GCP_TOKEN")
+        if account:
+            extra["COILED_GCP_TOKEN"] = self.account_token(account)
         env = noderunner.machine_environ(self._marker, name, directory, noderunner_host(ip), self._bin, extra)
         machine = _Machine(name, _last(instance["zone"]), directory)
         machine.popen = noderunner.start_machine(script, directory, env)
@@ -572,7 +624,11 @@ class _Handler(BaseHTTPRequestHandler):
         pattern = re.sub(r"/(operation-[^/]+|[0-9a-f]{8,})", "/*", url.path)
         with fake._lock:
             fake.calls[f"{method} {pattern}"] = fake.calls.get(f"{method} {pattern}", 0) + 1
-        if self.headers.get("Authorization") != f"Bearer {fake.token}":
+        authorization = self.headers.get("Authorization") or ""
+        token = authorization[len("Bearer ") :] if authorization.startswith("Bearer ") else None
+        with fake._lock:
+            account = fake._account_tokens.get(token) if token else None
+        if token != fake.token and account is None:
             return self._error(401, "authError", "Request had invalid authentication credentials.")
         with fake._lock:
             fault = next((f for f in fake._faults if f[0] == method and re.search(f[1], url.path)), None)
@@ -593,10 +649,23 @@ class _Handler(BaseHTTPRequestHandler):
             if e.operation_code:
                 return self._reply(200, _refused_operation(fake, api, e))
             return self._reply(e.status, e.body())
+        if account is not None:
+            try:
+                fake._authorize(account, api, query)
+            except offline_api.ApiError as e:
+                return self._reply(e.status, e.body())
+            except offline_iam.UnknownCondition as e:  # a gap of the stand-in, never a grant
+                return self._error(500, "backendError", f"the offline stand-in cannot evaluate this IAM condition: {e}")
         try:
             path = urllib.parse.unquote(url.path)
             if path.startswith("/compute/v1/projects/"):
                 status, reply = _compute(fake, method, path[len("/compute/v1/projects/") :], query, body)
+                if api.id == "compute.instances.delete" and status == 200:
+                    # The operation is DONE once the machine has shut down, as on Compute
+                    # Engine: what its node does at its end (ship its log) comes before the
+                    # caller's next step (revoking the node's access). Outside the lock: the
+                    # ending node still calls this server.
+                    fake._kill(urllib.parse.unquote(api.params["instance"]))
             elif path.startswith(("/storage/v1/", "/upload/storage/v1/", "/download/storage/v1/")):
                 status, reply = _storage(fake, method, url.path, query, body)
                 if isinstance(reply, bytes):
@@ -695,7 +764,6 @@ def _compute(fake: OfflineGCP, method: str, path: str, query: dict[str, str], bo
             if method == "DELETE":
                 del state.instances[(zone, name)]
                 state.policies.pop(f"instances/{zone}/{name}", None)
-                threading.Thread(target=fake._kill, args=(name,), daemon=True).start()
                 return 200, fake._operation("zones", zone, "delete", instance["selfLink"])
         if parts[0] == "aggregated" and parts[1] == "instances":
             items = sorted((i for i in state.instances.values() if _matches(i, query.get("filter", ""))), key=lambda i: (i["zone"], i["name"]))

@@ -57,13 +57,17 @@ class ApiError(Exception):
     operation it returns (Compute Engine reports errors of mutations that way).
     """
 
-    def __init__(self, status: int, reason: str, message: str, operation_code: str | None = None):
+    def __init__(self, status: int, reason: str, message: str, operation_code: str | None = None, *, status_name: str | None = None):
         super().__init__(message)
         self.status, self.reason, self.message, self.operation_code = status, reason, message, operation_code
+        self.status_name = status_name  # the canonical code Google adds, e.g. PERMISSION_DENIED
 
     def body(self) -> dict:
         """The error reply of Google's JSON APIs."""
-        return {"error": {"code": self.status, "message": self.message, "errors": [{"reason": self.reason, "message": self.message, "domain": "global"}]}}
+        error = {"code": self.status, "message": self.message, "errors": [{"reason": self.reason, "message": self.message, "domain": "global"}]}
+        if self.status_name:
+            error["status"] = self.status_name
+        return {"error": error}
 
 
 @dataclass

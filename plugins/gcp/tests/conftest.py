@@ -20,9 +20,12 @@ def running_offline_gcp(**kwargs):
     finally:
         fake.stop()
     # Every reply matched Google's description of it (the stand-in did not drift), and no
-    # request was one the real service refuses but those the tests made on purpose (and forgot).
+    # request was one the real service (or its IAM) refuses but those the tests made on purpose
+    # (and forgot).
     assert not fake.drift, fake.drift
     assert not fake.refused, f"requests the real service refuses: {fake.refused}"
+    # No node was refused what it needs (IAM's 403s a node may retry or shrug off).
+    assert not fake.denied, f"requests IAM refused a node: {fake.denied}"
 
 
 @pytest.fixture(scope="session")
