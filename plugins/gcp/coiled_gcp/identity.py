@@ -22,13 +22,12 @@ account's binding would hold for every cluster's nodes alike.
 from __future__ import annotations
 
 import hashlib
-import threading
 import time
 import urllib.parse
 from typing import Any
 
 from coiled_core.backend import ProvisionError
-from coiled_gcp.session import GCP
+from coiled_gcp.session import GCP, in_parallel
 
 #: The custom role granted on the cluster's own resources.
 NODE_ROLE_ID = "coiledNode"
@@ -102,28 +101,12 @@ def grant_instances(gcp: GCP, zone: str, names: list[str], email: str, parallel:
     from google.cloud import compute_v1
 
     policy = compute_v1.Policy(bindings=[compute_v1.Binding(role=node_role(gcp), members=[f"serviceAccount:{email}"])])
-    pending, errors, lock = list(names), [], threading.Lock()
 
-    def work() -> None:
-        while True:
-            with lock:
-                if not pending or errors:
-                    return
-                name = pending.pop()
-            try:
-                request = compute_v1.ZoneSetPolicyRequest(policy=policy)
-                gcp.instances.set_iam_policy(project=gcp.project, zone=zone, resource=name, zone_set_policy_request_resource=request)
-            except Exception as e:
-                with lock:
-                    errors.append(e)
+    def grant(name: str) -> None:
+        request = compute_v1.ZoneSetPolicyRequest(policy=policy)
+        gcp.instances.set_iam_policy(project=gcp.project, zone=zone, resource=name, zone_set_policy_request_resource=request)
 
-    threads = [threading.Thread(target=work, daemon=True) for _ in range(min(parallel, len(pending)))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if errors:
-        raise errors[0]
+    in_parallel(grant, names, parallel)
 
 
 def grant_secrets(gcp: GCP, secrets: list[str], email: str) -> None:

@@ -15,7 +15,6 @@ import dataclasses
 import getpass
 import logging
 import secrets
-import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -58,7 +57,7 @@ from coiled_core.backend import (
 from coiled_gcp import bootstrap, identity, storage
 from coiled_gcp import machine_types as mt
 from coiled_gcp.options import GCPOptions, label_value
-from coiled_gcp.session import GCP, OperationError
+from coiled_gcp.session import GCP, OperationError, in_parallel
 
 #: The hook contract this backend implements.
 HOOK_API_VERSION = 2
@@ -559,38 +558,16 @@ def _zone(instance: Any) -> str:
 
 
 def _delete_instances(gcp: GCP, instances: list[Any], parallel: int = 16) -> None:
-    """Delete ``instances`` (``parallel`` at a time) and wait for every operation.
-
-    Plain threads, not an executor: teardown also runs at interpreter exit (a creator's
-    ``Cluster`` shutting down), when executors refuse new work.
-    """
+    """Delete ``instances`` (``parallel`` at a time) and wait for every operation."""
     from google.api_core.exceptions import NotFound
 
-    pending = list(instances)
-    errors: list[BaseException] = []
-    lock = threading.Lock()
+    def delete(instance: Any) -> None:
+        try:
+            gcp.wait(gcp.instances.delete_unary(project=gcp.project, zone=_zone(instance), instance=instance.name))
+        except NotFound:
+            pass  # deleted itself meanwhile (its node ended)
 
-    def work() -> None:
-        while True:
-            with lock:
-                if not pending or errors:
-                    return
-                instance = pending.pop()
-            try:
-                gcp.wait(gcp.instances.delete_unary(project=gcp.project, zone=_zone(instance), instance=instance.name))
-            except NotFound:
-                pass  # deleted itself meanwhile (its node ended)
-            except BaseException as e:
-                with lock:
-                    errors.append(e)
-
-    threads = [threading.Thread(target=work, daemon=True) for _ in range(min(parallel, len(pending)))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if errors:
-        raise errors[0]
+    in_parallel(delete, instances, parallel)
 
 
 # -- spec, secrets and claims -------------------------------------------------------------------

@@ -12,7 +12,9 @@ Operations are waited for here, through the configured endpoint: an ``ExtendedOp
 from __future__ import annotations
 
 import os
+import threading
 import time
+from collections.abc import Callable, Iterable
 from functools import cached_property
 from typing import Any
 
@@ -191,3 +193,35 @@ class GCP:
     def secrets_url(self, path: str) -> str:
         base = self.endpoint or "https://secretmanager.googleapis.com"
         return f"{base}/v1/projects/{self.project}/{path}"
+
+
+def in_parallel(call: Callable[[Any], object], items: Iterable[Any], parallel: int = 16) -> None:
+    """``call(item)`` for every item, ``parallel`` at a time; the first error is raised once all
+    have stopped (no new item starts after an error).
+
+    Plain threads, not an executor: teardown also runs at interpreter exit (a creator's
+    ``Cluster`` shutting down), when executors refuse new work.
+    """
+    pending = list(items)
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def work() -> None:
+        while True:
+            with lock:
+                if not pending or errors:
+                    return
+                item = pending.pop()
+            try:
+                call(item)
+            except BaseException as e:
+                with lock:
+                    errors.append(e)
+
+    threads = [threading.Thread(target=work, daemon=True) for _ in range(min(parallel, len(pending)))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]

@@ -9,24 +9,13 @@ import subprocess
 import sys
 
 import pytest
+from gcp_specs import BASE, make
 from coiled_gcp import plugin, storage
 from coiled_gcp.options import GCPOptions
 from coiled_gcp.session import GCP
 
 from coiled_core.errors import ClusterSpecError, CoiledError, ProvisionError
-from coiled_core.keywords import apply_generic_keywords
 from coiled_core.security import ClusterTLS
-from coiled_core.spec import resolve_cluster_spec
-
-BASE = {"allow_ingress_from": "127.0.0.1/32"}
-
-
-def _make(name, options=None, **keywords):
-    """The spec and options ``coiled.Cluster(name=..., **keywords)`` would give the backend."""
-    spec = resolve_cluster_spec({"name": name, "n_workers": 2, "worker_cpu": 1, "worker_memory": "2 GiB", **keywords})
-    generic = {k: getattr(spec, k, None) for k in plugin.KEYWORD_OPTIONS}
-    values, _ = apply_generic_keywords(generic, {**BASE, **(options or {})}, plugin.KEYWORD_OPTIONS, "gcp")
-    return spec, GCPOptions(**values)
 
 
 def _instances(fake, name):
@@ -44,7 +33,7 @@ def _assert_nothing_left(fake, name):
 
 
 def _provision(name, options=None, tls=False, **keywords):
-    spec, opts = _make(name, options, security=tls, **keywords)
+    spec, opts = make(name, options, security=tls, **keywords)
     material = ClusterTLS.generate(name) if tls else None
     return spec, opts, plugin.provision(spec, opts, material)
 
@@ -110,7 +99,7 @@ def test_keywords_map_onto_options(api_only):
 
 
 def test_arm_picks_arm_types_and_image(api_only):
-    spec, options = _make("arm", arm=True)
+    spec, options = make("arm", arm=True)
     plan = plugin._plan(GCP(options), spec, options)
     assert all(t.architecture == "ARM64" for t in plan.workers)
     assert plan.image.endswith("debian-12-arm64")
@@ -136,7 +125,7 @@ def test_zone_exhaustion_falls_back_to_the_next_zone(api_only):
 
 
 def test_quota_falls_back_to_the_next_machine_type(api_only):
-    spec, options = _make("quota", {"machine_types": ["n2-standard-2", "e2-standard-2"]})
+    spec, options = make("quota", {"machine_types": ["n2-standard-2", "e2-standard-2"]})
     api_only.exhaust(machine_type="n2-standard-2", code="QUOTA_EXCEEDED")
     record = plugin.provision(spec, options, None)
     try:
@@ -159,7 +148,7 @@ def test_spot_with_fallback_goes_on_demand(api_only):
 
 def test_spot_only_fails_clearly_without_spot_capacity(api_only):
     api_only.exhaust(spot_only=True)
-    spec, options = _make("spotonly", spot_policy="spot")
+    spec, options = make("spotonly", spot_policy="spot")
     with pytest.raises(ProvisionError, match="no capacity for 2 worker"):
         plugin.provision(spec, options, None)
     _assert_nothing_left(api_only, "spotonly")
@@ -167,7 +156,7 @@ def test_spot_only_fails_clearly_without_spot_capacity(api_only):
 
 def test_no_capacity_anywhere_is_a_clear_error_and_full_rollback(api_only):
     api_only.exhaust()
-    spec, options = _make("nocapacity")
+    spec, options = make("nocapacity")
     with pytest.raises(ProvisionError, match="no capacity for the scheduler.*ZONE_RESOURCE_POOL_EXHAUSTED"):
         plugin.provision(spec, options, None)
     _assert_nothing_left(api_only, "nocapacity")
@@ -187,7 +176,7 @@ def test_no_capacity_anywhere_is_a_clear_error_and_full_rollback(api_only):
 )
 def test_a_fault_at_each_step_rolls_back_everything(api_only, method, path, step):
     name = f"fault-{step.split()[0]}-{len(path)}"
-    spec, options = _make(name, security=True)
+    spec, options = make(name, security=True)
     # Artifacts already uploaded by an earlier test would skip the upload: make it fresh.
     if step == "preparing artifacts":
         api_only.state.objects.clear()
@@ -230,7 +219,7 @@ def test_claims_are_atomic(api_only):
 
 def test_missing_project_is_an_error_before_anything_exists(api_only, monkeypatch):
     monkeypatch.delenv("GOOGLE_CLOUD_PROJECT")
-    spec, options = _make("noproject")
+    spec, options = make("noproject")
     with pytest.raises(ClusterSpecError, match="backend_options.project"):
         plugin.preflight(spec, options)
 
@@ -240,7 +229,7 @@ def test_missing_credentials_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "none.json"))
     monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path))
     monkeypatch.setenv("GCE_METADATA_HOST", "127.0.0.1:9")
-    spec, options = _make("nocreds")
+    spec, options = make("nocreds")
     with pytest.raises(CoiledError, match="credentials|GOOGLE_APPLICATION_CREDENTIALS"):
         plugin.preflight(spec, options)
 

@@ -7,30 +7,20 @@ from __future__ import annotations
 import contextlib
 
 import pytest
+from gcp_specs import BASE, make
 from coiled_gcp import plugin, storage
 from coiled_gcp.options import GCPOptions
 from coiled_gcp.session import GCP
 
 from coiled_core.backend import ClaimLease
 from coiled_core.errors import ClusterSpecError
-from coiled_core.keywords import apply_generic_keywords
-from coiled_core.spec import resolve_cluster_spec
-
-BASE = {"allow_ingress_from": "127.0.0.1/32"}
-
-
-def _make(name, options=None, **keywords):
-    spec = resolve_cluster_spec({"name": name, "n_workers": 2, "worker_cpu": 1, "worker_memory": "2 GiB", **keywords})
-    generic = {k: getattr(spec, k, None) for k in plugin.KEYWORD_OPTIONS}
-    values, _ = apply_generic_keywords(generic, {**BASE, **(options or {})}, plugin.KEYWORD_OPTIONS, "gcp")
-    return spec, GCPOptions(**values)
 
 
 @contextlib.contextmanager
 def _cluster(fake, name, options=None, **keywords):
     """A provisioned cluster (no machine boots); every request it made was one the real service takes."""
     refused = len(fake.refused)
-    spec, opts = _make(name, options, **keywords)
+    spec, opts = make(name, options, **keywords)
     record = plugin.provision(spec, opts, None)
     try:
         assert fake.refused[refused:] == []
@@ -109,10 +99,10 @@ def test_a_subnetwork_alone_implies_its_network(api_only):
 
 def test_a_network_and_a_subnetwork_of_another_network_is_an_error_before_anything_exists(api_only):
     with _network(api_only, "vpc", {"us-east1": "vpc-east"}):
-        spec, options = _make("mismatch", {"network": "default", "subnetwork": "vpc-east"})
+        spec, options = make("mismatch", {"network": "default", "subnetwork": "vpc-east"})
         with pytest.raises(ClusterSpecError, match=r"backend_options.subnetwork.*'vpc-east'.*network 'vpc'"):
             plugin.provision(spec, options, None)
-        spec, options = _make("nosubnet", {"subnetwork": "nowhere"})
+        spec, options = make("nosubnet", {"subnetwork": "nowhere"})
         with pytest.raises(ClusterSpecError, match=r"backend_options.subnetwork.*'nowhere'.*us-east1"):
             plugin.provision(spec, options, None)
     assert _instances(api_only, "mismatch") == [] and not any("mismatch" in f for f in api_only.state.firewalls)
@@ -124,7 +114,7 @@ def test_a_project_without_a_default_network_works_when_the_user_names_one(api_o
             assert {i["networkInterfaces"][0]["network"].rsplit("/", 1)[-1] for i in instances} == {"prod"}
             assert _firewall_networks(api_only, "named-net") == {"prod"}
             assert _address(api_only, "named-net")["subnetwork"].endswith("/regions/us-east1/subnetworks/prod")
-        spec, options = _make("no-net")
+        spec, options = make("no-net")
         with pytest.raises(ClusterSpecError, match=r"backend_options.network.*no network 'default'"):
             plugin.provision(spec, options, None)
         assert api_only.state.firewalls.keys().isdisjoint(plugin._firewall_names(plugin.cluster_label("no-net")))
